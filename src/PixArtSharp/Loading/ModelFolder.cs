@@ -1,0 +1,126 @@
+using System.Text.Json;
+using static TorchSharp.torch;
+
+namespace PixArtSharp.Loading;
+
+/// <summary>
+/// A diffusers pipeline folder: <c>model_index.json</c> naming each component's library and class, one
+/// sub-folder per component with its <c>config.json</c> (or <c>scheduler_config.json</c>) and weights.
+/// </summary>
+public sealed class ModelFolder
+{
+    public string Root { get; }
+    /// <summary>Component name → (library, class), e.g. transformer → (diffusers, Transformer2DModel).</summary>
+    public IReadOnlyDictionary<string, (string Library, string ClassName)> Components { get; }
+    public string PipelineClass { get; }
+
+    private ModelFolder(string root, string pipelineClass, Dictionary<string, (string, string)> components)
+    {
+        Root = root;
+        PipelineClass = pipelineClass;
+        Components = components;
+    }
+
+    public static ModelFolder Open(string root)
+    {
+        root = Path.GetFullPath(root);
+        if (!Directory.Exists(root))
+            throw new ModelNotFoundException($"Model folder not found: {root}. Give a diffusers model folder or a Hugging Face id such as PixArt-alpha/PixArt-LCM-XL-2-1024-MS.");
+        string index = Path.Combine(root, "model_index.json");
+        if (!File.Exists(index))
+            throw new ModelNotFoundException($"{root} has no model_index.json, so it is not a diffusers pipeline folder. Give the folder that holds model_index.json (with transformer/, vae/, text_encoder/, tokenizer/ and scheduler/ inside).");
+        var components = new Dictionary<string, (string, string)>(StringComparer.Ordinal);
+        string pipelineClass;
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(index));
+            pipelineClass = doc.RootElement.TryGetProperty("_class_name", out var c) ? c.GetString() ?? "" : "";
+            foreach (var p in doc.RootElement.EnumerateObject())
+            {
+                if (p.Name.StartsWith('_') || p.Value.ValueKind != JsonValueKind.Array || p.Value.GetArrayLength() != 2) continue;
+                var lib = p.Value[0].GetString();
+                var cls = p.Value[1].GetString();
+                if (lib != null && cls != null) components[p.Name] = (lib, cls);
+            }
+        }
+        catch (JsonException e)
+        {
+            throw new WeightFileException($"{index} is not valid JSON ({e.Message}); download the model again.", e);
+        }
+        return new ModelFolder(root, pipelineClass, components);
+    }
+
+    public string ComponentDir(string component)
+    {
+        string dir = Path.Combine(Root, component);
+        if (!Directory.Exists(dir))
+            throw new ModelNotFoundException($"{Root} has no '{component}' folder, which model_index.json requires. The download is incomplete: download the model again.");
+        return dir;
+    }
+
+    public string ClassOf(string component) =>
+        Components.TryGetValue(component, out var c) ? c.ClassName
+        : throw new ModelNotFoundException($"{Path.Combine(Root, "model_index.json")} lists no '{component}' component.");
+
+    /// <summary>
+    /// The weight files of one component, following diffusers' naming: <c>{stem}.safetensors</c>, or a sharded
+    /// <c>{stem}.safetensors.index.json</c>; with a variant, <c>{stem}.{variant}.safetensors</c> or
+    /// <c>{stem}.safetensors.index.{variant}.json</c> (shards <c>{stem}.{variant}-00001-of-0000N.safetensors</c>).
+    /// </summary>
+    public static IReadOnlyList<string> FindWeightFiles(string componentDir, string stem, string? variant)
+    {
+        string v = string.IsNullOrEmpty(variant) ? "" : "." + variant;
+        string single = Path.Combine(componentDir, $"{stem}{v}.safetensors");
+        string index = Path.Combine(componentDir, string.IsNullOrEmpty(variant) ? $"{stem}.safetensors.index.json" : $"{stem}.safetensors.index{v}.json");
+        if (File.Exists(single)) return [single];
+        if (File.Exists(index)) return ShardsOf(index);
+
+        var present = Directory.Exists(componentDir)
+            ? Directory.GetFiles(componentDir).Select(Path.GetFileName).Where(f => f!.Contains(".safetensors") || f.EndsWith(".bin")).ToList()
+            : [];
+        string hint = present.Count == 0
+            ? "The folder holds no weights: download the model again."
+            : present.All(f => f!.EndsWith(".bin"))
+                ? $"Only PyTorch .bin weights are there ({string.Join(", ", present)}); PixArtSharp reads safetensors only. Convert them, or download the safetensors files."
+                : string.IsNullOrEmpty(variant)
+                    ? $"Found {string.Join(", ", present)}: if these are a variant, pass it (e.g. --variant fp16)."
+                    : $"Found {string.Join(", ", present)}: the '{variant}' variant is not there; drop the variant or download it.";
+        throw new ModelNotFoundException($"No {(string.IsNullOrEmpty(variant) ? "" : $"'{variant}' ")}weights in {componentDir} (looked for {Path.GetFileName(single)} and {Path.GetFileName(index)}). {hint}");
+    }
+
+    /// <summary>The shard files named by a <c>*.safetensors.index.json</c>, in order, all checked to exist.</summary>
+    public static IReadOnlyList<string> ShardsOf(string indexPath)
+    {
+        string dir = Path.GetDirectoryName(indexPath)!;
+        var shards = new List<string>();
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(indexPath));
+            if (!doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
+                throw new WeightFileException($"{indexPath} has no weight_map; download the model again.");
+            foreach (var p in map.EnumerateObject())
+            {
+                string file = p.Value.GetString() ?? "";
+                if (file.Length == 0 || file.Contains('/') || file.Contains('\\') || file.StartsWith('.'))
+                    throw new WeightFileException($"{indexPath}: tensor '{p.Name}' points at '{file}', which is not a file name in the same folder.");
+                if (!shards.Contains(file)) shards.Add(file);
+            }
+        }
+        catch (JsonException e)
+        {
+            throw new WeightFileException($"{indexPath} is not valid JSON ({e.Message}); download the model again.", e);
+        }
+        var paths = shards.Select(s => Path.Combine(dir, s)).ToList();
+        foreach (var p in paths)
+            if (!File.Exists(p))
+                throw new ModelNotFoundException($"Shard {p}, listed in {Path.GetFileName(indexPath)}, is missing: the download is incomplete; download the model again.");
+        return paths;
+    }
+
+    /// <summary>Opens a component's weights (all shards) for loading by key.</summary>
+    public static Weights OpenWeights(string componentDir, string stem, string? variant, ScalarType dtype, Device? device = null)
+    {
+        var files = FindWeightFiles(componentDir, stem, variant);
+        return Weights.FromFiles(files, dtype, device, description: files.Count == 1 ? files[0] : $"{componentDir} ({files.Count} shards)");
+    }
+}

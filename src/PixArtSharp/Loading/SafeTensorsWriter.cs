@@ -1,0 +1,62 @@
+using System.Text;
+using System.Text.Json;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PixArtSharp.Loading;
+
+/// <summary>
+/// Writes the safetensors format as the reference writer does: tensors sorted by descending element size then
+/// name (so every offset stays aligned for zero-copy reading), the header padded with spaces to 8 bytes.
+/// Written to a temporary file and renamed, so a failed write never leaves a half file behind.
+/// </summary>
+public static class SafeTensorsWriter
+{
+    public static void Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var order = tensors
+            .OrderByDescending(kv => kv.Value.ElementSize)
+            .ThenBy(kv => kv.Key, StringComparer.Ordinal)
+            .ToList();
+        var header = new Dictionary<string, object>();
+        if (metadata != null) header["__metadata__"] = metadata;
+        long offset = 0;
+        foreach (var (name, t) in order)
+        {
+            long bytes = t.NumberOfElements * t.ElementSize;
+            header[name] = new Dictionary<string, object>
+            {
+                ["dtype"] = SafeTensorsFile.ToDTypeName(t.dtype),
+                ["shape"] = t.shape,
+                ["data_offsets"] = new[] { offset, offset + bytes },
+            };
+            offset += bytes;
+        }
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(header);
+        int padded = (json.Length + 7) / 8 * 8;
+        var headerBytes = new byte[padded];
+        Array.Fill(headerBytes, (byte)' ');
+        json.CopyTo(headerBytes, 0);
+
+        string tmp = path + $".tmp-{Environment.ProcessId}";
+        try
+        {
+            using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+            {
+                fs.Write(BitConverter.GetBytes((ulong)padded));
+                fs.Write(headerBytes);
+                foreach (var (_, t) in order)
+                {
+                    using var c = t.cpu().contiguous();
+                    fs.Write(c.bytes);
+                }
+            }
+            File.Move(tmp, path, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(tmp); } catch (IOException) { }
+            throw;
+        }
+    }
+}

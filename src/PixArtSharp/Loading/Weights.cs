@@ -1,0 +1,150 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PixArtSharp.Loading;
+
+/// <summary>
+/// Hands out a model's weights by checkpoint key, the way candle's VarBuilder does: each module asks for its
+/// own tensors (<c>w.Sub("attn1").Get("to_q.weight", inner, dim)</c>) with the shape its config implies, so a
+/// missing or mis-shaped weight is an error naming the key, and <see cref="CheckAllUsed"/> names any weight the
+/// model did not ask for. Tensors in the file's dtype on the CPU are handed out as zero-copy views of the
+/// memory-mapped file; anything else is converted once.
+/// </summary>
+public sealed class Weights : IDisposable
+{
+    private sealed class Source(string description, Func<string, bool> contains, Func<string, long[]?> shapeOf,
+                                Func<string, long[], Tensor> load, IEnumerable<string> keys, Action dispose)
+    {
+        public readonly string Description = description;
+        public readonly Func<string, bool> Contains = contains;
+        public readonly Func<string, long[]?> ShapeOf = shapeOf;
+        public readonly Func<string, long[], Tensor> Load = load;
+        public readonly IEnumerable<string> Keys = keys;
+        public readonly Action Dispose = dispose;
+        public readonly HashSet<string> Used = new(StringComparer.Ordinal);
+    }
+
+    private readonly Source _source;
+    private readonly string _prefix;
+
+    /// <summary>The dtype floating-point weights are held in (fp32 by default; bf16 or fp16 to save memory).</summary>
+    public ScalarType DType { get; }
+    public Device Device { get; }
+    public string Description => _source.Description;
+
+    private Weights(Source source, string prefix, ScalarType dtype, Device device)
+    {
+        _source = source;
+        _prefix = prefix;
+        DType = dtype;
+        Device = device;
+    }
+
+    /// <summary>Weights from one or more safetensors files (a sharded checkpoint is several).</summary>
+    public static Weights FromFiles(IReadOnlyList<string> files, ScalarType dtype, Device? device = null, string? description = null)
+    {
+        var opened = new List<SafeTensorsFile>();
+        var where = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+        try
+        {
+            foreach (var f in files)
+            {
+                var st = SafeTensorsFile.Open(f);
+                opened.Add(st);
+                foreach (var name in st.Tensors.Keys)
+                {
+                    if (where.TryGetValue(name, out var other))
+                        throw new WeightFileException($"Tensor '{name}' is stored twice, in {other.FilePath} and {f}. Download the model again.");
+                    where[name] = st;
+                }
+            }
+        }
+        catch
+        {
+            foreach (var o in opened) o.Dispose();
+            throw;
+        }
+        var source = new Source(
+            description ?? string.Join(", ", files),
+            where.ContainsKey,
+            name => where[name].Tensors[name].Shape,
+            (name, _) => where[name].Load(name),
+            where.Keys,
+            () => { foreach (var o in opened) o.Dispose(); });
+        return new Weights(source, "", dtype, device ?? CPU);
+    }
+
+    /// <summary>Weights from tensors already in memory (tests, converters).</summary>
+    public static Weights FromTensors(IReadOnlyDictionary<string, Tensor> tensors, ScalarType dtype, Device? device = null, string description = "in-memory weights")
+    {
+        var source = new Source(description, tensors.ContainsKey, n => tensors[n].shape,
+            (n, _) => tensors[n].alias(), tensors.Keys, () => { });
+        return new Weights(source, "", dtype, device ?? CPU);
+    }
+
+    /// <summary>
+    /// Seeded random weights of whatever shape the model asks for: the full-size architectures can be run and
+    /// timed without downloading anything. Norm-like weights (1-D, named *weight of norms) get 1 + noise so
+    /// activations keep a sane scale.
+    /// </summary>
+    public static Weights Random(long seed, ScalarType dtype, Device? device = null, double std = 0.02)
+    {
+        var gen = new Generator((ulong)seed);
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var source = new Source($"random weights (seed {seed})", _ => true, _ => null,
+            (name, shape) =>
+            {
+                seen.Add(name);
+                using var scope = NewDisposeScope();
+                var t = torch.randn(shape, ScalarType.Float32, generator: gen).mul_(std);
+                if (shape.Length == 1 && (name.EndsWith("norm.weight") || name.Contains("norm") || name.EndsWith("layer_norm.weight")) && name.EndsWith("weight"))
+                    t.add_(1.0);
+                return t.to(dtype).MoveToOuterDisposeScope();
+            },
+            seen, () => gen.Dispose());
+        return new Weights(source, "", dtype, device ?? CPU);
+    }
+
+    public Weights Sub(string name) => new(_source, Join(name), DType, Device);
+
+    public bool Contains(string name) => _source.Contains(Join(name));
+
+    /// <summary>A floating weight in the held dtype, checked against the shape the config implies.</summary>
+    public Tensor Get(string name, params long[] shape) => Get(name, DType, shape);
+
+    /// <summary>A weight kept in fp32 whatever the held dtype (used where reduced precision is unsafe).</summary>
+    public Tensor GetFloat32(string name, params long[] shape) => Get(name, ScalarType.Float32, shape);
+
+    public Tensor Get(string name, ScalarType dtype, long[] shape)
+    {
+        string key = Join(name);
+        if (!_source.Contains(key))
+            throw new WeightFileException($"{_source.Description}: weight '{key}' is missing. The config does not fit these weights, or the file is incomplete; download the model again.");
+        if (_source.ShapeOf(key) is { } have)
+        {
+            if (!have.SequenceEqual(shape))
+                throw new WeightFileException($"{_source.Description}: weight '{key}' has shape [{string.Join(", ", have)}] but the config implies [{string.Join(", ", shape)}]. The config.json does not fit these weights.");
+        }
+        _source.Used.Add(key);
+        var raw = _source.Load(key, shape);
+        if (raw.dtype == dtype && raw.device == Device) return raw;
+        using (raw) return raw.to(dtype, Device);
+    }
+
+    /// <summary>Every stored weight must have been asked for: an unexpected one means the config is wrong.</summary>
+    public void CheckAllUsed()
+    {
+        var unused = _source.Keys.Where(k => !_source.Used.Contains(k)).OrderBy(k => k, StringComparer.Ordinal).ToList();
+        if (unused.Count > 0)
+            throw new WeightFileException($"{_source.Description}: {unused.Count} weight(s) do not belong to the model the config describes, e.g. '{string.Join("', '", unused.Take(5))}'. The config.json does not fit these weights.");
+    }
+
+    public IReadOnlyCollection<string> UsedKeys => _source.Used;
+
+    private string Join(string name) => _prefix.Length == 0 ? name : _prefix + "." + name;
+
+    public void Dispose()
+    {
+        if (_prefix.Length == 0) _source.Dispose();
+    }
+}

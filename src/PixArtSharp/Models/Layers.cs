@@ -1,0 +1,89 @@
+using PixArtSharp.Loading;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace PixArtSharp.Models;
+
+// The few primitive layers every model shares. Each holds its tensors in fields named as the checkpoint keys
+// (weight, bias) and is built from the Weights at its own key path, so a checkpoint binds by name.
+
+public sealed class Linear : IDisposable
+{
+    public readonly Tensor weight;
+    public readonly Tensor? bias;
+
+    public Linear(Weights w, long inFeatures, long outFeatures, bool bias = true)
+    {
+        weight = w.Get("weight", outFeatures, inFeatures);
+        this.bias = bias ? w.Get("bias", outFeatures) : null;
+    }
+
+    public Tensor forward(Tensor x) => F.linear(x, weight, bias);
+
+    public void Dispose() { weight.Dispose(); bias?.Dispose(); }
+}
+
+public sealed class Conv2d : IDisposable
+{
+    public readonly Tensor weight;
+    public readonly Tensor? bias;
+    private readonly long _stride, _padding;
+
+    public Conv2d(Weights w, long inChannels, long outChannels, long kernel, long stride = 1, long padding = 0, bool bias = true)
+    {
+        weight = w.Get("weight", outChannels, inChannels, kernel, kernel);
+        this.bias = bias ? w.Get("bias", outChannels) : null;
+        _stride = stride;
+        _padding = padding;
+    }
+
+    public Tensor forward(Tensor x) =>
+        F.conv2d(x, weight, bias, strides: [_stride, _stride], padding: [_padding, _padding]);
+
+    public void Dispose() { weight.Dispose(); bias?.Dispose(); }
+}
+
+public sealed class GroupNorm : IDisposable
+{
+    public readonly Tensor weight;
+    public readonly Tensor bias;
+    private readonly long _groups;
+    private readonly double _eps;
+
+    public GroupNorm(Weights w, long groups, long channels, double eps)
+    {
+        weight = w.Get("weight", channels);
+        bias = w.Get("bias", channels);
+        _groups = groups;
+        _eps = eps;
+    }
+
+    public Tensor forward(Tensor x) => F.group_norm(x, _groups, weight, bias, _eps);
+
+    public void Dispose() { weight.Dispose(); bias.Dispose(); }
+}
+
+/// <summary>LayerNorm over the last dimension; without affine parameters when the checkpoint has none.</summary>
+public sealed class LayerNorm : IDisposable
+{
+    public readonly Tensor? weight;
+    public readonly Tensor? bias;
+    private readonly long _dim;
+    private readonly double _eps;
+
+    public LayerNorm(Weights? w, long dim, double eps, bool elementwiseAffine)
+    {
+        if (elementwiseAffine)
+        {
+            weight = w!.Get("weight", dim);
+            bias = w.Get("bias", dim);
+        }
+        _dim = dim;
+        _eps = eps;
+    }
+
+    public Tensor forward(Tensor x) => F.layer_norm(x, [_dim], weight, bias, _eps);
+
+    public void Dispose() { weight?.Dispose(); bias?.Dispose(); }
+}
