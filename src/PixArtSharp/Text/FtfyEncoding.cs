@@ -1,0 +1,6 @@
+namespace PixArtSharp.Text;
+
+internal static class FtfyEncoding
+{
+    public static string FixEncoding(string text) => text;
+}
