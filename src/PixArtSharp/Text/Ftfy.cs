@@ -4,10 +4,16 @@ using System.Text.RegularExpressions;
 namespace PixArtSharp.Text;
 
 /// <summary>
-/// <c>ftfy.fix_text(text)</c> with ftfy 6.2's default <c>TextFixerConfig</c>: unescape_html="auto", fix_encoding
-/// (see <see cref="FtfyEncoding"/>), fix_c1_controls, fix_latin_ligatures, fix_character_width, uncurl_quotes,
-/// fix_line_breaks, fix_surrogates, remove_terminal_escapes, remove_control_chars, then NFC.
+/// <c>ftfy.fix_text(text)</c> with ftfy 6.2's default <c>TextFixerConfig</c>: unescape_html="auto", fix_c1_controls,
+/// fix_latin_ligatures, fix_character_width, uncurl_quotes, fix_line_breaks, fix_surrogates, remove_terminal_escapes,
+/// remove_control_chars, then NFC.
 /// </summary>
+/// <remarks>
+/// Not ported: fix_encoding, ftfy's mojibake repair (badness heuristic, re-decoding through ten single-byte codecs,
+/// restore_byte_a0, replace_lossy_sequences, decode_inconsistent_utf8). It only changes text that its heuristic
+/// flags as mojibake and that then re-decodes as UTF-8, e.g. "cafÃ©" → "café"; such prompts keep their mojibake
+/// here. Everything else fix_text does is here.
+/// </remarks>
 internal static partial class Ftfy
 {
     [GeneratedRegex("&#?[0-9A-Za-z]{1,24};", RegexOptions.CultureInvariant)]
@@ -48,7 +54,7 @@ internal static partial class Ftfy
         {
             string orig = text;
             if (unescapeHtml) text = UnescapeHtml(text);
-            text = FtfyEncoding.FixEncoding(text);
+            // (fix_encoding would run here; see remarks.)
             text = FixC1Controls(text);
             text = FixLatinLigatures(text);
             text = FixCharacterWidth(text);
@@ -57,9 +63,45 @@ internal static partial class Ftfy
             text = FixSurrogates(text);
             text = Ansi().Replace(text, "");
             text = RemoveControlChars(text);
-            text = text.Normalize(NormalizationForm.FormC);
+            text = NormalizeNfc(text);
             if (text == orig) return text;
         }
+    }
+
+    // .NET refuses to normalize strings holding noncharacters such as U+FFFE (CPython does not). They have
+    // canonical combining class 0 and never compose, so normalizing the runs between them gives CPython's result.
+    internal static string NormalizeNfc(string text)
+    {
+        try
+        {
+            return text.Normalize(NormalizationForm.FormC);
+        }
+        catch (ArgumentException)
+        {
+            var sb = new StringBuilder(text.Length);
+            int start = 0;
+            for (int i = 0; i <= text.Length; i++)
+            {
+                if (i < text.Length && !IsNoncharacterAt(text, i)) continue;
+                if (i > start) sb.Append(text[start..i].Normalize(NormalizationForm.FormC));
+                if (i < text.Length)
+                {
+                    int len = char.IsHighSurrogate(text[i]) ? 2 : 1;
+                    sb.Append(text, i, len);
+                    i += len - 1;
+                    start = i + 1;
+                }
+            }
+            return sb.ToString();
+        }
+    }
+
+    private static bool IsNoncharacterAt(string s, int i)
+    {
+        int cp = char.IsHighSurrogate(s[i]) && i + 1 < s.Length && char.IsLowSurrogate(s[i + 1])
+            ? char.ConvertToUtf32(s[i], s[i + 1])
+            : s[i];
+        return cp is >= 0xfdd0 and <= 0xfdef || (cp & 0xfffe) == 0xfffe;
     }
 
     internal static string UnescapeHtml(string text) => HtmlEntity().Replace(text, m =>
@@ -90,7 +132,7 @@ internal static partial class Ftfy
 
     private static string FixLatinLigatures(string text)
     {
-        if (!text.Any(c => c is >= '\u0132' and <= '\u01cc' or >= '\ufb00' and <= '\ufb06')) return text;
+        if (!text.Any(c => c is >= '\u0132' and <= '\u01f3' or >= '\ufb00' and <= '\ufb06')) return text;
         var sb = new StringBuilder(text.Length + 8);
         foreach (char c in text)
         {

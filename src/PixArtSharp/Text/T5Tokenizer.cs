@@ -5,7 +5,7 @@ namespace PixArtSharp.Text;
 /// <summary>
 /// The slow transformers <c>T5Tokenizer</c> (legacy=True, 100 extra ids) as PixArt's <c>encode_prompt</c> calls it:
 /// <c>tokenizer(text, padding="max_length", max_length=120, truncation=True, add_special_tokens=True)</c>.
-/// SentencePiece itself is Microsoft.ML.Tokenizers; this class adds what that library does differently.
+/// Microsoft.ML.Tokenizers loads the model and normalizes; this class adds what that library does differently.
 /// </summary>
 public sealed class T5Tokenizer
 {
@@ -16,6 +16,7 @@ public sealed class T5Tokenizer
     public const int DefaultMaxLength = 120;
 
     private readonly SentencePieceTokenizer _sp;
+    private readonly UnigramViterbi _viterbi;
     private readonly string[] _pieces;
     private readonly Dictionary<string, int> _specialIds = new(StringComparer.Ordinal);
 
@@ -24,6 +25,7 @@ public sealed class T5Tokenizer
         byte[] model = File.ReadAllBytes(spieceModelPath);
         using var stream = new MemoryStream(WithBosId0(model), writable: false);
         _sp = SentencePieceTokenizer.Create(stream, addBeginningOfSentence: false, addEndOfSentence: false);
+        _viterbi = new UnigramViterbi(model);
 
         int size = _sp.Vocabulary.Count;
         _pieces = new string[size + ExtraIds];
@@ -119,15 +121,31 @@ public sealed class T5Tokenizer
 
     private int ExtraIdFloor => _pieces.Length - ExtraIds;
 
+    // Microsoft.ML.Tokenizers does the normalization (precompiled nmt_nfkc map, whitespace, dummy prefix); the
+    // segmentation is SentencePiece's own, see UnigramViterbi.
     private void AppendSentencePiece(string segment, List<int> ids)
     {
-        var encoded = _sp.EncodeToIds(segment, addBeginningOfSentence: false, addEndOfSentence: false);
-        // Microsoft.ML.Tokenizers emits one <unk> per unknown character; SentencePiece merges a run into one.
+        segment = RemoveDeletedControls(segment);
+        _sp.EncodeToTokens(segment, out string? normalized, addBeginningOfSentence: false, addEndOfSentence: false);
+        if (string.IsNullOrEmpty(normalized)) return;
+        var encoded = _viterbi.Encode(normalized);
+        // SentencePieceProcessor merges a run of unknown characters into one <unk>.
         for (int i = 0; i < encoded.Count; i++)
         {
             if (encoded[i] == UnkId && i > 0 && encoded[i - 1] == UnkId) continue;
             ids.Add(encoded[i]);
         }
+    }
+
+    // T5's precompiled normalization map deletes these control characters (measured with sentencepiece 0.1.97 over
+    // every code point); Microsoft.ML.Tokenizers 2.0.1 keeps them and emits <unk>.
+    private static bool IsDeletedControl(char c) => c is >= '\u0001' and <= '\u0008' or '\u000b'
+        or >= '\u000e' and <= '\u001f' or '\u007f' or '\u008f' or '\u009f';
+
+    private static string RemoveDeletedControls(string s)
+    {
+        if (!s.Any(IsDeletedControl)) return s;
+        return string.Concat(s.Where(c => !IsDeletedControl(c)));
     }
 
     // T5's spiece.model has bos_id = -1, which Microsoft.ML.Tokenizers 2.0.1 cannot load (IndexOutOfRangeException).
