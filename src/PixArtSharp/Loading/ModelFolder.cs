@@ -34,13 +34,15 @@ public sealed class ModelFolder
         try
         {
             using var doc = JsonDocument.Parse(File.ReadAllBytes(index));
-            pipelineClass = doc.RootElement.TryGetProperty("_class_name", out var c) ? c.GetString() ?? "" : "";
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                throw new WeightFileException($"{index} is not a JSON object; download the model again.");
+            pipelineClass = doc.RootElement.TryGetProperty("_class_name", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString()! : "";
+            // Components are ["library", "ClassName"]; optional ones absent from a pipeline are [null, null].
             foreach (var p in doc.RootElement.EnumerateObject())
             {
                 if (p.Name.StartsWith('_') || p.Value.ValueKind != JsonValueKind.Array || p.Value.GetArrayLength() != 2) continue;
-                var lib = p.Value[0].GetString();
-                var cls = p.Value[1].GetString();
-                if (lib != null && cls != null) components[p.Name] = (lib, cls);
+                if (p.Value[0].ValueKind != JsonValueKind.String || p.Value[1].ValueKind != JsonValueKind.String) continue;
+                components[p.Name] = (p.Value[0].GetString()!, p.Value[1].GetString()!);
             }
         }
         catch (JsonException e)
@@ -67,13 +69,17 @@ public sealed class ModelFolder
     /// <c>{stem}.safetensors.index.json</c>; with a variant, <c>{stem}.{variant}.safetensors</c> or
     /// <c>{stem}.safetensors.index.{variant}.json</c> (shards <c>{stem}.{variant}-00001-of-0000N.safetensors</c>).
     /// </summary>
-    public static IReadOnlyList<string> FindWeightFiles(string componentDir, string stem, string? variant)
+    public static IReadOnlyList<string> FindWeightFiles(string componentDir, string stem, string? variant) =>
+        Locate(componentDir, stem, variant).Files;
+
+    /// <summary>The weight files, and the shard index they came from (null for a single file).</summary>
+    private static (IReadOnlyList<string> Files, string? Index) Locate(string componentDir, string stem, string? variant)
     {
         string v = string.IsNullOrEmpty(variant) ? "" : "." + variant;
         string single = Path.Combine(componentDir, $"{stem}{v}.safetensors");
         string index = Path.Combine(componentDir, string.IsNullOrEmpty(variant) ? $"{stem}.safetensors.index.json" : $"{stem}.safetensors.index{v}.json");
-        if (File.Exists(single)) return [single];
-        if (File.Exists(index)) return ShardsOf(index);
+        if (File.Exists(single)) return ([single], null);
+        if (File.Exists(index)) return (ShardsOf(index), index);
 
         var present = Directory.Exists(componentDir)
             ? Directory.GetFiles(componentDir).Select(Path.GetFileName).Where(f => f!.Contains(".safetensors") || f.EndsWith(".bin")).ToList()
@@ -91,36 +97,62 @@ public sealed class ModelFolder
     /// <summary>The shard files named by a <c>*.safetensors.index.json</c>, in order, all checked to exist.</summary>
     public static IReadOnlyList<string> ShardsOf(string indexPath)
     {
-        string dir = Path.GetDirectoryName(indexPath)!;
-        var shards = new List<string>();
+        var paths = WeightMapOf(indexPath).Values.Distinct().ToList();
+        foreach (var p in paths)
+            if (!File.Exists(p))
+                throw new ModelNotFoundException($"Shard {p}, listed in {indexPath}, is missing: the download is incomplete; download the model again.");
+        return paths;
+    }
+
+    /// <summary>
+    /// The <c>weight_map</c> of a shard index: checkpoint key → full path of its shard (in the index's folder;
+    /// a name that leaves the folder is refused). Shards are not checked to exist here.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string> WeightMapOf(string indexPath)
+    {
+        string dir = Path.GetDirectoryName(Path.GetFullPath(indexPath))!;
+        // Insertion order is kept (Dictionary without removals), so shards come out in the index's order.
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
         try
         {
             using var doc = JsonDocument.Parse(File.ReadAllBytes(indexPath));
-            if (!doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
-                throw new WeightFileException($"{indexPath} has no weight_map; download the model again.");
+            if (doc.RootElement.ValueKind != JsonValueKind.Object
+                || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
+                throw new WeightFileException($"{indexPath} has no weight_map object; download the model again.");
             foreach (var p in map.EnumerateObject())
             {
-                string file = p.Value.GetString() ?? "";
-                if (file.Length == 0 || file.Contains('/') || file.Contains('\\') || file.StartsWith('.'))
-                    throw new WeightFileException($"{indexPath}: tensor '{p.Name}' points at '{file}', which is not a file name in the same folder.");
-                if (!shards.Contains(file)) shards.Add(file);
+                if (p.Value.ValueKind != JsonValueKind.String)
+                    throw new WeightFileException($"{indexPath}: tensor '{p.Name}' maps to {p.Value.GetRawText()}, not a file name; download the model again.");
+                string file = p.Value.GetString()!;
+                if (file.Length == 0 || file.Contains('/') || file.Contains('\\') || file.StartsWith('.') || Path.IsPathRooted(file)
+                    || !file.EndsWith(".safetensors", StringComparison.Ordinal))
+                    throw new WeightFileException($"{indexPath}: tensor '{p.Name}' points at '{file}', which is not a .safetensors file name in the same folder.");
+                if (!result.TryAdd(p.Name, Path.Combine(dir, file)))
+                    throw new WeightFileException($"{indexPath}: tensor '{p.Name}' appears twice in weight_map; download the model again.");
             }
         }
         catch (JsonException e)
         {
             throw new WeightFileException($"{indexPath} is not valid JSON ({e.Message}); download the model again.", e);
         }
-        var paths = shards.Select(s => Path.Combine(dir, s)).ToList();
-        foreach (var p in paths)
-            if (!File.Exists(p))
-                throw new ModelNotFoundException($"Shard {p}, listed in {Path.GetFileName(indexPath)}, is missing: the download is incomplete; download the model again.");
-        return paths;
+        catch (IOException e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new ModelNotFoundException($"Shard index not found: {indexPath}.", e);
+        }
+        if (result.Count == 0)
+            throw new WeightFileException($"{indexPath} has an empty weight_map; download the model again.");
+        return result;
     }
 
-    /// <summary>Opens a component's weights (all shards) for loading by key.</summary>
+    /// <summary>
+    /// Opens a component's weights (all shards) for loading by key. A sharded checkpoint must agree with its
+    /// index: every key in the shard named for it, and no key the index does not list.
+    /// </summary>
     public static Weights OpenWeights(string componentDir, string stem, string? variant, ScalarType dtype, Device? device = null)
     {
-        var files = FindWeightFiles(componentDir, stem, variant);
-        return Weights.FromFiles(files, dtype, device, description: files.Count == 1 ? files[0] : $"{componentDir} ({files.Count} shards)");
+        var (files, index) = Locate(componentDir, stem, variant);
+        return Weights.FromFiles(files, dtype, device,
+            description: index == null ? files[0] : $"{componentDir} ({files.Count} shards)",
+            weightMap: index == null ? null : WeightMapOf(index), weightMapSource: index);
     }
 }

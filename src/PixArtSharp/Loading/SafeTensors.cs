@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json;
+using System.Text.Unicode;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -36,15 +37,20 @@ public sealed class SafeTensorsFile : IDisposable
     // One mapping per element type: from_file maps the whole file as a 1-D tensor of that type, and each
     // tensor is a narrow + view of it (valid because its absolute offset is a multiple of its element size).
     private readonly Dictionary<ScalarType, Tensor> _maps = new();
+    private readonly Lock _lock = new();
+    private bool _disposed;
 
     public string FilePath { get; }
+    /// <summary>The file's length when it was validated; a file that changes afterwards is refused, not mapped.</summary>
+    public long FileLength { get; }
     public long DataStart { get; }
     public IReadOnlyDictionary<string, SafeTensorInfo> Tensors => _tensors;
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
-    private SafeTensorsFile(string path, long dataStart, Dictionary<string, SafeTensorInfo> tensors, Dictionary<string, string> metadata)
+    private SafeTensorsFile(string path, long fileLength, long dataStart, Dictionary<string, SafeTensorInfo> tensors, Dictionary<string, string> metadata)
     {
         FilePath = path;
+        FileLength = fileLength;
         DataStart = dataStart;
         _tensors = tensors;
         Metadata = metadata;
@@ -82,7 +88,7 @@ public sealed class SafeTensorsFile : IDisposable
         }
         long dataStart = 8 + header.LongLength;
         var (tensors, metadata) = ParseHeader(path, header, fileLength - dataStart);
-        return new SafeTensorsFile(path, dataStart, tensors, metadata);
+        return new SafeTensorsFile(path, fileLength, dataStart, tensors, metadata);
     }
 
     private static (Dictionary<string, SafeTensorInfo>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataLength)
@@ -90,6 +96,10 @@ public sealed class SafeTensorsFile : IDisposable
         // The format requires the header to start with '{' (trailing space padding is allowed).
         if (header.Length == 0 || header[0] != (byte)'{')
             throw Corrupt(path, "its JSON header does not start with '{'");
+        // System.Text.Json defers UTF-8 checks inside strings to GetString (which would then throw
+        // InvalidOperationException): check the whole header up front instead.
+        if (!Utf8.IsValid(header))
+            throw Corrupt(path, "its JSON header is not valid UTF-8");
         JsonDocument doc;
         try
         {
@@ -105,17 +115,23 @@ public sealed class SafeTensorsFile : IDisposable
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw Corrupt(path, "its JSON header is not an object");
+            bool sawMetadata = false;
             foreach (var prop in doc.RootElement.EnumerateObject())
             {
                 if (prop.Name == "__metadata__")
                 {
+                    if (sawMetadata)
+                        throw Corrupt(path, "its __metadata__ appears twice in the header");
+                    sawMetadata = true;
+                    if (prop.Value.ValueKind == JsonValueKind.Null) continue; // the reference reads null as "no metadata"
                     if (prop.Value.ValueKind != JsonValueKind.Object)
                         throw Corrupt(path, "its __metadata__ is not an object of strings");
                     foreach (var m in prop.Value.EnumerateObject())
                     {
                         if (m.Value.ValueKind != JsonValueKind.String)
                             throw Corrupt(path, $"its __metadata__ entry '{m.Name}' is not a string");
-                        metadata[m.Name] = m.Value.GetString()!;
+                        if (!metadata.TryAdd(m.Name, m.Value.GetString()!))
+                            throw Corrupt(path, $"its __metadata__ entry '{m.Name}' appears twice");
                     }
                     continue;
                 }
@@ -126,16 +142,20 @@ public sealed class SafeTensorsFile : IDisposable
         }
         // Offsets must tile the data area exactly: in order, without overlaps or holes.
         long expected = 0;
+        string? last = null;
         foreach (var t in tensors.Values.OrderBy(t => t.Begin).ThenBy(t => t.End))
         {
             if (t.Begin < expected)
-                throw Corrupt(path, $"tensor '{t.Name}' (bytes {t.Begin}–{t.End}) overlaps another tensor");
+                throw Corrupt(path, $"tensor '{t.Name}' (bytes {t.Begin}–{t.End}) overlaps tensor '{last}' (which ends at {expected})");
             if (t.Begin > expected)
                 throw Corrupt(path, $"bytes {expected}–{t.Begin} before tensor '{t.Name}' belong to no tensor");
             expected = t.End;
+            last = t.Name;
         }
         if (expected != dataLength)
-            throw Corrupt(path, $"its data area is {dataLength} bytes but the tensors cover {expected}");
+            throw Corrupt(path, last == null
+                ? $"its data area is {dataLength} bytes but it lists no tensors"
+                : $"its data area is {dataLength} bytes but the tensors end at {expected} (after tensor '{last}')");
         return (tensors, metadata);
     }
 
@@ -163,8 +183,10 @@ public sealed class SafeTensorsFile : IDisposable
         }
         if (!e.TryGetProperty("data_offsets", out var off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
             throw Corrupt(path, $"tensor '{name}' has no data_offsets [begin, end]");
-        if (!off[0].TryGetInt64(out long begin) || !off[1].TryGetInt64(out long end) || begin < 0 || end < begin)
-            throw Corrupt(path, $"tensor '{name}' has invalid data_offsets");
+        // TryGetInt64 throws (rather than returning false) on a non-number, so check the kind first.
+        if (off[0].ValueKind != JsonValueKind.Number || off[1].ValueKind != JsonValueKind.Number
+            || !off[0].TryGetInt64(out long begin) || !off[1].TryGetInt64(out long end) || begin < 0 || end < begin)
+            throw Corrupt(path, $"tensor '{name}' has data_offsets {off.GetRawText()}, not two integers 0 ≤ begin ≤ end");
         if (end > dataLength)
             throw Corrupt(path, $"tensor '{name}' ends at byte {end} of the data area, which has only {dataLength} bytes (the file is truncated)");
         long bytes;
@@ -189,16 +211,24 @@ public sealed class SafeTensorsFile : IDisposable
         var (type, size) = DTypes[info.DType];
         long absolute = DataStart + info.Begin;
         long numel = info.ByteLength / size;
-        if (absolute % size != 0)
-            return LoadCopy(info, type);
-        if (!_maps.TryGetValue(type, out var map))
+        lock (_lock)
         {
-            long elements = new FileInfo(FilePath).Length / size;
-            map = torch.from_file(FilePath, shared: false, size: elements, dtype: type);
-            _maps[type] = map;
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            // The header was validated against the length seen at Open; a file replaced or truncated since
+            // would be mapped past its end (SIGBUS on first touch), so refuse it.
+            long now = new FileInfo(FilePath).Length;
+            if (now != FileLength)
+                throw new WeightFileException($"{FilePath} changed while it was open (it was {FileLength} bytes, now {now}); cannot read tensor '{name}'. Do not modify model files while PixArtSharp runs.");
+            if (absolute % size != 0)
+                return LoadCopy(info, type);
+            if (!_maps.TryGetValue(type, out var map))
+            {
+                map = torch.from_file(FilePath, shared: false, size: FileLength / size, dtype: type);
+                _maps[type] = map;
+            }
+            using var flat = map.narrow(0, absolute / size, numel);
+            return flat.view(info.Shape);
         }
-        using var flat = map.narrow(0, absolute / size, numel);
-        return flat.view(info.Shape);
     }
 
     /// <summary>Misaligned tensors (legal in the format, never written by safetensors itself) are copied.</summary>
@@ -211,10 +241,15 @@ public sealed class SafeTensorsFile : IDisposable
         return t;
     }
 
+    /// <summary>Releases this file's handles on the mapping; tensors already handed out keep it alive.</summary>
     public void Dispose()
     {
-        foreach (var m in _maps.Values) m.Dispose();
-        _maps.Clear();
+        lock (_lock)
+        {
+            _disposed = true;
+            foreach (var m in _maps.Values) m.Dispose();
+            _maps.Clear();
+        }
     }
 
     private static WeightFileException Corrupt(string path, string what) =>

@@ -1,4 +1,4 @@
-using System.Text;
+using System.Buffers.Binary;
 using System.Text.Json;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -14,6 +14,8 @@ public static class SafeTensorsWriter
 {
     public static void Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
+        if (tensors.ContainsKey("__metadata__"))
+            throw new ArgumentException("A tensor cannot be named '__metadata__': the format reserves that key.", nameof(tensors));
         var order = tensors
             .OrderByDescending(kv => kv.Value.ElementSize)
             .ThenBy(kv => kv.Key, StringComparer.Ordinal)
@@ -38,24 +40,28 @@ public static class SafeTensorsWriter
         Array.Fill(headerBytes, (byte)' ');
         json.CopyTo(headerBytes, 0);
 
-        string tmp = path + $".tmp-{Environment.ProcessId}";
+        string tmp = path + $".tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
         try
         {
             using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
             {
-                fs.Write(BitConverter.GetBytes((ulong)padded));
+                Span<byte> len = stackalloc byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)padded);
+                fs.Write(len);
                 fs.Write(headerBytes);
                 foreach (var (_, t) in order)
                 {
-                    using var c = t.cpu().contiguous();
+                    using var cpu = t.cpu();
+                    using var c = cpu.contiguous();
                     fs.Write(c.bytes);
                 }
+                fs.Flush(flushToDisk: true);
             }
             File.Move(tmp, path, overwrite: true);
         }
         catch
         {
-            try { File.Delete(tmp); } catch (IOException) { }
+            try { File.Delete(tmp); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
             throw;
         }
     }

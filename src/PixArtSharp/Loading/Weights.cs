@@ -41,8 +41,14 @@ public sealed class Weights : IDisposable
     }
 
     /// <summary>Weights from one or more safetensors files (a sharded checkpoint is several).</summary>
-    public static Weights FromFiles(IReadOnlyList<string> files, ScalarType dtype, Device? device = null, string? description = null)
+    /// <param name="weightMap">For a sharded checkpoint, its index's key → shard path: the shards must hold
+    /// exactly those keys, each in the shard named for it.</param>
+    /// <param name="weightMapSource">The index file, for error messages.</param>
+    public static Weights FromFiles(IReadOnlyList<string> files, ScalarType dtype, Device? device = null, string? description = null,
+                                    IReadOnlyDictionary<string, string>? weightMap = null, string? weightMapSource = null)
     {
+        if (files.Count == 0)
+            throw new ArgumentException("At least one weight file is needed.", nameof(files));
         var opened = new List<SafeTensorsFile>();
         var where = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
         try
@@ -58,6 +64,8 @@ public sealed class Weights : IDisposable
                     where[name] = st;
                 }
             }
+            if (weightMap != null)
+                CheckAgainstIndex(where, weightMap, weightMapSource ?? "the shard index");
         }
         catch
         {
@@ -72,6 +80,20 @@ public sealed class Weights : IDisposable
             where.Keys,
             () => { foreach (var o in opened) o.Dispose(); });
         return new Weights(source, "", dtype, device ?? CPU);
+    }
+
+    private static void CheckAgainstIndex(Dictionary<string, SafeTensorsFile> where, IReadOnlyDictionary<string, string> weightMap, string index)
+    {
+        foreach (var (key, shard) in weightMap)
+        {
+            if (!where.TryGetValue(key, out var st))
+                throw new WeightFileException($"{index} lists weight '{key}' in {shard}, but no shard holds it. The download is incomplete or mixed; download the model again.");
+            if (!string.Equals(Path.GetFullPath(st.FilePath), Path.GetFullPath(shard), StringComparison.Ordinal))
+                throw new WeightFileException($"{index} lists weight '{key}' in {shard}, but it is in {st.FilePath}. The shards do not belong to this index; download the model again.");
+        }
+        foreach (var (key, st) in where)
+            if (!weightMap.ContainsKey(key))
+                throw new WeightFileException($"{st.FilePath} holds weight '{key}', which {index} does not list. The shards do not belong to this index; download the model again.");
     }
 
     /// <summary>Weights from tensors already in memory (tests, converters).</summary>
@@ -127,7 +149,9 @@ public sealed class Weights : IDisposable
         }
         _source.Used.Add(key);
         var raw = _source.Load(key, shape);
-        if (raw.dtype == dtype && raw.device == Device) return raw;
+        // Device has no value equality: compare type and index. The zero-copy view is handed out as it is.
+        if (raw.dtype == dtype && raw.device_type == Device.type && (Device.index < 0 || raw.device_index == Device.index))
+            return raw;
         using (raw) return raw.to(dtype, Device);
     }
 

@@ -1,0 +1,134 @@
+using System.Runtime.InteropServices;
+using System.Text.RegularExpressions;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PixArtSharp;
+
+/// <summary>libtorch (TorchSharp's native backend) cannot be loaded on this machine; the message says why and what to do.</summary>
+public sealed class TorchUnavailableException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>
+/// Loads libtorch once, up front, so a machine that cannot run it gets one clear error instead of a
+/// TypeInitializationException from deep inside the first tensor operation.
+/// </summary>
+public static partial class TorchRuntime
+{
+    private static readonly Lazy<(Exception Error, string? LoaderError)?> _failure = new(TryLoad, LazyThreadSafetyMode.ExecutionAndPublication);
+
+    /// <summary>Loads libtorch (once); throws <see cref="TorchUnavailableException"/> if it cannot be loaded.</summary>
+    public static void EnsureLoaded()
+    {
+        if (_failure.Value is var (e, loaderError))
+            throw new TorchUnavailableException(FormatLoadFailure(e, loaderError), e);
+    }
+
+    /// <summary>Sets libtorch's intra-op thread count (the CPU cores one forward pass may use).</summary>
+    public static void SetThreads(int threads)
+    {
+        if (threads < 1)
+            throw new ArgumentOutOfRangeException(nameof(threads), threads, "threads must be at least 1.");
+        EnsureLoaded();
+        torch.set_num_threads(threads);
+    }
+
+    public static int Threads
+    {
+        get { EnsureLoaded(); return torch.get_num_threads(); }
+    }
+
+    private static (Exception, string?)? TryLoad()
+    {
+        // On failure TorchSharp prints its whole probing trace to the console (and puts it in its exception):
+        // keep it off the user's terminal; the exception we throw carries it as InnerException.
+        var (stdout, stderr) = (Console.Out, Console.Error);
+        try
+        {
+            Console.SetOut(TextWriter.Null);
+            Console.SetError(TextWriter.Null);
+            torch.InitializeDeviceType(DeviceType.CPU);
+            // Touch the native library for real: initialisation alone may succeed lazily.
+            using var t = torch.zeros(1);
+            return null;
+        }
+        catch (Exception e) when (e is TypeInitializationException or DllNotFoundException or NotSupportedException
+                                       or BadImageFormatException or EntryPointNotFoundException or InvalidOperationException)
+        {
+            return (e, AskTheLoader());
+        }
+        finally
+        {
+            Console.SetOut(stdout);
+            Console.SetError(stderr);
+        }
+    }
+
+    /// <summary>
+    /// TorchSharp's exception lists the paths it probed but not why the dynamic loader refused them; loading
+    /// libLibTorchSharp.so ourselves gets the loader's own message (e.g. a missing GLIBCXX version).
+    /// </summary>
+    private static string? AskTheLoader()
+    {
+        var dirs = new[] { AppContext.BaseDirectory, Path.GetDirectoryName(typeof(torch).Assembly.Location) }
+            .Where(d => !string.IsNullOrEmpty(d)).Select(d => Path.GetFullPath(d!)).Distinct().ToList();
+        foreach (var dir in dirs)
+        {
+            string lib = Path.Combine(dir, "libLibTorchSharp.so");
+            if (!File.Exists(lib)) continue;
+            try
+            {
+                NativeLibrary.Free(NativeLibrary.Load(lib));
+                return null; // it loads: the cause is elsewhere, and TorchSharp's own message has to do
+            }
+            catch (Exception e) when (e is DllNotFoundException or BadImageFormatException)
+            {
+                return e.Message;
+            }
+        }
+        return $"libLibTorchSharp.so is not in {string.Join(" or ", dirs)}";
+    }
+
+    /// <summary>
+    /// Turns the exception chain TorchSharp throws when its native library fails to load into one message:
+    /// what failed, the innermost cause (the loader's own words), and the fix for the known causes.
+    /// </summary>
+    /// <param name="loaderError">The dynamic loader's own message for libLibTorchSharp.so, when known: it is the cause.</param>
+    public static string FormatLoadFailure(Exception e, string? loaderError = null)
+    {
+        var chain = new List<Exception>();
+        for (var x = e; x != null && chain.Count < 32; x = x.InnerException)
+            chain.Add(x);
+        // The most specific message is the innermost one that says anything beyond a type initialiser failing.
+        var innermost = chain.LastOrDefault(x => x is not TypeInitializationException) ?? chain[^1];
+        string all = string.Join("\n", chain.Select(x => x.Message).Append(loaderError ?? ""));
+        string cause = FirstLine(loaderError ?? innermost.Message);
+
+        var glibcxx = GlibcxxVersion().Match(all);
+        string hint;
+        if (glibcxx.Success)
+            hint = $"The system libstdc++ lacks {glibcxx.Value}, which TorchSharp's libLibTorchSharp.so asks for. " +
+                   "Rebuild with `dotnet build` (or `dotnet publish`) so the build step patches the library in the output folder, " +
+                   "or install a libstdc++ from GCC 13 or newer.";
+        else if (all.Contains("GLIBC_", StringComparison.Ordinal))
+            hint = "The system C library is older than libtorch needs: use a Linux distribution with glibc 2.28 or newer.";
+        else if (all.Contains("libtorch", StringComparison.OrdinalIgnoreCase) && (all.Contains("cannot open shared object", StringComparison.Ordinal) || all.Contains("No such file", StringComparison.Ordinal)))
+            hint = "A libtorch native file is missing from the output folder: run `dotnet build` again (the libtorch-cpu-linux-x64 package must be restored).";
+        else
+            hint = "Check that the libtorch-cpu-linux-x64 package was restored and that this is a 64-bit Linux x64 machine; `dotnet build` again.";
+
+        return $"libtorch could not be loaded (libLibTorchSharp.so and its dependencies): {cause} {hint}";
+    }
+
+    private static string FirstLine(string s)
+    {
+        // .NET's DllNotFoundException starts with generic advice (strace, LD_DEBUG); TorchSharp's exception
+        // appends a long probing trace. The loader's complaint is the useful line; else the first line.
+        var lines = s.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (lines.Length == 0) return s;
+        string[] loaderWords = ["not found", "cannot open shared object", "undefined symbol", "wrong ELF class", "is not in "];
+        return lines.FirstOrDefault(l => loaderWords.Any(w => l.Contains(w, StringComparison.Ordinal))) ?? lines[0];
+    }
+
+    [GeneratedRegex(@"GLIBCXX_\d+(\.\d+)*")]
+    private static partial Regex GlibcxxVersion();
+}
