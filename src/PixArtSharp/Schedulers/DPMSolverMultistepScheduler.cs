@@ -22,7 +22,7 @@ namespace PixArtSharp.Schedulers;
 /// (it reads <c>.pred_original_sample</c>); a port should use <c>prev_sample</c>, which is that x₀.
 /// </para>
 /// </summary>
-public sealed class DPMSolverMultistepScheduler : IDisposable
+public sealed class DPMSolverMultistepScheduler : IScheduler
 {
     public SchedulerConfig Config { get; }
     /// <summary>Training tables (float32, CPU, num_train_timesteps values): β, ᾱ, α_t = √ᾱ, σ_t = √(1−ᾱ), λ_t = log α_t − log σ_t.</summary>
@@ -32,6 +32,13 @@ public sealed class DPMSolverMultistepScheduler : IDisposable
     public Tensor SigmaT { get; }
     public Tensor LambdaT { get; }
     public double InitNoiseSigma => 1.0;
+    public string ClassName => "DPMSolverMultistepScheduler";
+    /// <summary>diffusers' PixArtAlphaPipeline defaults: 20 steps, guidance 4.5.</summary>
+    public int DefaultSteps => 20;
+    public double DefaultGuidance => 4.5;
+    public bool AcceptsCustomTimesteps => true;
+    // DPM-Solver++ (the deterministic algorithm) draws no noise.
+    Tensor IScheduler.Step(Tensor modelOutput, long timestep, Tensor sample, Generator? generator) => Step(modelOutput, timestep, sample);
     public int Order => 1;
 
     public int? NumInferenceSteps { get; private set; }

@@ -15,7 +15,7 @@ namespace PixArtSharp.Schedulers;
 /// <c>prev_sample</c>, which is the denoised sample here.
 /// </para>
 /// </summary>
-public sealed class LCMScheduler : IDisposable
+public sealed class LCMScheduler : IScheduler
 {
     private const double SigmaData = 0.5;
 
@@ -27,6 +27,18 @@ public sealed class LCMScheduler : IDisposable
     public Tensor FinalAlphaCumprod { get; }
     /// <summary>Standard deviation of the initial noise.</summary>
     public double InitNoiseSigma => 1.0;
+    public string ClassName => "LCMScheduler";
+    /// <summary>PixArt-LCM: 4 steps without guidance (the model was distilled for guidance-free sampling).</summary>
+    public int DefaultSteps => 4;
+    public double DefaultGuidance => 0.0;
+    public bool AcceptsCustomTimesteps => true;
+    void IScheduler.SetTimesteps(int? numInferenceSteps, IReadOnlyList<int>? timesteps) => SetTimesteps(numInferenceSteps, timesteps);
+    Tensor IScheduler.Step(Tensor modelOutput, long timestep, Tensor sample, Generator? generator)
+    {
+        var (prev, denoised) = Step(modelOutput, timestep, sample, generator);
+        denoised.Dispose();
+        return prev;
+    }
     public int Order => 1;
 
     public int? NumInferenceSteps { get; private set; }

@@ -1,5 +1,4 @@
 using System.Text.Json;
-using System.Text.RegularExpressions;
 using PixArtSharp.Loading;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -50,7 +49,7 @@ public sealed record SASolverConfig
 /// float32 0-d tensor op in diffusers and is computed here in C# <c>float</c> in the same operation order (exp/log
 /// may differ from torch's SLEEF by an ulp); tensor updates run in the tensors' dtype.
 /// </summary>
-public sealed partial class SASolverScheduler : IDisposable
+public sealed class SASolverScheduler : IScheduler
 {
     public SASolverConfig Config { get; }
 
@@ -62,6 +61,11 @@ public sealed partial class SASolverScheduler : IDisposable
     public static readonly Func<long, double> DefaultTauFunc = t => t >= 200 && t <= 800 ? 1 : 0;
 
     public double InitNoiseSigma => 1.0;
+    public string ClassName => "SASolverScheduler";
+    /// <summary>PixArt's SA-Solver demo defaults: 25 steps, guidance 3.</summary>
+    public int DefaultSteps => 25;
+    public double DefaultGuidance => 3.0;
+    public bool AcceptsCustomTimesteps => false;
     public int Order => 1;
 
     // Training tables (float32, as diffusers' torch tensors).
@@ -163,9 +167,8 @@ public sealed partial class SASolverScheduler : IDisposable
         string file = Directory.Exists(path) ? Path.Combine(path, "scheduler_config.json") : path;
         if (!File.Exists(file))
             throw new ModelNotFoundException($"Config file not found: {file}. Is this a diffusers model folder?");
-        // Python's json writes bare -Infinity (lambda_min_clipped); System.Text.Json only accepts named literals
-        // when quoted, so quote them before parsing with ConfigJson's options.
-        string json = BareNonFinite().Replace(File.ReadAllText(file), m => $"{m.Groups[1].Value}\"{m.Groups[2].Value}\"");
+        // Python's json writes bare -Infinity (lambda_min_clipped); ConfigJson quotes such literals for System.Text.Json.
+        string json = ConfigJson.QuoteNonFiniteLiterals(File.ReadAllText(file));
         try
         {
             return JsonSerializer.Deserialize<SASolverConfig>(json, ConfigJson.Options)
@@ -176,9 +179,6 @@ public sealed partial class SASolverScheduler : IDisposable
             throw new WeightFileException($"{file} is not a valid config ({e.Message}); download the model again.", e);
         }
     }
-
-    [GeneratedRegex(@"([:\[,]\s*)(-?Infinity|NaN)(?=\s*[,\]}])")]
-    private static partial Regex BareNonFinite();
 
     public void SetBeginIndex(int beginIndex = 0) => BeginIndex = beginIndex;
 
@@ -643,42 +643,12 @@ public sealed partial class SASolverScheduler : IDisposable
             return c.TrainedBetas.Select(b => (float)b).ToArray();
         return c.BetaSchedule switch
         {
-            "linear" => TorchLinspaceFloat32(c.BetaStart, c.BetaEnd, c.NumTrainTimesteps),
+            "linear" => NoiseSchedule.TorchLinspaceFloat32(c.BetaStart, c.BetaEnd, c.NumTrainTimesteps),
             // Latent-diffusion schedule: linspace of square roots in float32, squared.
-            "scaled_linear" => TorchLinspaceFloat32(Math.Pow(c.BetaStart, 0.5), Math.Pow(c.BetaEnd, 0.5), c.NumTrainTimesteps).Select(b => b * b).ToArray(),
+            "scaled_linear" => NoiseSchedule.TorchLinspaceFloat32(Math.Pow(c.BetaStart, 0.5), Math.Pow(c.BetaEnd, 0.5), c.NumTrainTimesteps).Select(b => b * b).ToArray(),
             "squaredcos_cap_v2" => BetasForAlphaBarCosine(c.NumTrainTimesteps),
             _ => throw new ArgumentException($"beta_schedule '{c.BetaSchedule}' is not implemented for SASolverScheduler.", nameof(c)),
         };
-    }
-
-    /// <summary>
-    /// <c>torch.linspace(start, end, steps, dtype=torch.float32)</c> as PyTorch's CPU kernel computes it (the fixtures'
-    /// PyTorch 1.13 with AVX2): step = (end − start)/(steps − 1) in float32; index &lt; steps/2 counts from start, the rest
-    /// back from end; the vectorised loop (2 × 8 lanes per iteration) builds each 8-lane vector as base + lane·step from
-    /// the vector's first index, and the tail uses the scalar formula. libtorch 2.10's linspace differs by an ulp in
-    /// about a fifth of the 1000 betas, which moves ᾱ and σ by an ulp.
-    /// </summary>
-    private static float[] TorchLinspaceFloat32(double start, double end, int steps)
-    {
-        const int lanes = 8;
-        var y = new float[steps];
-        if (steps == 1) { y[0] = (float)start; return y; }
-        float s = (float)start, e = (float)end;
-        float step = (e - s) / (steps - 1);
-        int halfway = steps / 2;
-        float Scalar(int idx) => idx < halfway ? s + step * idx : e - step * (steps - idx - 1);
-        int i = 0;
-        for (; i <= steps - 2 * lanes; i += 2 * lanes)
-        {
-            for (int v = i; v < i + 2 * lanes; v += lanes)
-            {
-                float baseValue = Scalar(v); // Vectorized<float>::arange(base, step)
-                y[v] = baseValue;
-                for (int j = 1; j < lanes; j++) y[v + j] = baseValue + j * step;
-            }
-        }
-        for (; i < steps; i++) y[i] = Scalar(i);
-        return y;
     }
 
     /// <summary>Glide cosine schedule (diffusers betas_for_alpha_bar, cosine, max_beta 0.999), computed in double.</summary>

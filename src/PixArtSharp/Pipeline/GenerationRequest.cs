@@ -1,0 +1,68 @@
+using static TorchSharp.torch;
+
+namespace PixArtSharp.Pipeline;
+
+/// <summary>
+/// Everything one call of the pipeline takes, with diffusers' names and meanings (PixArtAlphaPipeline.__call__).
+/// Null means "the model's default". The CLI and the server build this record and share its validation.
+/// </summary>
+public sealed record GenerationRequest
+{
+    /// <summary>One prompt or a list (a batch). Null only when <see cref="PromptEmbeds"/> is given.</summary>
+    public IReadOnlyList<string>? Prompts { get; init; }
+    /// <summary>One negative prompt for every prompt, or one per prompt. Only used with guidance &gt; 1.</summary>
+    public IReadOnlyList<string> NegativePrompts { get; init; } = [""];
+    public int? NumInferenceSteps { get; init; }
+    /// <summary>Custom timesteps instead of the scheduler's spacing.</summary>
+    public IReadOnlyList<int>? Timesteps { get; init; }
+    public double? GuidanceScale { get; init; }
+    public int NumImagesPerPrompt { get; init; } = 1;
+    public int? Height { get; init; }
+    public int? Width { get; init; }
+    public bool UseResolutionBinning { get; init; } = true;
+    public bool CleanCaption { get; init; } = true;
+    public int MaxSequenceLength { get; init; } = 120;
+    /// <summary>Seeds a CPU generator exactly as torch.Generator('cpu').manual_seed(seed). Ignored if Generator is set.</summary>
+    public long? Seed { get; init; }
+    public Generator? Generator { get; init; }
+    /// <summary>Initial latents (B·num_images, 4, H/8, W/8) instead of drawing them.</summary>
+    public Tensor? Latents { get; init; }
+    public PromptEmbeddings? PromptEmbeds { get; init; }
+    public PromptEmbeddings? NegativePromptEmbeds { get; init; }
+    public OutputType OutputType { get; init; } = OutputType.Image;
+}
+
+public enum OutputType
+{
+    /// <summary>Float images (N, H, W, 3) in [0, 1], as diffusers' output_type "np".</summary>
+    Image,
+    /// <summary>The final latents, before the VAE (output_type "latent").</summary>
+    Latent,
+}
+
+/// <summary>T5 states and their attention mask, as encode_prompt returns them.</summary>
+public sealed record PromptEmbeddings(Tensor Embeds, Tensor AttentionMask) : IDisposable
+{
+    public void Dispose() { Embeds.Dispose(); AttentionMask.Dispose(); }
+}
+
+/// <summary>What the per-step callback sees. Return false from the callback to cancel.</summary>
+public sealed record StepInfo(int Step, int TotalSteps, long Timestep, Tensor Latents);
+
+/// <summary>Images (N, H, W, 3) in [0, 1] unless latents were asked for, and always the final latents.</summary>
+public sealed record PipelineOutput(Tensor? Images, Tensor Latents, int Height, int Width, long? Seed) : IDisposable
+{
+    /// <summary>8-bit RGB per image, rounded as diffusers' numpy_to_pil does: (x·255).round() (half to even).</summary>
+    public byte[][] ToRgb8()
+    {
+        if (Images is null) throw new InvalidOperationException("This output holds latents, not images.");
+        using var scope = NewDisposeScope();
+        var bytes = Images.to(ScalarType.Float32).cpu().mul(255).round().clamp(0, 255).to(ScalarType.Byte);
+        var result = new byte[bytes.shape[0]][];
+        for (int i = 0; i < result.Length; i++)
+            result[i] = bytes[i].contiguous().data<byte>().ToArray();
+        return result;
+    }
+
+    public void Dispose() { Images?.Dispose(); Latents.Dispose(); }
+}

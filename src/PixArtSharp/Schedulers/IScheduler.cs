@@ -1,0 +1,62 @@
+using PixArtSharp.Loading;
+using static TorchSharp.torch;
+
+namespace PixArtSharp.Schedulers;
+
+/// <summary>
+/// What the pipeline needs from a scheduler: diffusers' set_timesteps / step / add_noise contract, plus the model
+/// defaults a diffusers user gets from the pipeline for it. One implementation per diffusers scheduler class.
+/// </summary>
+public interface IScheduler : IDisposable
+{
+    /// <summary>diffusers' class name, as written in model_index.json.</summary>
+    string ClassName { get; }
+    long[] Timesteps { get; }
+    double InitNoiseSigma { get; }
+    /// <summary>Steps and guidance the pipeline uses when the caller gives none.</summary>
+    int DefaultSteps { get; }
+    double DefaultGuidance { get; }
+    /// <summary>Whether custom <c>timesteps</c> lists are accepted (diffusers raises for SA-Solver).</summary>
+    bool AcceptsCustomTimesteps { get; }
+
+    void SetTimesteps(int? numInferenceSteps, IReadOnlyList<int>? timesteps = null);
+    void SetBeginIndex(int beginIndex = 0);
+    /// <summary>x_t → x_{t−1} (diffusers' <c>step(...).prev_sample</c>). Stochastic schedulers draw from <paramref name="generator"/>.</summary>
+    Tensor Step(Tensor modelOutput, long timestep, Tensor sample, Generator? generator = null);
+    Tensor AddNoise(Tensor originalSamples, Tensor noise, Tensor timesteps);
+}
+
+/// <summary>Builds the scheduler a model folder names, or the one the user asks for.</summary>
+public static class SchedulerFactory
+{
+    /// <summary>Names accepted by <see cref="Create"/>'s override (and the CLI's --scheduler).</summary>
+    public static readonly IReadOnlyList<string> Names = ["lcm", "dpm-solver", "sa-solver"];
+
+    /// <summary>
+    /// The scheduler for <paramref name="folder"/>: the class in model_index.json built from scheduler_config.json,
+    /// or <paramref name="overrideName"/> ("lcm", "dpm-solver", "sa-solver") built from the same config file
+    /// the way diffusers' <c>from_config</c> does (unknown keys ignored, missing ones defaulted).
+    /// </summary>
+    public static IScheduler Create(ModelFolder folder, string? overrideName = null)
+    {
+        string dir = folder.ComponentDir("scheduler");
+        string configPath = Path.Combine(dir, "scheduler_config.json");
+        string name = overrideName?.Trim().ToLowerInvariant() ?? folder.ClassOf("scheduler") switch
+        {
+            "LCMScheduler" => "lcm",
+            "DPMSolverMultistepScheduler" => "dpm-solver",
+            "SASolverScheduler" => "sa-solver",
+            var other => throw new WeightFileException(
+                $"{folder.Root}: model_index.json names scheduler class '{other}', which PixArtSharp does not implement. " +
+                "Choose one with --scheduler lcm, dpm-solver or sa-solver."),
+        };
+        return name switch
+        {
+            "lcm" => LCMScheduler.FromConfig(configPath),
+            "dpm-solver" or "dpm" or "dpmsolver" => DPMSolverMultistepScheduler.FromConfig(configPath),
+            // PixArt's demo: SASolverScheduler.from_config(dpm_config, algorithm_type='data_prediction', tau_func=…, orders 2/2).
+            "sa-solver" or "sa" or "sasolver" => SASolverScheduler.FromConfigFile(configPath),
+            _ => throw new ArgumentException($"Unknown scheduler '{overrideName}'. Choose one of: {string.Join(", ", Names)}.", nameof(overrideName)),
+        };
+    }
+}
