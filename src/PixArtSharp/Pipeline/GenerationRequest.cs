@@ -13,6 +13,8 @@ public sealed record GenerationRequest
     /// <summary>One negative prompt for every prompt, or one per prompt. Only used with guidance &gt; 1.</summary>
     public IReadOnlyList<string> NegativePrompts { get; init; } = [""];
     public int? NumInferenceSteps { get; init; }
+    /// <summary>"lcm", "dpm-solver" or "sa-solver" for this call; null = the pipeline's (model_index.json's unless overridden).</summary>
+    public string? Scheduler { get; init; }
     /// <summary>Custom timesteps instead of the scheduler's spacing.</summary>
     public IReadOnlyList<int>? Timesteps { get; init; }
     public double? GuidanceScale { get; init; }
@@ -25,6 +27,13 @@ public sealed record GenerationRequest
     /// <summary>Seeds a CPU generator exactly as torch.Generator('cpu').manual_seed(seed). Ignored if Generator is set.</summary>
     public long? Seed { get; init; }
     public Generator? Generator { get; init; }
+    /// <summary>
+    /// One generator per prompt instead of one for the batch: prompt b's num_images_per_prompt rows of initial
+    /// latents and of every noise draw come from Generators[b], with that group's shape. A batch of independent
+    /// requests (one prompt each, same num_images_per_prompt) then gives each request exactly the images it would
+    /// get alone with its own seed.
+    /// </summary>
+    public IReadOnlyList<Generator>? Generators { get; init; }
     /// <summary>Initial latents (B·num_images, 4, H/8, W/8) instead of drawing them.</summary>
     public Tensor? Latents { get; init; }
     public PromptEmbeddings? PromptEmbeds { get; init; }

@@ -40,6 +40,7 @@ public sealed class PixArtAlphaPipeline : IDisposable
     public T5Tokenizer Tokenizer { get; }
     public PixArtTransformerConfig TransformerConfig { get; }
     public AutoencoderKLConfig VaeConfig { get; }
+    /// <summary>The default scheduler (model_index.json's, or PipelineOptions.Scheduler). Each call runs a fresh one.</summary>
     public IScheduler Scheduler { get; }
     public Device Device { get; }
 
@@ -182,15 +183,17 @@ public sealed class PixArtAlphaPipeline : IDisposable
         using var scope = NewDisposeScope();
         using var _ = no_grad();
 
-        // 0. Defaults from the model (diffusers: height = sample_size · vae_scale_factor).
-        int steps = request.Timesteps?.Count ?? request.NumInferenceSteps ?? DefaultSteps;
-        double guidance = request.GuidanceScale ?? DefaultGuidance;
+        // 0. Defaults from the model (diffusers: height = sample_size · vae_scale_factor). A fresh scheduler per call
+        //    keeps its step state (index, multistep history) out of other calls.
+        using var scheduler = SchedulerFactory.Create(Folder, request.Scheduler ?? Options.Scheduler);
+        int steps = request.Timesteps?.Count ?? request.NumInferenceSteps ?? scheduler.DefaultSteps;
+        double guidance = request.GuidanceScale ?? scheduler.DefaultGuidance;
         int height = request.Height ?? DefaultHeight;
         int width = request.Width ?? DefaultWidth;
         int origHeight = height, origWidth = width;
 
         // 1. Check inputs. Raise error if not correct.
-        CheckInputs(request, height, width, steps, guidance);
+        CheckInputs(request, scheduler, height, width, steps, guidance);
         if (request.UseResolutionBinning)
         {
             var bins = AspectRatioBins.BinsForSampleSize(SampleSize);
@@ -217,19 +220,19 @@ public sealed class PixArtAlphaPipeline : IDisposable
         promptEmbeds = promptEmbeds.to(tdtype);
 
         // 4. Prepare timesteps.
-        Scheduler.SetTimesteps(request.Timesteps is null ? steps : null, request.Timesteps);
-        var timesteps = Scheduler.Timesteps;
+        scheduler.SetTimesteps(request.Timesteps is null ? steps : null, request.Timesteps);
+        var timesteps = scheduler.Timesteps;
 
         // 5. Prepare latents: one fp32 randn of (B·n, C, H/8, W/8) on a CPU generator, as torch draws them
         // (fp16 draws differ from torch's, so the draw is always fp32 and cast afterwards).
         long latentChannels = InChannels;
         long[] latentShape = [total, latentChannels, height / VaeScaleFactor, width / VaeScaleFactor];
-        long? seed = request.Generator is null ? request.Seed ?? Random.Shared.NextInt64(0, long.MaxValue) : request.Seed;
-        var generator = request.Generator ?? new Generator((ulong)seed!.Value);
+        long? seed = request.Generator is null && request.Generators is null ? request.Seed ?? Random.Shared.NextInt64(0, long.MaxValue) : request.Seed;
+        var noise = new NoiseSource(request.Generators ?? [request.Generator ?? new Generator((ulong)seed!.Value)]);
         Tensor latents = request.Latents is null
-            ? randn(latentShape, ScalarType.Float32, generator: generator).to(Device)
+            ? noise.Randn(latentShape, ScalarType.Float32, Device)
             : request.Latents.to(ScalarType.Float32, Device);
-        latents = latents.mul(Scheduler.InitNoiseSigma);
+        latents = latents.mul(scheduler.InitNoiseSigma);
 
         // 6.1 Prepare micro-conditions (only the 1024 models, sample_size 128, use them).
         Tensor? resolution = null, aspectRatio = null;
@@ -270,7 +273,7 @@ public sealed class PixArtAlphaPipeline : IDisposable
             // compute previous image: x_t -> x_t-1. With one step the scheduler's prev_sample already is its
             // denoised estimate (LCM's last step returns it; DPM-Solver++ ends at sigma 0), which is what
             // diffusers' 1-step branch (.pred_original_sample, which crashes in 0.29.2) meant to return.
-            var next = Scheduler.Step(noisePred, t, latents, generator).MoveToOuterDisposeScope();
+            var next = scheduler.Step(noisePred, t, latents, noise).MoveToOuterDisposeScope();
             latents.Dispose();
             latents = next;
 
@@ -293,7 +296,7 @@ public sealed class PixArtAlphaPipeline : IDisposable
         return new PipelineOutput(images.MoveToOuterDisposeScope(), latents.MoveToOuterDisposeScope(), (int)images.shape[1], (int)images.shape[2], seed);
     }
 
-    private void CheckInputs(GenerationRequest r, int height, int width, int steps, double guidance)
+    private void CheckInputs(GenerationRequest r, IScheduler scheduler, int height, int width, int steps, double guidance)
     {
         if (height % 8 != 0 || width % 8 != 0)
             throw new ArgumentException($"`height` and `width` have to be divisible by 8 but are {height} and {width}.", r.Height % 8 != 0 ? nameof(r.Height) : nameof(r.Width));
@@ -331,6 +334,12 @@ public sealed class PixArtAlphaPipeline : IDisposable
         if (r.PromptEmbeds != null && r.NegativePromptEmbeds != null &&
             !r.PromptEmbeds.Embeds.shape.SequenceEqual(r.NegativePromptEmbeds.Embeds.shape))
             throw new ArgumentException($"`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but got: `prompt_embeds` [{string.Join(",", r.PromptEmbeds.Embeds.shape)}] != `negative_prompt_embeds` [{string.Join(",", r.NegativePromptEmbeds.Embeds.shape)}].", nameof(r.NegativePromptEmbeds));
+        if (r.Generators is not null && r.Generators.Count != batch)
+            throw new ArgumentException($"`generators` has {r.Generators.Count} entries but there are {batch} prompts: give one generator per prompt.", nameof(r.Generators));
+        if (r.Generators is not null && r.Generator is not null)
+            throw new ArgumentException("Give either `generator` or `generators`, not both.", nameof(r.Generators));
+        if (r.Timesteps != null && !scheduler.AcceptsCustomTimesteps)
+            throw new ArgumentException($"The current scheduler class {scheduler.ClassName}'s `set_timesteps` does not support custom timestep schedules. Please check whether you are using the correct scheduler.", nameof(r.Timesteps));
         if (r.Timesteps != null && r.NumInferenceSteps != null && r.NumInferenceSteps != r.Timesteps.Count)
             throw new ArgumentException($"`timesteps` has {r.Timesteps.Count} entries but `num_inference_steps` is {r.NumInferenceSteps}: give one of the two.", nameof(r.Timesteps));
         if (r.Latents is not null)
@@ -350,5 +359,6 @@ public sealed class PixArtAlphaPipeline : IDisposable
         _transformer?.Dispose();
         _vae?.Dispose();
         _textEncoder = null; _transformer = null; _vae = null;
+        Scheduler.Dispose();
     }
 }

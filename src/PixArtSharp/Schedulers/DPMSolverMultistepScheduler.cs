@@ -38,7 +38,7 @@ public sealed class DPMSolverMultistepScheduler : IScheduler
     public double DefaultGuidance => 4.5;
     public bool AcceptsCustomTimesteps => true;
     // DPM-Solver++ (the deterministic algorithm) draws no noise.
-    Tensor IScheduler.Step(Tensor modelOutput, long timestep, Tensor sample, Generator? generator) => Step(modelOutput, timestep, sample);
+    Tensor IScheduler.Step(Tensor modelOutput, long timestep, Tensor sample, NoiseSource? noise) => Step(modelOutput, timestep, sample);
     public int Order => 1;
 
     public int? NumInferenceSteps { get; private set; }

@@ -21,8 +21,8 @@ public interface IScheduler : IDisposable
 
     void SetTimesteps(int? numInferenceSteps, IReadOnlyList<int>? timesteps = null);
     void SetBeginIndex(int beginIndex = 0);
-    /// <summary>x_t → x_{t−1} (diffusers' <c>step(...).prev_sample</c>). Stochastic schedulers draw from <paramref name="generator"/>.</summary>
-    Tensor Step(Tensor modelOutput, long timestep, Tensor sample, Generator? generator = null);
+    /// <summary>x_t → x_{t−1} (diffusers' <c>step(...).prev_sample</c>). Stochastic schedulers draw from <paramref name="noise"/>.</summary>
+    Tensor Step(Tensor modelOutput, long timestep, Tensor sample, NoiseSource? noise);
     Tensor AddNoise(Tensor originalSamples, Tensor noise, Tensor timesteps);
 }
 

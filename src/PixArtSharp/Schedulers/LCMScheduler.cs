@@ -33,9 +33,9 @@ public sealed class LCMScheduler : IScheduler
     public double DefaultGuidance => 0.0;
     public bool AcceptsCustomTimesteps => true;
     void IScheduler.SetTimesteps(int? numInferenceSteps, IReadOnlyList<int>? timesteps) => SetTimesteps(numInferenceSteps, timesteps);
-    Tensor IScheduler.Step(Tensor modelOutput, long timestep, Tensor sample, Generator? generator)
+    Tensor IScheduler.Step(Tensor modelOutput, long timestep, Tensor sample, NoiseSource? noise)
     {
-        var (prev, denoised) = Step(modelOutput, timestep, sample, generator);
+        var (prev, denoised) = Step(modelOutput, timestep, sample, noise);
         denoised.Dispose();
         return prev;
     }
@@ -180,7 +180,11 @@ public sealed class LCMScheduler : IScheduler
     /// (on the generator's device) and moved/cast to the denoised tensor's device and dtype.
     /// Returns (prev_sample, denoised).
     /// </summary>
-    public (Tensor PrevSample, Tensor Denoised) Step(Tensor modelOutput, long timestep, Tensor sample, Generator? generator = null)
+    public (Tensor PrevSample, Tensor Denoised) Step(Tensor modelOutput, long timestep, Tensor sample, Generator? generator = null) =>
+        Step(modelOutput, timestep, sample, NoiseSource.Of(generator));
+
+    /// <summary>As <see cref="Step(Tensor, long, Tensor, Generator?)"/>, drawing the re-noising from <paramref name="noiseSource"/>.</summary>
+    public (Tensor PrevSample, Tensor Denoised) Step(Tensor modelOutput, long timestep, Tensor sample, NoiseSource? noiseSource)
     {
         if (NumInferenceSteps is null)
             throw new InvalidOperationException("Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler");
@@ -226,9 +230,7 @@ public sealed class LCMScheduler : IScheduler
         Tensor prevSample;
         if (stepIndex != NumInferenceSteps.Value - 1)
         {
-            var noise = torch.randn(modelOutput.shape, dtype: ScalarType.Float32,
-                device: generator?.device ?? denoised.device, generator: generator);
-            noise = noise.to(denoised.dtype).to(denoised.device);
+            var noise = NoiseSource.Randn(noiseSource, modelOutput.shape, denoised.dtype, denoised.device);
             prevSample = alphaProdTPrev.sqrt().item<float>() * denoised + betaProdTPrev.sqrt().item<float>() * noise;
         }
         else

@@ -263,7 +263,11 @@ public sealed class SASolverScheduler : IScheduler
     /// After the call, <see cref="ModelOutputs"/>[^1] is this step's x0 prediction, <see cref="LastSample"/> the
     /// (corrected) sample the predictor started from and <see cref="LastNoise"/> the draw.
     /// </summary>
-    public Tensor Step(Tensor modelOutput, long timestep, Tensor sample, torch.Generator? generator = null)
+    public Tensor Step(Tensor modelOutput, long timestep, Tensor sample, torch.Generator? generator = null) =>
+        Step(modelOutput, timestep, sample, NoiseSource.Of(generator));
+
+    /// <summary>As <see cref="Step(Tensor, long, Tensor, torch.Generator?)"/>, drawing from <paramref name="noiseSource"/>.</summary>
+    public Tensor Step(Tensor modelOutput, long timestep, Tensor sample, NoiseSource? noiseSource)
     {
         ArgumentNullException.ThrowIfNull(modelOutput);
         ArgumentNullException.ThrowIfNull(sample);
@@ -302,7 +306,7 @@ public sealed class SASolverScheduler : IScheduler
         _timestepList[^1] = timestep;
 
         // 4. One randn per step, always (also at the last step and where tau = 0), before the predictor.
-        var noise = DrawNoise(modelOutput, generator);
+        var noise = NoiseSource.Randn(noiseSource, modelOutput.shape, modelOutput.dtype, modelOutput.device);
 
         // 5. Orders: lower at the end (lower_order_final) and during warm-up.
         int thisPredictorOrder = Config.PredictorOrder, thisCorrectorOrder = Config.CorrectorOrder;
@@ -372,14 +376,6 @@ public sealed class SASolverScheduler : IScheduler
         // The very first step takes the second match if the timestep repeats (img2img), else the only one.
         if (candidates.Count == 0) return Timesteps.Length - 1;
         return candidates.Count > 1 ? candidates[1] : candidates[0];
-    }
-
-    private Tensor DrawNoise(Tensor modelOutput, torch.Generator? generator)
-    {
-        // Drawn in float32 (TorchSharp's fp16 randn differs from PyTorch's; fp32 is bit-identical), then cast.
-        var device = generator?.device ?? modelOutput.device;
-        var n = torch.randn(modelOutput.shape, dtype: ScalarType.Float32, device: device, generator: generator);
-        return n.to(modelOutput.dtype, modelOutput.device);
     }
 
     // α_t = 1/sqrt(σ²+1), σ_t = σ·α_t, λ = log α_t − log σ_t, all float32 as diffusers' 0-d tensors.
