@@ -223,7 +223,9 @@ public sealed class SafeTensorsFile : IDisposable
                 return LoadCopy(info, type);
             if (!_maps.TryGetValue(type, out var map))
             {
-                map = torch.from_file(FilePath, shared: false, size: FileLength / size, dtype: type);
+                // The mapping belongs to this file object (freed in Dispose), not to whatever dispose scope the
+                // first Load happens in: a scope ending must not unmap the weights that later loads view.
+                map = torch.from_file(FilePath, shared: false, size: FileLength / size, dtype: type).DetachFromDisposeScope();
                 _maps[type] = map;
             }
             using var flat = map.narrow(0, absolute / size, numel);

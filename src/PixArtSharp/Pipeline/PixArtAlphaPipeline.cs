@@ -185,7 +185,7 @@ public sealed class PixArtAlphaPipeline : IDisposable
 
         // 0. Defaults from the model (diffusers: height = sample_size · vae_scale_factor). A fresh scheduler per call
         //    keeps its step state (index, multistep history) out of other calls.
-        using var scheduler = SchedulerFactory.Create(Folder, request.Scheduler ?? Options.Scheduler);
+        using var scheduler = CreateScheduler(request.Scheduler);
         int steps = request.Timesteps?.Count ?? request.NumInferenceSteps ?? scheduler.DefaultSteps;
         double guidance = request.GuidanceScale ?? scheduler.DefaultGuidance;
         int height = request.Height ?? DefaultHeight;
@@ -294,6 +294,12 @@ public sealed class PixArtAlphaPipeline : IDisposable
             image = AspectRatioBins.ResizeAndCropTensor(image, origWidth, origHeight);
         var images = image.div(2).add(0.5).clamp(0, 1).permute(0, 2, 3, 1).contiguous();
         return new PipelineOutput(images.MoveToOuterDisposeScope(), latents.MoveToOuterDisposeScope(), (int)images.shape[1], (int)images.shape[2], seed);
+    }
+
+    private IScheduler CreateScheduler(string? name)
+    {
+        try { return SchedulerFactory.Create(Folder, name ?? Options.Scheduler); }
+        catch (ArgumentException e) when (name is not null) { throw new ArgumentException(e.Message, nameof(GenerationRequest.Scheduler), e); }
     }
 
     private void CheckInputs(GenerationRequest r, IScheduler scheduler, int height, int width, int steps, double guidance)

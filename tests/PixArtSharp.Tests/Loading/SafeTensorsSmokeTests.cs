@@ -25,4 +25,16 @@ public class SafeTensorsSmokeTests
         }
         finally { File.Delete(tmp); }
     }
+
+    [Fact]
+    public void MappingOutlivesTheScopeOfTheFirstLoad()
+    {
+        using var f = SafeTensorsFile.Open(Fixtures.Path("tiny-pixart", "vae", "diffusion_pytorch_model.safetensors"));
+        float expected;
+        using (NewDisposeScope())
+            expected = f.Load("decoder.conv_in.weight").sum().item<float>();
+        // The first load's scope has ended; the file's mapping must still be valid for later views.
+        using var again = f.Load("decoder.conv_in.weight");
+        Assert.Equal(expected, again.sum().item<float>());
+    }
 }
