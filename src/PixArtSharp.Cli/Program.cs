@@ -1,5 +1,8 @@
-using TorchSharp;
-var t = torch.randn(new long[]{2,3}, generator: new torch.Generator(42));
-Console.WriteLine(string.Join(",", t.data<float>().ToArray()));
-Console.WriteLine(torch.get_num_threads());
-return 0;
+using System.CommandLine;
+using PixArtSharp.Cli.Serve;
+
+var root = new RootCommand("PixArtSharp: PixArt-α / PixArt-LCM text-to-image in .NET")
+{
+    ServeCommand.Create(),
+};
+return await root.Parse(args).InvokeAsync();
