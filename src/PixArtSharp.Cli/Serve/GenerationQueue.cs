@@ -174,13 +174,19 @@ public sealed class GenerationQueue : IDisposable
         }
     }
 
-    /// <summary>The oldest job and the compatible jobs behind it, in queue order (under _gate).</summary>
+    /// <summary>
+    /// The oldest job and the compatible jobs behind it, in queue order (under _gate). A job asking for several
+    /// images runs alone: for several prompts with num_images_per_prompt &gt; 1, diffusers 0.29.2 (which the
+    /// pipeline mirrors) lays the prompt attention masks out as (p0, p1, p0, p1) against embeddings (p0, p0, p1, p1),
+    /// so batched it would not get the images it gets alone.
+    /// </summary>
     private List<Job> TakeBatch()
     {
         var first = _pending.First!.Value;
         var key = BatchKey(first.Settings);
+        int limit = first.Settings.NumImages > 1 ? 1 : MaxBatch;
         var batch = new List<Job>();
-        for (var n = _pending.First; n != null && batch.Count < MaxBatch;)
+        for (var n = _pending.First; n != null && batch.Count < limit;)
         {
             var next = n.Next;
             if (batch.Count == 0 || BatchKey(n.Value.Settings).Equals(key))
