@@ -309,7 +309,7 @@ public static class ServerApp
                 ctx.Response.Headers.CacheControl = "no-cache";
                 // Everything the page needs comes from this server; it talks to no one else.
                 ctx.Response.Headers.ContentSecurityPolicy =
-                    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+                    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
                 return Results.Bytes(bytes, type);
             });
         }

@@ -70,6 +70,7 @@ function request() {
     steps: Number($("steps").value),
     guidance: Number($("guidance").value),
     n: Number($("n").value),
+    resolution_binning: $("binning").checked,
   };
   if ($("randomize").checked) {
     // A fresh seed each time, shown in the form so the run can be repeated with "randomize" off.
@@ -81,7 +82,7 @@ function request() {
 
 function addToGallery(result) {
   $("empty").hidden = true;
-  result.data.forEach((img, i) => {
+  const cards = result.data.map((img, i) => {
     const bytes = Uint8Array.from(atob(img.b64_json), (c) => c.charCodeAt(0));
     const url = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
     const card = document.createElement("figure");
@@ -101,8 +102,9 @@ function addToGallery(result) {
     link.textContent = "Download PNG";
     meta.append(seed, params, link);
     card.append(el, meta);
-    $("gallery").prepend(card);
+    return card;
   });
+  $("gallery").prepend(...cards); // newest request first, its images in order
 }
 
 function onProgress(p) {
