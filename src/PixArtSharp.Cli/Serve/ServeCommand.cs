@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Hosting;
 using PixArtSharp.Hub;
 using PixArtSharp.Imaging;
 using PixArtSharp.Loading;
@@ -89,6 +90,8 @@ public static class ServeCommand
         _ => throw new ArgumentException($"--dtype must be fp32, bf16 or fp16, got '{name}'.", "--dtype"),
     };
 
+    private static string DTypeName(ScalarType t) => t switch { ScalarType.BFloat16 => "bf16", ScalarType.Float16 => "fp16", _ => "fp32" };
+
     public static async Task<int> RunAsync(ServeOptions options, ScalarType dtype, int? threads, CancellationToken ct)
     {
         options.Validate();
@@ -98,20 +101,17 @@ public static class ServeCommand
         if (threads is { } t) TorchRuntime.SetThreads(t);
 
         string folder = await ModelLocator.ResolveAsync(options.Model, ct: ct);
-        Console.Error.WriteLine($"pixart serve: loading {options.Model} ({dtype}) …");
+        Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeName(dtype)}) …");
         using var pipeline = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, KeepLoaded = true });
         using var queue = new GenerationQueue(pipeline, ImageFiles.ModelLabel(options.Model), options.MaxQueue, options.MaxBatch, options.KeepFinished);
         await using var app = ServerApp.Build(options, queue);
         await app.StartAsync(ct);
         foreach (var url in app.Urls)
             Console.Error.WriteLine($"pixart serve: ready on {url} (page at /, API at /v1, OpenAPI at /openapi.json); Ctrl+C stops");
-        try
-        {
-            await Task.Delay(Timeout.Infinite, ct);
-        }
-        catch (OperationCanceledException) { }
-        Console.Error.WriteLine("pixart serve: stopping …");
-        await app.StopAsync(CancellationToken.None);
+        // Ctrl+C / SIGTERM: the host's console lifetime stops the app; the command's token does the same.
+        await using (ct.Register(() => app.Lifetime.StopApplication()))
+            await app.WaitForShutdownAsync(CancellationToken.None);
+        Console.Error.WriteLine("pixart serve: stopped.");
         return 0;
     }
 }

@@ -255,11 +255,14 @@ public static class ServerApp
         ctx.Response.Headers["X-Accel-Buffering"] = "no";
         try
         {
+            bool send = true;
             while (true)
             {
                 int version = job.Version;
                 var info = queue.Info(job) with { Result = null };
-                await WriteEvent(ctx, "progress", info, ct);
+                if (send || job.IsFinished || job.Status == JobStatus.Queued) await WriteEvent(ctx, "progress", info, ct); // queued: position may move
+                else await WriteComment(ctx, "keepalive", ct);
+                send = true;
                 if (job.IsFinished)
                 {
                     if (job.Result is { } r) await WriteEvent(ctx, "result", r, ct);
@@ -272,7 +275,8 @@ public static class ServerApp
                 }
                 catch (TimeoutException)
                 {
-                    // Heartbeat (refreshes the queue position; detects a gone client).
+                    // Heartbeat: refreshes the queue position, and a write is how a gone client is noticed.
+                    send = false;
                 }
             }
         }
@@ -284,6 +288,12 @@ public static class ServerApp
         {
             if (cancelOnDisconnect) job.Cancel();
         }
+    }
+
+    private static async Task WriteComment(HttpContext ctx, string text, CancellationToken ct)
+    {
+        await ctx.Response.WriteAsync($": {text}\n\n", ct);
+        await ctx.Response.Body.FlushAsync(ct);
     }
 
     private static async Task WriteEvent<T>(HttpContext ctx, string name, T data, CancellationToken ct)
