@@ -38,7 +38,7 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
 
         await page.GotoAsync(app.BaseUrl + "/");
         // The form is filled from /v1/models: the ten styles and the aspect-ratio bins.
-        await page.WaitForFunctionAsync("document.querySelectorAll('#style option').length === 10");
+        await WaitFor(page, "() => document.querySelectorAll('#style option').length === 10");
         Assert.Equal("tiny-pixart-lcm · lcm · default 1024×1024, 4 steps", await page.TextContentAsync("#model"));
         Assert.True(await page.Locator("#aspect option").CountAsync() > 20);
 
@@ -58,7 +58,7 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         await page.ClickAsync("#generate");
 
         await page.WaitForSelectorAsync(".card img", new PageWaitForSelectorOptions { Timeout = 90_000 });
-        await page.WaitForFunctionAsync("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)");
+        await WaitFor(page, "() => [...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)");
         output.WriteLine($"generate → 2 images shown in {clock.ElapsedMilliseconds} ms");
         Assert.Equal(2, await page.Locator(".card").CountAsync());
         Assert.Equal(384, await page.EvalOnSelectorAsync<int>(".card img", "i => i.naturalWidth"));
@@ -90,5 +90,19 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         Assert.Empty(consoleErrors);
         Assert.Empty(offsite);
         output.WriteLine($"screenshot: {ScreenshotPath} ({new FileInfo(ScreenshotPath).Length} bytes); status '{await page.TextContentAsync("#status")}'");
+    }
+
+    /// <summary>
+    /// Polls a predicate from the test side. Playwright's WaitForFunction polls with eval inside the page, which the
+    /// page's Content-Security-Policy (no 'unsafe-eval') rightly forbids; Evaluate runs over the DevTools protocol.
+    /// </summary>
+    private static async Task WaitFor(IPage page, string predicate)
+    {
+        var until = DateTime.UtcNow.AddSeconds(60);
+        while (!await page.EvaluateAsync<bool>(predicate))
+        {
+            if (DateTime.UtcNow > until) throw new TimeoutException($"the page never satisfied {predicate}");
+            await Task.Delay(50);
+        }
     }
 }
