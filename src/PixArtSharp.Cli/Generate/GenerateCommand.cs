@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -135,6 +136,9 @@ public static class GenerateCommand
                 Quiet = parseResult.GetValue(quiet),
                 Json = parseResult.GetValue(json),
             };
+            // A mistyped option lands among the prompts (their arity is open): refuse it, unless it follows "--".
+            if (!parseResult.Tokens.Any(t => t.Type == TokenType.DoubleDash) && args.Prompts.FirstOrDefault(p => p.Length > 1 && p[0] == '-') is { } stray)
+                throw new UsageException($"Unknown option '{stray}'. See 'pixart generate --help'; a prompt that starts with '-' goes after --.");
             return RunAsync(args, cli, ct);
         }));
         return command;
