@@ -64,8 +64,8 @@ public abstract class GenerateProgress
             console.Progress()
                 .AutoClear(false)
                 .HideCompleted(false)
-                .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(),
-                         new DetailColumn(this), new ElapsedTimeColumn())
+                .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn { Width = 20 },
+                         new ElapsedTimeColumn(), new DetailColumn(this))
                 .Start(ctx =>
                 {
                     foreach (var s in Enum.GetValues<Stage>())
@@ -91,7 +91,8 @@ public abstract class GenerateProgress
             t.IsIndeterminate = false;
             t.MaxValue = total;
             t.Value = done;
-            SetDetail(t, StepText(done, total, secondsPerStep, etaSeconds, detail));
+            SetDetail(t, string.Create(CultureInfo.InvariantCulture, $"{done}/{total}  {secondsPerStep:0.00} s/step  ETA {Seconds(etaSeconds)}")
+                         + (detail is null ? "" : $"  {detail}"));
         }
 
         public override void End(Stage stage, TimeSpan elapsed, string? detail = null)

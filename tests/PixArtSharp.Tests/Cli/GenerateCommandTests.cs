@@ -235,6 +235,36 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void PromptsFileRunsInBatchesWithSeedPlusBatchIndex()
+    {
+        string list = _tmp.WriteText("prompts.txt", "a red fox\n\na blue bird\r\na green frog\n");
+        var r = Run("generate", "--prompts-file", list, "--batch-size", "2", "--model", CliRunner.TinyLcm, "--steps", "1",
+            "-H", "16", "-W", "16", "--seed", "10", "-o", _tmp.Path("animal.png"), "--json");
+        Assert.Equal(0, r.ExitCode);
+        using var json = JsonDocument.Parse(r.Stdout);
+        var images = json.RootElement.GetProperty("images").EnumerateArray().ToList();
+        Assert.Equal(["a red fox", "a blue bird", "a green frog"], images.Select(i => i.GetProperty("prompt").GetString()));
+        Assert.Equal([10L, 10, 11], images.Select(i => i.GetProperty("seed").GetInt64()));
+        Assert.Equal([0, 0, 1], images.Select(i => i.GetProperty("batch").GetInt32()));
+        for (int i = 0; i < 3; i++)
+        {
+            var s = GenerationSettings.FromJson(PngReader.ReadTextChunks(_tmp.Path($"animal-{i}.png"))[1].Text);
+            Assert.Equal(i < 2 ? ["a red fox", "a blue bird"] : ["a green frog"], s.Prompts);
+        }
+        // Both ways of giving prompts at once is a mistake.
+        Assert.Equal(ExitCodes.BadArguments, Run("generate", "a cat", "--prompts-file", list).ExitCode);
+    }
+
+    [Fact]
+    public void DownloadRefusesWhatIsNotAHubId()
+    {
+        var r = Run("download", "not a repo id");
+        Assert.Equal(ExitCodes.BadArguments, r.ExitCode);
+        Assert.Contains("is not a Hugging Face model id", r.Stderr);
+        Assert.Equal(ExitCodes.BadArguments, Run("download").ExitCode);
+    }
+
+    [Fact]
     public void HelpListsEveryFlagWithExamples()
     {
         var r = Run("generate", "--help");
