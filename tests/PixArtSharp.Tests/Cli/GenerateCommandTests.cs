@@ -68,17 +68,28 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
         Assert.False(json.RootElement.TryGetProperty("model_revision", out _));
     }
 
-    [Fact]
-    public void DpmCfgMatchesDiffusers()
+    public static IEnumerable<object[]> MoreParityCases() =>
+    [
+        ["dpm_cfg", CliRunner.TinyDpm, new[] { "An astronaut riding a green horse", "--steps", "14", "--guidance", "4.5", "-H", "64", "-W", "64", "--no-resolution-binning", "--seed", "1" }],
+        ["lcm_8steps_cfg", CliRunner.TinyLcm, new[] { "Portrait of an old sailor, oil painting", "--negative-prompt", "blurry", "--steps", "8", "--guidance", "1.5", "-H", "64", "-W", "64", "--no-resolution-binning", "--seed", "6" }],
+        // Resolution binning on (the default): generated at the nearest trained aspect ratio, resized back to 200x120.
+        ["lcm_binning", CliRunner.TinyLcm, new[] { "A mountain lake at sunrise", "--steps", "4", "--guidance", "0", "-H", "120", "-W", "200", "--seed", "5" }],
+    ];
+
+    [Theory]
+    [MemberData(nameof(MoreParityCases))]
+    public void MatchesDiffusersPixels(string fixture, string model, string[] args)
     {
-        string png = _tmp.Path("astronaut.png");
-        var r = Run("generate", "An astronaut riding a green horse", "--model", CliRunner.TinyDpm, "--steps", "14", "--guidance", "4.5",
-            "--height", "64", "--width", "64", "--no-resolution-binning", "--seed", "1", "-o", png, "--quiet");
+        string png = _tmp.Path(fixture + ".png");
+        var r = Run(["generate", .. args, "--model", model, "-o", png, "--quiet"]);
         Assert.Equal(0, r.ExitCode);
         Assert.Equal("", r.Stderr);                 // --quiet: nothing but the file name
         Assert.Equal(png, r.Stdout.Trim());
-        AssertParity(png, CliRunner.ExpectedRgb8("dpm_cfg")[0], 64, 64, "dpm_cfg");
-        Assert.Contains("Sampler: DPM++ 2M, CFG scale: 4.5, Seed: 1, Size: 64x64", PngReader.ReadTextChunks(png)[0].Text);
+        var expected = CliRunner.ExpectedRgb8(fixture)[0];
+        var (w, h, _) = PngReader.DecodeRgb8(png);
+        AssertParity(png, expected, w, h, fixture);
+        Assert.Equal(expected.Length, w * h * 3);
+        if (fixture == "dpm_cfg") Assert.Contains("Sampler: DPM++ 2M, CFG scale: 4.5, Seed: 1, Size: 64x64", PngReader.ReadTextChunks(png)[0].Text);
     }
 
     [Fact]
