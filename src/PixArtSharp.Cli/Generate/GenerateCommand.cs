@@ -86,7 +86,7 @@ public static class GenerateCommand
         dtype.AcceptOnlyFromAmong("fp32", "bf16", "fp16");
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch [default: libtorch's, one per core]." };
         var output = new Option<string?>("--output", "-o") { Description = "The PNG file (or an existing folder). With several images: <stem>-<i>.png, i from 0, prompt-major [default: pixart-<seed>.png].", HelpName = "FILE" };
-        var style = new Option<string?>("--style") { Description = $"A PixArt demo style preset: {string.Join(", ", StylePresets.All.Select(s => s.Name))}." };
+        var style = new Option<string?>("--style") { HelpName = "NAME", Description = $"A PixArt demo style preset: {string.Join(", ", StylePresets.All.Select(s => s.Name))}." };
         style.CompletionSources.Add(StylePresets.All.Select(s => s.Name).ToArray());
         var fromPng = new Option<string?>("--from-png") { Description = "Reproduce an image from its metadata (model, prompt, seed, everything); flags given as well override it.", HelpName = "FILE" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "No progress or warnings; print only the files written." };
