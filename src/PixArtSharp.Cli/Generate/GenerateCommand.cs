@@ -283,11 +283,16 @@ public static class GenerateCommand
         progress.Run(() =>
         {
             ct.ThrowIfCancellationRequested();
-            // 1. Load every component (kept for all batches), 2. encode all prompts with T5 and free it: T5 is the
-            //    largest part by far, and the transformer and VAE need it no more.
+            // 1. Load, 2. encode all prompts with T5 and free it: T5 is by far the largest part (19 GB in fp32 for
+            //    T5-XXL) and nothing needs it afterwards. One batch loads one component at a time (T5, then the
+            //    transformer, then the VAE), so the peak is the largest of them; several batches keep the
+            //    transformer and VAE between batches.
+            bool keepLoaded = batches.Count > 1;
+            string modelLabel = $"{(isLocal ? Path.GetFileName(model.Model) : model.Model)} ({model.DType})";
             var clock = Stopwatch.StartNew();
-            progress.Begin(Stage.Load, $"{(isLocal ? Path.GetFileName(model.Model) : model.Model)} ({model.DType})");
-            using var pipe = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, Variant = model.Variant, KeepLoaded = true });
+            progress.Begin(Stage.Load, keepLoaded ? modelLabel : $"{modelLabel}: text encoder");
+            using var pipe = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, Variant = model.Variant, KeepLoaded = keepLoaded });
+            pipe.LoadTextEncoder();
             progress.End(Stage.Load, clock.Elapsed);
             timings["load"] = clock.Elapsed.TotalSeconds;
             ct.ThrowIfCancellationRequested();
@@ -306,8 +311,18 @@ public static class GenerateCommand
                         cleanCaption: request.CleanCaption, maxSequenceLength: request.MaxSequenceLength));
                 }
                 pipe.UnloadTextEncoder();
+                GC.Collect();
                 progress.End(Stage.Encode, clock.Elapsed);
                 timings["encode"] = clock.Elapsed.TotalSeconds;
+                if (!keepLoaded)
+                {
+                    ct.ThrowIfCancellationRequested();
+                    clock.Restart();
+                    progress.Begin(Stage.Load, $"{modelLabel}: transformer");
+                    pipe.LoadTransformer();  // the VAE loads when decoding starts, after the transformer is freed
+                    progress.End(Stage.Load, clock.Elapsed);
+                    timings["load"] += clock.Elapsed.TotalSeconds;
+                }
 
                 // 3. Denoise and decode each batch, 4. save its images.
                 int totalSteps = batches.Sum(b => b.Settings.Steps!.Value), stepsDone = 0;

@@ -82,6 +82,7 @@ public abstract class GenerateProgress
             var t = _tasks[stage];
             SetDetail(t, detail);
             t.IsIndeterminate = stage != Stage.Denoise;
+            if (stage != Stage.Denoise) t.Value = 0; // a stage may run again (load: text encoder, then transformer)
             if (!t.IsStarted) t.StartTask();
         }
 
