@@ -344,7 +344,11 @@ public static class GenerateCommand
                         denoiseThisBatch += stepClock.Elapsed.TotalSeconds;
                         double perStep = denoise / stepsDone;
                         progress.Step(stepsDone, totalSteps, perStep, perStep * (totalSteps - stepsDone), batchLabel);
-                        if (info.Step == info.TotalSteps) progress.Begin(Stage.Decode, batchLabel ?? "VAE");
+                        if (info.Step == info.TotalSteps)
+                        {
+                            if (stepsDone == totalSteps) progress.End(Stage.Denoise, TimeSpan.FromSeconds(denoise));
+                            progress.Begin(Stage.Decode, batchLabel ?? "VAE");
+                        }
                         stepClock.Restart();
                         return !ct.IsCancellationRequested;
                     }, ct);

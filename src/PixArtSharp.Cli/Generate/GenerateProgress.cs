@@ -89,6 +89,7 @@ public abstract class GenerateProgress
         public override void Step(int done, int total, double secondsPerStep, double etaSeconds, string? detail)
         {
             var t = _tasks[Stage.Denoise];
+            if (!t.IsStarted) t.StartTask();
             t.IsIndeterminate = false;
             t.MaxValue = total;
             t.Value = done;
