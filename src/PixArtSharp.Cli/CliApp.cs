@@ -112,9 +112,9 @@ public static class CliApp
     {
         if (IsOutOfMemory(e))
             return $"out of memory ({FirstLine(e.Message)}). Try --dtype bf16 (half the memory), a smaller --width/--height, fewer images per batch (--num-images, --batch-size), or close other programs.";
-        // ArgumentException appends " (Parameter 'x')" to its message; name the setting our way instead.
+        // ArgumentException appends " (Parameter 'x')" to its message; our messages name the setting already.
         if (e is ArgumentException { ParamName: { } p } a && a.Message.EndsWith($" (Parameter '{p}')", StringComparison.Ordinal))
-            return a.Message[..^$" (Parameter '{p}')".Length] + $" [{p}]";
+            return a.Message[..^$" (Parameter '{p}')".Length];
         if (e is ImageWriteException || e is UsageException) return e.Message;
         return FirstLine(e.Message);
     }
@@ -142,12 +142,20 @@ public static class CliApp
         if (parseResult.Action is ParseErrorAction)
         {
             foreach (var error in parseResult.Errors)
-                config.Error.WriteLine($"error: {error.Message}");
+                config.Error.WriteLine($"error: {ParseErrorText(error.Message)}");
             string command = string.Join(' ', EnumerateCommandPath(parseResult.CommandResult.Command));
             config.Error.WriteLine($"Run '{command} --help' for usage.");
             return ExitCodes.BadArguments;
         }
         return parseResult.InvokeAsync(config, ct).GetAwaiter().GetResult();
+    }
+
+    /// <summary>System.CommandLine's messages on one line, with "an integer" for "System.Nullable`1[System.Int32]".</summary>
+    private static string ParseErrorText(string message)
+    {
+        foreach (var (type, words) in new[] { ("Int32", "an integer"), ("Int64", "an integer"), ("Double", "a number"), ("Boolean", "true or false") })
+            message = message.Replace($"expected type 'System.Nullable`1[System.{type}]'", words).Replace($"expected type 'System.{type}'", words);
+        return string.Join(' ', message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
     }
 
     private static IEnumerable<string> EnumerateCommandPath(Command command)
