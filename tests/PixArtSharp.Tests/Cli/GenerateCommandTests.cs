@@ -200,11 +200,11 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
         string weights = Path.Combine(model, "transformer", "diffusion_pytorch_model.safetensors");
         var bytes = File.ReadAllBytes(weights);
         File.WriteAllBytes(weights, bytes[..(bytes.Length / 2)]);  // truncated download
-        var corrupt = Run("generate", "a cat", "--model", model, "-o", _tmp.Path("b.png"), "--steps", "1", "-H", "16", "-W", "16");
+        var corrupt = Run("generate", "a cat", "--model", model, "-o", _tmp.Path("b.png"), "--steps", "1", "-H", "16", "-W", "16", "--no-resolution-binning");
         Assert.Equal(ExitCodes.BadWeights, corrupt.ExitCode);
         Assert.Contains("diffusion_pytorch_model.safetensors", corrupt.Stderr);
         Assert.DoesNotContain("   at ", corrupt.Stderr);
-        var verbose = Run("generate", "a cat", "--model", model, "-o", _tmp.Path("b.png"), "--steps", "1", "-H", "16", "-W", "16", "--verbose");
+        var verbose = Run("generate", "a cat", "--model", model, "-o", _tmp.Path("b.png"), "--steps", "1", "-H", "16", "-W", "16", "--no-resolution-binning", "--verbose");
         Assert.Equal(ExitCodes.BadWeights, verbose.ExitCode);
         Assert.Contains("   at ", verbose.Stderr);         // the stack trace, only with --verbose
         Assert.False(File.Exists(_tmp.Path("b.png")));
@@ -218,7 +218,7 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
         cts.Cancel();
         var stdout = new StringWriter();
         var stderr = new StringWriter();
-        int code = PixArtSharp.Cli.Program.Run(["generate", "a cat", "--model", CliRunner.TinyLcm, "-o", _tmp.Path("c.png"), "-H", "16", "-W", "16"],
+        int code = PixArtSharp.Cli.Program.Run(["generate", "a cat", "--model", CliRunner.TinyLcm, "-o", _tmp.Path("c.png"), "-H", "16", "-W", "16", "--no-resolution-binning"],
             stdout, stderr, cts.Token);
         Assert.Equal(ExitCodes.Interrupted, code);
         Assert.Contains("Interrupted.", stderr.ToString());
@@ -237,7 +237,7 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
             Assert.Contains(pipe.Warnings, w => w.StartsWith("'text_encoder' has no 'fp16' weights"));
             Assert.Contains(pipe.Warnings, w => w.StartsWith("'vae' has no 'fp16' weights"));
         }
-        var r = Run("generate", "a cat", "--model", model, "--variant", "fp16", "-o", _tmp.Path("v.png"), "--steps", "1", "-H", "16", "-W", "16", "--json");
+        var r = Run("generate", "a cat", "--model", model, "--variant", "fp16", "-o", _tmp.Path("v.png"), "--steps", "1", "-H", "16", "-W", "16", "--no-resolution-binning", "--json");
         Assert.Equal(0, r.ExitCode);
         Assert.Contains("warning: 'vae' has no 'fp16' weights; its default weights are loaded instead", r.Stderr);
         using var json = JsonDocument.Parse(r.Stdout);
@@ -250,7 +250,7 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
     {
         string list = _tmp.WriteText("prompts.txt", "a red fox\n\na blue bird\r\na green frog\n");
         var r = Run("generate", "--prompts-file", list, "--batch-size", "2", "--model", CliRunner.TinyLcm, "--steps", "1",
-            "-H", "16", "-W", "16", "--seed", "10", "-o", _tmp.Path("animal.png"), "--json");
+            "-H", "16", "-W", "16", "--no-resolution-binning", "--seed", "10", "-o", _tmp.Path("animal.png"), "--json");
         Assert.Equal(0, r.ExitCode);
         using var json = JsonDocument.Parse(r.Stdout);
         var images = json.RootElement.GetProperty("images").EnumerateArray().ToList();
@@ -264,6 +264,17 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
         }
         // Both ways of giving prompts at once is a mistake.
         Assert.Equal(ExitCodes.BadArguments, Run("generate", "a cat", "--prompts-file", list).ExitCode);
+    }
+
+    [Fact]
+    public void OutputFolderGetsTheDefaultNameWithTheSeed()
+    {
+        string folder = Directory.CreateDirectory(_tmp.Path("out")).FullName;
+        var r = Run("generate", "a cat", "--model", CliRunner.TinyLcm, "--steps", "1", "-H", "16", "-W", "16", "--no-resolution-binning",
+            "--seed", "77", "-o", folder, "-q");
+        Assert.Equal(0, r.ExitCode);
+        Assert.Equal(Path.Combine(folder, "pixart-77.png"), r.Stdout.Trim());
+        Assert.True(File.Exists(Path.Combine(folder, "pixart-77.png")));
     }
 
     [Fact]
