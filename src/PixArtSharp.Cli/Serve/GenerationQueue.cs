@@ -23,7 +23,10 @@ public sealed class GenerationQueue : IDisposable
     private int _holds;
     private double _avgBatchSeconds = 2;
 
-    public string ModelLabel { get; }
+    /// <summary>What images record about the model (the same record <c>pixart generate</c> writes).</summary>
+    public ModelInfo Model { get; }
+    /// <summary>The model's name in answers and in the A1111 text: a Hub id, or a local folder's name.</summary>
+    public string ModelLabel => ImageFiles.ModelLabel(Model.Model);
     public int MaxQueue { get; }
     public int MaxBatch { get; }
     public int KeepFinished { get; }
@@ -40,10 +43,10 @@ public sealed class GenerationQueue : IDisposable
     /// <summary>Test hook: runs on the worker before each batch (throwing from it fails the batch).</summary>
     internal Action<IReadOnlyList<Job>>? BeforeBatch { get; set; }
 
-    public GenerationQueue(PixArtAlphaPipeline pipeline, string modelLabel, int maxQueue, int maxBatch, int keepFinished = 64)
+    public GenerationQueue(PixArtAlphaPipeline pipeline, ModelInfo model, int maxQueue, int maxBatch, int keepFinished = 64)
     {
         _pipeline = pipeline;
-        ModelLabel = modelLabel;
+        Model = model;
         MaxQueue = maxQueue;
         MaxBatch = maxBatch;
         KeepFinished = keepFinished;
@@ -275,10 +278,11 @@ public sealed class GenerationQueue : IDisposable
                 var job = jobs[b];
                 if (job.IsFinished) continue; // cancelled while its batch-mates went on
                 var data = new List<ImageData>(n);
-                string parameters = job.Settings.ToParametersText(0, ModelLabel, null, ImageFiles.Version);
+                // Image k of this request is image k of the same request run by `pixart generate`: same bytes.
+                string parameters = ImageFiles.Metadata(job.Settings, 0, Model)[0].Text;
                 for (int k = 0; k < n; k++)
                 {
-                    byte[] png = ImageFiles.EncodePng(job.Settings, 0, rgb[b * n + k], output.Width, output.Height, ModelLabel);
+                    byte[] png = ImageFiles.EncodePng(job.Settings, k, rgb[b * n + k], output.Width, output.Height, Model);
                     data.Add(new ImageData(Convert.ToBase64String(png), job.Settings.Seed!.Value, parameters, styled[b].Prompt));
                 }
                 job.Succeed(new ImagesResponse(created, data, job.Id, job.Settings, jobs.Count));

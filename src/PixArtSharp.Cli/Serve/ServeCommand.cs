@@ -103,7 +103,14 @@ public static class ServeCommand
         string folder = await ModelLocator.ResolveAsync(options.Model, ct: ct);
         Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeName(dtype)}) …");
         using var pipeline = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, KeepLoaded = true });
-        using var queue = new GenerationQueue(pipeline, ImageFiles.ModelLabel(options.Model), options.MaxQueue, options.MaxBatch, options.KeepFinished);
+        // Recorded in every image exactly as `pixart generate` records it, so both give the same PNG bytes.
+        bool isLocal = Directory.Exists(options.Model);
+        var model = new ModelInfo(
+            isLocal ? Path.GetFullPath(options.Model) : options.Model,
+            isLocal ? null : Path.GetFileName(Path.TrimEndingDirectorySeparator(folder)), // the snapshot's commit
+            null,
+            DTypeName(dtype));
+        using var queue = new GenerationQueue(pipeline, model, options.MaxQueue, options.MaxBatch, options.KeepFinished);
         await using var app = ServerApp.Build(options, queue);
         await app.StartAsync(ct);
         foreach (var url in app.Urls)

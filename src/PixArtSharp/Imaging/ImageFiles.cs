@@ -1,55 +1,55 @@
-using System.Reflection;
+using System.Text.Json.Nodes;
 using PixArtSharp.Pipeline;
 
 namespace PixArtSharp.Imaging;
 
+/// <summary>The model side of a run, recorded beside the settings so a PNG says which weights made it.</summary>
+/// <param name="Model">The Hub id, or the full path of a local folder.</param>
+/// <param name="ModelRevision">The Hub commit the files came from; null for a local folder.</param>
+/// <param name="Variant">The weights variant (e.g. fp16), or null.</param>
+/// <param name="DType">fp32, bf16 or fp16.</param>
+public sealed record ModelInfo(string Model, string? ModelRevision, string? Variant, string DType);
+
 /// <summary>
 /// The one place that turns a generated image into PNG bytes, so <c>pixart generate</c> and <c>pixart serve</c> give
-/// byte-identical files for the same request and seed: 8-bit RGB, a <c>parameters</c> tEXt chunk in the
-/// A1111/ComfyUI format (what image browsers read), then the resolved settings as JSON (what <c>--from-png</c> reads).
+/// byte-identical files for the same request and seed. Every image carries two text chunks: <c>parameters</c>
+/// (A1111 / ComfyUI form, from <see cref="GenerationSettings.ToParametersText"/>) and <c>pixart-settings</c>: the
+/// run's <see cref="GenerationSettings"/> JSON plus model, model_revision, variant, dtype, image_index and version
+/// (what <c>pixart generate --from-png</c> reads back).
 /// </summary>
 public static class ImageFiles
 {
-    /// <summary>The A1111 / ComfyUI keyword: its text is the prompt, "Negative prompt: …" and "Key: value" pairs.</summary>
-    public const string ParametersKeyword = "parameters";
-    /// <summary>The keyword of the exact <see cref="GenerationSettings"/> JSON.</summary>
-    public const string SettingsKeyword = "pixartsharp";
+    public const string ParametersKey = "parameters";
+    public const string SettingsKey = "pixart-settings";
 
-    /// <summary>PixArtSharp's version as recorded in images ("0.1.0"), without the source revision suffix.</summary>
-    public static string Version { get; } =
-        (typeof(ImageFiles).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion
-         ?? typeof(ImageFiles).Assembly.GetName().Version?.ToString() ?? "0").Split('+')[0];
+    public static string Version => typeof(PixArtAlphaPipeline).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
 
-    /// <summary>
-    /// How a model is named in image metadata: a Hub id as given; a local folder by its last path component only,
-    /// so images (and server answers) never reveal the machine's directory layout.
-    /// </summary>
-    public static string ModelLabel(string modelArg)
+    /// <summary>How the A1111 text names a model: a Hub id as it is, a local folder by its folder name.</summary>
+    public static string ModelLabel(string model) =>
+        Directory.Exists(model) ? Path.GetFileName(Path.TrimEndingDirectorySeparator(model)) : model;
+
+    /// <param name="settings">The resolved settings of the batch the image belongs to.</param>
+    /// <param name="imageIndex">The image's index in the batch (prompt-major: prompt = index / num_images).</param>
+    public static IReadOnlyList<(string Keyword, string Text)> Metadata(GenerationSettings settings, int imageIndex, ModelInfo model)
     {
-        ArgumentException.ThrowIfNullOrWhiteSpace(modelArg);
-        string trimmed = modelArg.TrimEnd('/', '\\');
-        return Directory.Exists(modelArg) || trimmed.StartsWith('/') || trimmed.StartsWith('.') || trimmed.Contains('\\')
-            ? Path.GetFileName(trimmed) is { Length: > 0 } name ? name : trimmed
-            : trimmed;
+        ArgumentNullException.ThrowIfNull(settings);
+        ArgumentNullException.ThrowIfNull(model);
+        if (settings.Seed is null || settings.Steps is null || settings.Width is null || settings.Height is null)
+            throw new ArgumentException("Resolve the settings (GenerationSettings.Resolve) before recording them: seed, steps and size must be known.", nameof(settings));
+        if (imageIndex < 0 || imageIndex >= settings.Prompts.Count * settings.NumImages)
+            throw new ArgumentOutOfRangeException(nameof(imageIndex), imageIndex, $"The batch has {settings.Prompts.Count * settings.NumImages} images.");
+        string parameters = settings.ToParametersText(imageIndex / settings.NumImages, ModelLabel(model.Model), model.ModelRevision, Version);
+        var json = JsonNode.Parse(settings.ToJson())!.AsObject();
+        json["model"] = model.Model;
+        if (model.ModelRevision is not null) json["model_revision"] = model.ModelRevision;
+        if (model.Variant is not null) json["variant"] = model.Variant;
+        json["dtype"] = model.DType;
+        json["image_index"] = imageIndex;
+        json["version"] = Version;
+        return [(ParametersKey, parameters), (SettingsKey, json.ToJsonString(GenerationSettings.JsonOptions))];
     }
 
-    /// <summary>The text chunks of image <paramref name="promptIndex"/> of these resolved settings, in file order.</summary>
-    public static IReadOnlyList<(string Keyword, string Text)> Metadata(GenerationSettings resolved, int promptIndex, string model, string? modelRevision = null)
-    {
-        ArgumentNullException.ThrowIfNull(resolved);
-        if (resolved.Seed is null || resolved.Steps is null || resolved.Width is null || resolved.Height is null)
-            throw new ArgumentException("Resolve the settings (GenerationSettings.Resolve) before recording them: seed, steps and size must be known.", nameof(resolved));
-        if (promptIndex < 0 || promptIndex >= resolved.Prompts.Count)
-            throw new ArgumentOutOfRangeException(nameof(promptIndex), promptIndex, $"There are {resolved.Prompts.Count} prompts.");
-        return
-        [
-            (ParametersKeyword, resolved.ToParametersText(promptIndex, model, modelRevision, Version)),
-            (SettingsKeyword, resolved.ToJson()),
-        ];
-    }
-
-    /// <summary>PNG bytes for one generated image (<paramref name="rgb"/>: height × width × 3, row-major).</summary>
-    public static byte[] EncodePng(GenerationSettings resolved, int promptIndex, ReadOnlySpan<byte> rgb, int width, int height,
-        string model, string? modelRevision = null) =>
-        PngWriter.Encode(rgb, width, height, Metadata(resolved, promptIndex, model, modelRevision));
+    /// <summary>The PNG bytes of image <paramref name="imageIndex"/> of a batch (<paramref name="rgb"/>: height × width × 3).</summary>
+    public static byte[] EncodePng(GenerationSettings settings, int imageIndex, ReadOnlySpan<byte> rgb, int width, int height, ModelInfo model) =>
+        PngWriter.Encode(rgb, width, height, Metadata(settings, imageIndex, model));
 }

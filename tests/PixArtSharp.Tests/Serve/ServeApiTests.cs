@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Text;
 using System.Text.Json;
@@ -14,13 +15,36 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
 {
     private PixArtAlphaPipeline Pipe => fx.Pipeline;
 
-    /// <summary>The PNG `pixart generate` writes for these settings: the pipeline alone, then the shared writer.</summary>
-    private byte[] CliPng(GenerationSettings settings)
+    /// <summary>The PNG files `pixart generate` writes for these settings (run in-process, into a temporary folder).</summary>
+    private byte[][] CliPngs(GenerationSettings s)
     {
-        var resolved = settings.Resolve(Pipe);
-        using var result = Pipe.Generate(resolved.ToRequest());
-        return ImageFiles.EncodePng(resolved, 0, result.ToRgb8()[0], result.Width, result.Height, ServeFixture.ModelLabel);
+        string dir = Directory.CreateTempSubdirectory("pixart-serve-cli-").FullName;
+        try
+        {
+            var args = new List<string>
+            {
+                "generate", s.Prompts[0], "--model", fx.Folder, "--seed", s.Seed!.Value.ToString(CultureInfo.InvariantCulture),
+                "-W", s.Width!.Value.ToString(CultureInfo.InvariantCulture), "-H", s.Height!.Value.ToString(CultureInfo.InvariantCulture),
+                "--steps", s.Steps!.Value.ToString(CultureInfo.InvariantCulture), "-o", Path.Combine(dir, "out.png"), "--quiet",
+            };
+            if (!s.ResolutionBinning) args.Add("--no-resolution-binning");
+            if (s.Style is not null) args.AddRange(["--style", s.Style]);
+            if (s.NegativePrompt.Length > 0) args.AddRange(["--negative-prompt", s.NegativePrompt]);
+            if (s.Guidance is { } g) args.AddRange(["--guidance", g.ToString(CultureInfo.InvariantCulture)]);
+            if (s.NumImages > 1) args.AddRange(["--num-images", s.NumImages.ToString(CultureInfo.InvariantCulture)]);
+            var r = PixArtSharp.Tests.Cli.CliRunner.Run([.. args]);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            return s.NumImages == 1
+                ? [File.ReadAllBytes(Path.Combine(dir, "out.png"))]
+                : Enumerable.Range(0, s.NumImages).Select(i => File.ReadAllBytes(Path.Combine(dir, $"out-{i}.png"))).ToArray();
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
+
+    private byte[] CliPng(GenerationSettings settings) => CliPngs(settings).Single();
 
     private static GenerationSettings SmallSettings(string prompt, long seed, int steps = 2) => new()
     {
@@ -28,9 +52,9 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     };
 
     [Fact]
-    public async Task GeneratesTheSamePngAsTheCliWriter()
+    public async Task GeneratesTheSamePngAsPixartGenerate()
     {
-        await using var app = await TestApp.StartAsync(Pipe);
+        await using var app = await TestApp.StartAsync(fx);
         var body = Api.Small("a red fox in the snow", 42);
         body["negative_prompt"] = "blurry";
         body["style"] = "Anime";
@@ -50,26 +74,24 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
         byte[] cli = CliPng(SmallSettings("a red fox in the snow", 42) with { NegativePrompt = "blurry", Style = "Anime" });
         Assert.Equal(cli, served);
         Assert.Equal(new byte[] { 137, 80, 78, 71, 13, 10, 26, 10 }, served[..8]);
-        output.WriteLine($"PNG {served.Length} bytes, identical to the CLI writer's; parameters: {parameters.Replace('\n', '|')}");
+        output.WriteLine($"PNG {served.Length} bytes, identical to pixart generate's; parameters: {parameters.Replace('\n', '|')}");
     }
 
     [Fact]
     public async Task SeveralImagesPerRequestShareTheSeedAndMatchTheCli()
     {
-        await using var app = await TestApp.StartAsync(Pipe);
+        await using var app = await TestApp.StartAsync(fx);
         var body = Api.Small("two lighthouses", 5);
         body["n"] = 2;
         var json = await Api.ReadJson(await Api.Post(app.Client, body));
         Assert.Equal(2, json.GetProperty("data").GetArrayLength());
 
-        var resolved = (SmallSettings("two lighthouses", 5) with { NumImages = 2 }).Resolve(Pipe);
-        using var result = Pipe.Generate(resolved.ToRequest());
-        var rgb = result.ToRgb8();
+        var cli = CliPngs(SmallSettings("two lighthouses", 5) with { NumImages = 2 });
         for (int k = 0; k < 2; k++)
         {
             var img = json.GetProperty("data")[k];
             Assert.Equal(5, img.GetProperty("seed").GetInt64());
-            Assert.Equal(ImageFiles.EncodePng(resolved, 0, rgb[k], 64, 64, ServeFixture.ModelLabel), Convert.FromBase64String(img.GetProperty("b64_json").GetString()!));
+            Assert.Equal(cli[k], Convert.FromBase64String(img.GetProperty("b64_json").GetString()!));
         }
         Assert.NotEqual(json.GetProperty("data")[0].GetProperty("b64_json").GetString(), json.GetProperty("data")[1].GetProperty("b64_json").GetString());
     }
@@ -105,7 +127,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     [MemberData(nameof(BadRequests))]
     public async Task InvalidRequestsAnswer400WithAJsonError(string body, string param)
     {
-        await using var app = await TestApp.StartAsync(Pipe);
+        await using var app = await TestApp.StartAsync(fx);
         var r = await app.Client.PostAsync("/v1/images/generations", new StringContent(body, Encoding.UTF8, "application/json"));
         var json = await Api.ReadJson(r);
         Assert.Equal(HttpStatusCode.BadRequest, r.StatusCode);
@@ -122,7 +144,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     [Fact]
     public async Task WrongContentTypeAndOversizedBodiesAreRefused()
     {
-        await using var app = await TestApp.StartAsync(Pipe);
+        await using var app = await TestApp.StartAsync(fx);
         var r = await app.Client.PostAsync("/v1/images/generations", new StringContent("{\"prompt\":\"x\"}", Encoding.UTF8, "text/plain"));
         Assert.Equal(HttpStatusCode.UnsupportedMediaType, r.StatusCode);
         r = await app.Client.PostAsync("/v1/images/generations", new StringContent("{\"prompt\":\"" + new string('a', 70_000) + "\"}", Encoding.UTF8, "application/json"));
@@ -133,7 +155,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     [Fact]
     public async Task ConcurrentCompatibleRequestsAreBatchedAndEachEqualsItsRunAlone()
     {
-        await using var app = await TestApp.StartAsync(Pipe, new ServeOptions { MaxBatch = 4 });
+        await using var app = await TestApp.StartAsync(fx, new ServeOptions { MaxBatch = 4 });
         var a = Api.Small("a castle on a hill", 1234);
         var b = Api.Small("a bowl of ramen", 98765);
         b["style"] = "Cinematic";
@@ -173,7 +195,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     [Fact]
     public async Task GuidedBatchesUpToMaxBatchMatchTheirRunsAloneAndMultiImageRequestsRunAlone()
     {
-        await using var app = await TestApp.StartAsync(Pipe, new ServeOptions { MaxBatch = 2 });
+        await using var app = await TestApp.StartAsync(fx, new ServeOptions { MaxBatch = 2 });
         // Classifier-free guidance with a different negative prompt (and style) per request.
         var a = Api.Small("red", 11); a["guidance"] = 2.5; a["negative_prompt"] = "green";
         var b = Api.Small("blue", 12); b["guidance"] = 2.5; b["style"] = "Pixel art";
@@ -202,7 +224,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     [Fact]
     public async Task AFullQueueAnswers429WithRetryAfter()
     {
-        await using var app = await TestApp.StartAsync(Pipe, new ServeOptions { MaxQueue = 2 });
+        await using var app = await TestApp.StartAsync(fx, new ServeOptions { MaxQueue = 2 });
         using (app.Queue.Hold())
         {
             Assert.Equal(HttpStatusCode.Accepted, (await Api.Post(app.Client, Api.Small("one", 1), "?async=true")).StatusCode);
@@ -224,7 +246,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     [Fact]
     public async Task DeleteCancelsAQueuedJobAndARunningOne()
     {
-        await using var app = await TestApp.StartAsync(Pipe);
+        await using var app = await TestApp.StartAsync(fx);
         string queuedId;
         using (app.Queue.Hold())
         {
@@ -264,7 +286,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     [Fact]
     public async Task AFailingRequestFailsAloneAndTheServerGoesOn()
     {
-        await using var app = await TestApp.StartAsync(Pipe);
+        await using var app = await TestApp.StartAsync(fx);
         app.Queue.BeforeBatch = jobs =>
         {
             if (jobs.Any(j => j.Settings.Prompts[0] == "boom")) throw new InvalidOperationException("simulated native failure");
@@ -289,7 +311,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     [Fact]
     public async Task StreamingAnswersProgressEventsThenTheResult()
     {
-        await using var app = await TestApp.StartAsync(Pipe);
+        await using var app = await TestApp.StartAsync(fx);
         var r = await Api.Post(app.Client, Api.Small("a lantern", 9, steps: 3), "?stream=true");
         Assert.Equal("text/event-stream", r.Content.Headers.ContentType?.MediaType);
         string text = await r.Content.ReadAsStringAsync();
@@ -314,7 +336,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     [Fact]
     public async Task BearerTokenGuardsTheApi()
     {
-        await using var app = await TestApp.StartAsync(Pipe, new ServeOptions { Token = "s3cret-token" });
+        await using var app = await TestApp.StartAsync(fx, new ServeOptions { Token = "s3cret-token" });
         var r = await app.Client.GetAsync("/v1/models");
         Assert.Equal(HttpStatusCode.Unauthorized, r.StatusCode);
         Assert.Equal("Bearer", r.Headers.WwwAuthenticate.Single().Scheme);
@@ -337,7 +359,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     [Fact]
     public async Task HealthModelsOpenApiAndPageAreServed()
     {
-        await using var app = await TestApp.StartAsync(Pipe, new ServeOptions { MaxQueue = 5, MaxBatch = 3 });
+        await using var app = await TestApp.StartAsync(fx, new ServeOptions { MaxQueue = 5, MaxBatch = 3 });
         var health = await Api.ReadJson(await app.Client.GetAsync("/health"));
         Assert.Equal("ok", health.GetProperty("status").GetString());
         Assert.Equal(5, health.GetProperty("queue").GetProperty("max_queue").GetInt32());
@@ -374,7 +396,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
     [Fact]
     public async Task OnlyLoopbackHostNamesAreAnsweredWhenBoundToLoopback()
     {
-        await using var app = await TestApp.StartAsync(Pipe);
+        await using var app = await TestApp.StartAsync(fx);
         using var req = new HttpRequestMessage(HttpMethod.Get, "/health");
         req.Headers.Host = "attacker.example";
         var r = await app.Client.SendAsync(req);

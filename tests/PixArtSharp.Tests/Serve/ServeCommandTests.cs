@@ -42,11 +42,18 @@ public sealed class ServeCommandTests
         Assert.Equal(param, e.ParamName);
     }
 
-    [Theory]
-    [InlineData("PixArt-alpha/PixArt-LCM-XL-2-1024-MS", "PixArt-alpha/PixArt-LCM-XL-2-1024-MS")]
-    [InlineData("/home/me/models/pixart-lcm/", "pixart-lcm")]
-    [InlineData("./models/pixart", "pixart")]
-    public void ImagesNameLocalModelsByFolderNameOnly(string arg, string label) => Assert.Equal(label, ImageFiles.ModelLabel(arg));
+    [Fact]
+    public void ImagesNameLocalModelsByFolderNameOnly()
+    {
+        Assert.Equal("PixArt-alpha/PixArt-LCM-XL-2-1024-MS", ImageFiles.ModelLabel("PixArt-alpha/PixArt-LCM-XL-2-1024-MS"));
+        var dir = Directory.CreateTempSubdirectory("pixart-label-");
+        try
+        {
+            Assert.Equal(dir.Name, ImageFiles.ModelLabel(dir.FullName + "/"));
+            Assert.Equal(dir.Name, ImageFiles.ModelLabel(dir.FullName));
+        }
+        finally { dir.Delete(); }
+    }
 
     [Theory]
     [InlineData("127.0.0.1", true)]

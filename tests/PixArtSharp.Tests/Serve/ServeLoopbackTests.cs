@@ -13,7 +13,7 @@ public sealed class ServeLoopbackTests(ServeFixture fx, ITestOutputHelper output
     [Fact]
     public async Task AClientThatDisconnectsCancelsItsJob()
     {
-        await using var app = await TestApp.StartAsync(fx.Pipeline, kestrel: true);
+        await using var app = await TestApp.StartAsync(fx, kestrel: true);
 
         // 1. A waiting (synchronous) request whose client gives up while it is queued.
         using (app.Queue.Hold())
@@ -48,7 +48,7 @@ public sealed class ServeLoopbackTests(ServeFixture fx, ITestOutputHelper output
     public async Task LoadTest50RequestsFrom8ClientsAreAllAnswered()
     {
         const int requests = 50, clients = 8;
-        await using var app = await TestApp.StartAsync(fx.Pipeline, new ServeOptions { MaxBatch = 4, MaxQueue = 64 }, kestrel: true);
+        await using var app = await TestApp.StartAsync(fx, new ServeOptions { MaxBatch = 4, MaxQueue = 64 }, kestrel: true);
         var next = -1;
         var results = new (long Seed, HttpStatusCode Status, double Seconds, int Batch, string Png)[requests];
         var sw = Stopwatch.StartNew();

@@ -20,7 +20,7 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
     public async Task TypingAPromptAndGeneratingShowsTheImageWithItsParameters()
     {
         Assert.True(File.Exists(Chromium), $"{Chromium} is missing: install Debian's chromium package (apt-get install -y chromium; .ci/run does it).");
-        await using var app = await TestApp.StartAsync(fx.Pipeline, kestrel: true);
+        await using var app = await TestApp.StartAsync(fx, kestrel: true);
 
         using var playwright = await Playwright.CreateAsync();
         await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions

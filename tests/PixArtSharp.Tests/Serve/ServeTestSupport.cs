@@ -27,6 +27,8 @@ public sealed class ServeFixture : IDisposable
     public const string ModelLabel = "tiny-pixart-lcm";
     public string Folder { get; }
     public PixArtAlphaPipeline Pipeline { get; }
+    /// <summary>What the images record, as `pixart generate --model Folder` records it.</summary>
+    public PixArtSharp.Imaging.ModelInfo Model => new(Folder, null, null, "fp32");
 
     public ServeFixture()
     {
@@ -84,11 +86,11 @@ public sealed class TestApp : IAsyncDisposable
     /// <summary>http://127.0.0.1:port for Kestrel; null in memory.</summary>
     public string? BaseUrl { get; init; }
 
-    public static async Task<TestApp> StartAsync(PixArtAlphaPipeline pipeline, ServeOptions? options = null, bool kestrel = false)
+    public static async Task<TestApp> StartAsync(ServeFixture fx, ServeOptions? options = null, bool kestrel = false)
     {
         options ??= new ServeOptions();
         options = options with { Host = "127.0.0.1", Port = 0 };
-        var queue = new GenerationQueue(pipeline, ServeFixture.ModelLabel, options.MaxQueue, options.MaxBatch, options.KeepFinished);
+        var queue = new GenerationQueue(fx.Pipeline, fx.Model, options.MaxQueue, options.MaxBatch, options.KeepFinished);
         var app = ServerApp.Build(options, queue, kestrel ? null : b => b.WebHost.UseTestServer());
         await app.StartAsync();
         if (!kestrel)
