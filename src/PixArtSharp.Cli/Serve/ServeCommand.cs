@@ -103,6 +103,7 @@ public static class ServeCommand
         string folder = await ModelLocator.ResolveAsync(options.Model, ct: ct);
         Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeName(dtype)}) …");
         using var pipeline = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, KeepLoaded = true });
+        foreach (var w in pipeline.Warnings) Console.Error.WriteLine($"pixart serve: warning: {w}");
         // Recorded in every image exactly as `pixart generate` records it, so both give the same PNG bytes.
         bool isLocal = Directory.Exists(options.Model);
         var model = new ModelInfo(
