@@ -21,6 +21,7 @@ public sealed class GenerationQueue : IDisposable
     private readonly Thread _worker;
     private readonly CancellationTokenSource _stopping = new();
     private int _holds;
+    private long _retainedBytes;
     private double _avgBatchSeconds = 2;
 
     /// <summary>What images record about the model (the same record <c>pixart generate</c> writes).</summary>
@@ -202,13 +203,21 @@ public sealed class GenerationQueue : IDisposable
         return batch;
     }
 
-    /// <summary>Keeps the last KeepFinished finished jobs for GET /v1/jobs/{id}, forgetting older ones (under _gate).</summary>
+    /// <summary>Finished jobs' images kept in memory for GET /v1/jobs/{id}, at most (besides the newest job).</summary>
+    public const long MaxRetainedBytes = 512L << 20;
+
+    /// <summary>
+    /// Keeps the last KeepFinished finished jobs for GET /v1/jobs/{id}, and no more than MaxRetainedBytes of their
+    /// images, forgetting the oldest first (under _gate).
+    /// </summary>
     private void Retire(Job job)
     {
         _finishedOrder.Enqueue(job);
-        while (_finishedOrder.Count > KeepFinished)
+        _retainedBytes += job.ResultBytes;
+        while (_finishedOrder.Count > KeepFinished || (_retainedBytes > MaxRetainedBytes && _finishedOrder.Count > 1))
         {
             var old = _finishedOrder.Dequeue();
+            _retainedBytes -= old.ResultBytes;
             if (old.IsFinished) _jobs.Remove(old.Id);
         }
     }

@@ -50,6 +50,8 @@ public sealed class Job
     public int Version { get; private set; }
     public ImagesResponse? Result { get; private set; }
     public ApiException? Error { get; private set; }
+    /// <summary>The memory the answer's images take (their base64 text).</summary>
+    public long ResultBytes => Result?.Data.Sum(d => (long)d.B64Json.Length * sizeof(char)) ?? 0;
     /// <summary>Fires when the job is cancelled (DELETE, a disconnected client, shutdown).</summary>
     public CancellationToken Cancelled => _cancel.Token;
     /// <summary>Completes (never faults) when the job reaches a final status.</summary>
