@@ -51,32 +51,20 @@ public static class ServeCommand
         {
             model, host, port, token, maxQueue, maxBatch, dtype, threads,
         };
-        cmd.SetAction(async (parse, ct) =>
+        // Errors become one "error: …" line and pixart's exit codes (2 bad arguments, 3 model not found, …).
+        cmd.SetAction(CliApp.Guard(async (parse, _, ct) =>
         {
-            try
+            var options = new ServeOptions
             {
-                var options = new ServeOptions
-                {
-                    Model = parse.GetValue(model)!,
-                    Host = parse.GetValue(host)!,
-                    Port = parse.GetValue(port),
-                    Token = parse.GetValue(token) ?? NullIfEmpty(Environment.GetEnvironmentVariable("PIXART_TOKEN")),
-                    MaxQueue = parse.GetValue(maxQueue),
-                    MaxBatch = parse.GetValue(maxBatch),
-                };
-                return await RunAsync(options, ParseDType(parse.GetValue(dtype)!), parse.GetValue(threads), ct);
-            }
-            catch (ArgumentException e)
-            {
-                Console.Error.WriteLine($"pixart serve: {e.Message}");
-                return 2;
-            }
-            catch (Exception e) when (e is TorchUnavailableException or ModelNotFoundException or HubDownloadException or IOException)
-            {
-                Console.Error.WriteLine($"pixart serve: {e.Message}");
-                return 1;
-            }
-        });
+                Model = parse.GetValue(model)!,
+                Host = parse.GetValue(host)!,
+                Port = parse.GetValue(port),
+                Token = parse.GetValue(token) ?? NullIfEmpty(Environment.GetEnvironmentVariable("PIXART_TOKEN")),
+                MaxQueue = parse.GetValue(maxQueue),
+                MaxBatch = parse.GetValue(maxBatch),
+            };
+            return await RunAsync(options, ParseDType(parse.GetValue(dtype)!), parse.GetValue(threads), ct);
+        }));
         return cmd;
     }
 

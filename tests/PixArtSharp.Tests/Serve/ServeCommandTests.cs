@@ -30,6 +30,17 @@ public sealed class ServeCommandTests
         Assert.Equal(TorchSharp.torch.ScalarType.BFloat16, ServeCommand.ParseDType("bf16"));
     }
 
+    [Fact]
+    public void StartUpErrorsUsePixartsExitCodes()
+    {
+        var missing = PixArtSharp.Tests.Cli.CliRunner.Run("serve", "--model", "/nonexistent/pixart-model");
+        Assert.Equal(3, missing.ExitCode);
+        Assert.Contains("error: Model folder '/nonexistent/pixart-model' does not exist", missing.Stderr);
+        var bad = PixArtSharp.Tests.Cli.CliRunner.Run("serve", "--max-batch", "0");
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("--max-batch must be at least 1", bad.Stderr);
+    }
+
     [Theory]
     [InlineData(-1, 4, 32, null, "--port")]
     [InlineData(7860, 0, 32, null, "--max-batch")]
