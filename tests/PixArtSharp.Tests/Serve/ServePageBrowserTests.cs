@@ -23,13 +23,7 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         await using var app = await TestApp.StartAsync(fx, kestrel: true);
 
         using var playwright = await Playwright.CreateAsync();
-        await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
-        {
-            ExecutablePath = Chromium,
-            Headless = true,
-            Args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
-        });
+        await using var browser = await Launch(playwright);
         var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1280, Height = 860 } });
         var consoleErrors = new List<string>();
         page.Console += (_, m) => { if (m.Type == "error") consoleErrors.Add($"{m.Text} ({m.Location})"); };
@@ -91,6 +85,40 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         Assert.Empty(offsite);
         output.WriteLine($"screenshot: {ScreenshotPath} ({new FileInfo(ScreenshotPath).Length} bytes); status '{await page.TextContentAsync("#status")}'");
     }
+
+    [Fact]
+    public async Task WithATokenThePageAsksForItThenGenerates()
+    {
+        await using var app = await TestApp.StartAsync(fx, new PixArtSharp.Cli.Serve.ServeOptions { Token = "page-token-123" }, kestrel: true);
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await Launch(playwright);
+        var page = await browser.NewPageAsync();
+        await page.GotoAsync(app.BaseUrl + "/");
+        await WaitFor(page, "() => !document.getElementById('token-row').hidden && !document.getElementById('error').hidden");
+        Assert.Contains("API token", await page.TextContentAsync("#error"));
+        Assert.Equal(0, await page.Locator("#style option").CountAsync());
+
+        await page.FillAsync("#token", "page-token-123");
+        await page.PressAsync("#token", "Tab"); // change → the page retries with the token
+        await WaitFor(page, "() => document.querySelectorAll('#style option').length === 10");
+        Assert.True(await page.IsHiddenAsync("#error"));
+        await page.FillAsync("#prompt", "a small boat");
+        await page.FillAsync("#width", "256");
+        await page.FillAsync("#height", "256");
+        await page.FillAsync("#steps", "1");
+        await page.UncheckAsync("#binning");
+        await page.ClickAsync("#generate");
+        await page.WaitForSelectorAsync(".card img", new PageWaitForSelectorOptions { Timeout = 60_000 });
+        Assert.Contains("a small boat", await page.TextContentAsync(".card pre"));
+    }
+
+    private static Task<IBrowser> Launch(IPlaywright playwright) => playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
+    {
+        ExecutablePath = Chromium,
+        Headless = true,
+        Args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
+    });
 
     /// <summary>
     /// Polls a predicate from the test side. Playwright's WaitForFunction polls with eval inside the page, which the

@@ -40,7 +40,10 @@ async function loadModel() {
   let models;
   try { models = await (await api("/v1/models")).json(); }
   catch (e) { showError("Cannot read the model list: " + e.message); return; }
+  showError("");
   const m = models.data[0];
+  $("style").replaceChildren();
+  $("aspect").replaceChildren(new Option("custom", ""));
   $("model").textContent = `${m.id} · ${m.scheduler} · default ${m.default_width}×${m.default_height}, ${m.default_steps} steps`;
   for (const s of m.styles) $("style").add(new Option(s, s));
   for (const b of m.aspect_ratios) {
@@ -184,5 +187,9 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const id of ["width", "height"]) $(id).addEventListener("change", () => { $(id).value = snap32(Number($(id).value)); syncAspect(); });
   $("randomize").addEventListener("change", () => { $("seed").disabled = $("randomize").checked; });
   $("seed").disabled = $("randomize").checked;
+  $("token").addEventListener("change", () => {
+    sessionStorage.setItem("pixart-token", $("token").value.trim());
+    loadModel().catch((e) => showError(e.message));
+  });
   loadModel().catch((e) => showError(e.message));
 });
