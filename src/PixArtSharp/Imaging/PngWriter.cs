@@ -25,10 +25,14 @@ public static class PngWriter
             throw new ArgumentOutOfRangeException(width < 1 ? nameof(width) : nameof(height), $"The image size {width}×{height} is not a positive size a PNG can hold.");
         if (rgb.Length != (long)width * height * 3)
             throw new ArgumentException($"rgb holds {rgb.Length} bytes, but a {width}×{height} RGB image needs {(long)width * height * 3}.", nameof(rgb));
-        foreach (var (k, t) in text ?? [])
-            CheckTextChunk(k, t);
-        byte[] png = Encode(rgb, width, height, text ?? []);
+        WriteBytes(path, Encode(rgb, width, height, text ?? []));
+    }
 
+    /// <summary>Writes already encoded PNG bytes (<see cref="Encode"/>) atomically, as <see cref="Write"/> does.</summary>
+    public static void WriteBytes(string path, byte[] png)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        ArgumentNullException.ThrowIfNull(png);
         string full = Path.GetFullPath(path);
         string dir = Path.GetDirectoryName(full) ?? ".";
         string tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
@@ -58,6 +62,12 @@ public static class PngWriter
     /// <summary>The PNG bytes (signature, IHDR, text chunks, IDAT, IEND).</summary>
     public static byte[] Encode(ReadOnlySpan<byte> rgb, int width, int height, IReadOnlyList<(string Keyword, string Text)> text)
     {
+        if (width < 1 || height < 1 || (long)width * 3 + 1 > int.MaxValue)
+            throw new ArgumentOutOfRangeException(width < 1 ? nameof(width) : nameof(height), $"The image size {width}×{height} is not a positive size a PNG can hold.");
+        if (rgb.Length != (long)width * height * 3)
+            throw new ArgumentException($"rgb holds {rgb.Length} bytes, but a {width}×{height} RGB image needs {(long)width * height * 3}.", nameof(rgb));
+        foreach (var (k, t) in text)
+            CheckTextChunk(k, t);
         using var ms = new MemoryStream();
         ms.Write(Signature);
         Span<byte> ihdr = stackalloc byte[13];

@@ -76,6 +76,16 @@ public sealed class AutoencoderKL : IDisposable
     {
         CheckInput(latents, Config.LatentChannels, nameof(latents), "latent");
         using var scope = NewDisposeScope();
+        // One image at a time (diffusers' enable_slicing): the decoder's peak memory is per image, and each image
+        // comes out bit-identical to decoding it alone — libtorch's CPU conv and group-norm kernels pick their
+        // algorithm by batch size (measured 1e-5 apart), which would make a server's batched requests differ
+        // from the same requests run alone. The decoder is convolution-bound, so this costs nothing measurable.
+        if (latents.shape[0] > 1 && trace is null)
+        {
+            var images = new Tensor[latents.shape[0]];
+            for (int i = 0; i < images.Length; i++) images[i] = Decode(latents[i..(i + 1)]);
+            return cat(images, 0).MoveToOuterDisposeScope();
+        }
         // 1. post_quant_conv: (B,latent,h,w) → (B,latent,h,w)
         var z = latents.to(DType, Device);
         if (post_quant_conv is not null) z = post_quant_conv.forward(z);

@@ -144,10 +144,11 @@ public class PixArtTransformerTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void MissingVariantIsReported()
+    public void MissingVariantLoadsTheDefaultWeights()
     {
-        var ex = Assert.Throws<ModelNotFoundException>(() => PixArtTransformer2DModel.FromFolder(ModelDir("dpm"), "fp16"));
-        Assert.Contains("diffusion_pytorch_model.fp16.safetensors", ex.Message);
+        // As diffusers: a component without the requested variant loads its default weights (the pipeline warns).
+        using var m = PixArtTransformer2DModel.FromFolder(ModelDir("dpm"), "fp16");
+        Assert.NotNull(m);
     }
 
     [Theory]

@@ -1,0 +1,166 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using PixArtSharp.Pipeline;
+
+namespace PixArtSharp.Cli.Serve;
+
+/// <summary>
+/// The body of POST /v1/images/generations: OpenAI's images API fields (prompt, n, size, response_format) plus
+/// PixArt's (negative_prompt, width, height, steps, guidance, seed, style, scheduler). It maps onto the
+/// <see cref="GenerationSettings"/> the CLI uses, and is validated by it.
+/// </summary>
+public sealed record ImagesRequest
+{
+    [JsonPropertyName("prompt")] public string? Prompt { get; init; }
+    [JsonPropertyName("negative_prompt")] public string? NegativePrompt { get; init; }
+    [JsonPropertyName("n")] public int? N { get; init; }
+    [JsonPropertyName("width")] public int? Width { get; init; }
+    [JsonPropertyName("height")] public int? Height { get; init; }
+    /// <summary>OpenAI's "WIDTHxHEIGHT"; an alternative to width and height.</summary>
+    [JsonPropertyName("size")] public string? Size { get; init; }
+    [JsonPropertyName("steps")] public int? Steps { get; init; }
+    [JsonPropertyName("guidance")] public double? Guidance { get; init; }
+    [JsonPropertyName("seed")] public long? Seed { get; init; }
+    [JsonPropertyName("style")] public string? Style { get; init; }
+    [JsonPropertyName("scheduler")] public string? Scheduler { get; init; }
+    [JsonPropertyName("resolution_binning")] public bool? ResolutionBinning { get; init; }
+    /// <summary>Only "b64_json": the server never writes files, so it has no URLs to give.</summary>
+    [JsonPropertyName("response_format")] public string? ResponseFormat { get; init; }
+    /// <summary>Accepted for OpenAI client compatibility and ignored: the server runs the model it was started with.</summary>
+    [JsonPropertyName("model")] public string? Model { get; init; }
+    [JsonPropertyName("user")] public string? User { get; init; }
+
+    /// <summary>The shared settings for this request, validated against the server's limits (throws ApiException).</summary>
+    public GenerationSettings ToSettings(GenerationLimits limits)
+    {
+        if (Prompt is null) throw new ApiException(400, "'prompt' is required: the text describing the image.", "prompt");
+        if (ResponseFormat is not null && ResponseFormat != "b64_json")
+            throw new ApiException(400, $"response_format '{ResponseFormat}' is not supported; this server answers with \"b64_json\" only (it stores no files).", "response_format");
+        int? width = Width, height = Height;
+        if (Size is not null)
+        {
+            if (Width is not null || Height is not null)
+                throw new ApiException(400, "Give either 'size' or 'width' and 'height', not both.", "size");
+            var parts = Size.Split('x', 'X');
+            if (parts.Length != 2 || !int.TryParse(parts[0], out int w) || !int.TryParse(parts[1], out int h))
+                throw new ApiException(400, $"size must look like \"1024x1024\" (WIDTHxHEIGHT), got \"{Size}\".", "size");
+            (width, height) = (w, h);
+        }
+        var settings = new GenerationSettings
+        {
+            Prompts = [Prompt],
+            NegativePrompt = NegativePrompt ?? "",
+            Style = Style,
+            Steps = Steps,
+            Guidance = Guidance,
+            Seed = Seed,
+            Width = width,
+            Height = height,
+            NumImages = N ?? 1,
+            Scheduler = Scheduler,
+            ResolutionBinning = ResolutionBinning ?? true,
+        };
+        try
+        {
+            settings.Validate(limits);
+        }
+        catch (ArgumentException e)
+        {
+            string param = e.ParamName switch
+            {
+                "prompts" => "prompt",
+                "num_images" => "n",
+                "name" => "style", // StylePresets.Find names its own argument
+                null => "",
+                var p => p,
+            };
+            if (Size is not null && param is "width" or "height") param = "size";
+            throw new ApiException(400, StripParamSuffix(e.Message), param);
+        }
+        return settings;
+    }
+
+    /// <summary>ArgumentException appends " (Parameter 'x')"; the JSON error carries the parameter separately.</summary>
+    private static string StripParamSuffix(string message)
+    {
+        int i = message.LastIndexOf(" (Parameter '", StringComparison.Ordinal);
+        return i > 0 ? message[..i] : message;
+    }
+
+    public static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
+        AllowTrailingCommas = false,
+        ReadCommentHandling = JsonCommentHandling.Disallow,
+        MaxDepth = 8,
+    };
+
+    /// <summary>Parses the body; malformed JSON, wrong types and unknown fields are 400s naming the field.</summary>
+    public static ImagesRequest Parse(ReadOnlySpan<byte> body)
+    {
+        if (body.IsEmpty) throw new ApiException(400, "The request body is empty; send a JSON object such as {\"prompt\": \"a cat\"}.", "");
+        try
+        {
+            return JsonSerializer.Deserialize<ImagesRequest>(body, JsonOptions)
+                   ?? throw new ApiException(400, "The request body is JSON null; send a JSON object such as {\"prompt\": \"a cat\"}.", "");
+        }
+        catch (JsonException e)
+        {
+            string path = e.Path is { Length: > 2 } p ? p.TrimStart('$', '.') : "";
+            string what = e.Message.Contains("could not be mapped", StringComparison.Ordinal)
+                ? $"Unknown field '{ExtractQuoted(e.Message) ?? path}'. Known fields: prompt, negative_prompt, n, width, height, size, steps, guidance, seed, style, scheduler, resolution_binning, response_format."
+                : path.Length > 0 ? $"The field '{path}' has the wrong type or is malformed JSON." : "The request body is not a valid JSON object.";
+            throw new ApiException(400, what, ExtractQuoted(e.Message) ?? path);
+        }
+    }
+
+    private static string? ExtractQuoted(string message)
+    {
+        int a = message.IndexOf('\'');
+        int b = a < 0 ? -1 : message.IndexOf('\'', a + 1);
+        return b > a + 1 ? message[(a + 1)..b] : null;
+    }
+}
+
+/// <summary>An error answered as OpenAI does: <c>{"error": {"message", "type", "param", "code"}}</c>.</summary>
+public sealed class ApiException(int status, string message, string? param = null, string? code = null) : Exception(message)
+{
+    public int Status { get; } = status;
+    public string? Param { get; } = param;
+    public string? Code { get; } = code;
+
+    public ErrorBody Body => new(new ErrorDetail(Message, Status switch
+    {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        404 => "not_found_error",
+        409 => "conflict_error",
+        413 => "invalid_request_error",
+        429 => "rate_limit_error",
+        499 => "cancelled",
+        _ => "server_error",
+    }, string.IsNullOrEmpty(Param) ? null : Param, Code));
+}
+
+public sealed record ErrorBody([property: JsonPropertyName("error")] ErrorDetail Error);
+
+public sealed record ErrorDetail(
+    [property: JsonPropertyName("message")] string Message,
+    [property: JsonPropertyName("type")] string Type,
+    [property: JsonPropertyName("param")] string? Param,
+    [property: JsonPropertyName("code")] string? Code);
+
+/// <summary>One image of an answer.</summary>
+public sealed record ImageData(
+    [property: JsonPropertyName("b64_json")] string B64Json,
+    [property: JsonPropertyName("seed")] long Seed,
+    [property: JsonPropertyName("parameters")] string Parameters,
+    [property: JsonPropertyName("revised_prompt")] string RevisedPrompt);
+
+/// <summary>The answer of POST /v1/images/generations, shaped like OpenAI's images API.</summary>
+public sealed record ImagesResponse(
+    [property: JsonPropertyName("created")] long Created,
+    [property: JsonPropertyName("data")] IReadOnlyList<ImageData> Data,
+    [property: JsonPropertyName("id")] string Id,
+    [property: JsonPropertyName("settings")] GenerationSettings Settings,
+    [property: JsonPropertyName("batch_size")] int BatchSize);

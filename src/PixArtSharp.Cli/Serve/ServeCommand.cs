@@ -1,0 +1,113 @@
+using System.CommandLine;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Hosting;
+using PixArtSharp.Hub;
+using PixArtSharp.Imaging;
+using PixArtSharp.Loading;
+using PixArtSharp.Pipeline;
+using static TorchSharp.torch;
+
+namespace PixArtSharp.Cli.Serve;
+
+/// <summary><c>pixart serve</c>: loads the pipeline once, keeps it warm and serves the HTTP API and the web page.</summary>
+public static class ServeCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string>("--model", "-m")
+        {
+            Description = "A diffusers model folder or a Hugging Face id",
+            DefaultValueFactory = _ => new ServeOptions().Model,
+        };
+        var host = new Option<string>("--host")
+        {
+            Description = "Address to listen on; the default serves this machine only. Use --token when opening it up",
+            DefaultValueFactory = _ => "127.0.0.1",
+        };
+        var port = new Option<int>("--port", "-p") { Description = "TCP port", DefaultValueFactory = _ => 7860 };
+        var token = new Option<string?>("--token")
+        {
+            Description = "Require 'Authorization: Bearer <token>' on every API call (default: $PIXART_TOKEN if set)",
+        };
+        var maxQueue = new Option<int>("--max-queue")
+        {
+            Description = "Requests allowed to wait; beyond this the server answers 429 with Retry-After",
+            DefaultValueFactory = _ => 32,
+        };
+        var maxBatch = new Option<int>("--max-batch")
+        {
+            Description = "Compatible requests (same size, steps, guidance, scheduler, n) run together, up to this many",
+            DefaultValueFactory = _ => 4,
+        };
+        var dtype = new Option<string>("--dtype")
+        {
+            Description = "Weights and compute precision: fp32, bf16 (fast on AVX-512-BF16 CPUs) or fp16",
+            DefaultValueFactory = _ => "fp32",
+        };
+        dtype.AcceptOnlyFromAmong("fp32", "bf16", "fp16");
+        var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: all cores)" };
+
+        var cmd = new Command("serve", "Serve an HTTP API (OpenAI-like images endpoint) and a web page, batching concurrent requests")
+        {
+            model, host, port, token, maxQueue, maxBatch, dtype, threads,
+        };
+        // Errors become one "error: …" line and pixart's exit codes (2 bad arguments, 3 model not found, …).
+        cmd.SetAction(CliApp.Guard(async (parse, _, ct) =>
+        {
+            var options = new ServeOptions
+            {
+                Model = parse.GetValue(model)!,
+                Host = parse.GetValue(host)!,
+                Port = parse.GetValue(port),
+                Token = parse.GetValue(token) ?? NullIfEmpty(Environment.GetEnvironmentVariable("PIXART_TOKEN")),
+                MaxQueue = parse.GetValue(maxQueue),
+                MaxBatch = parse.GetValue(maxBatch),
+            };
+            return await RunAsync(options, ParseDType(parse.GetValue(dtype)!), parse.GetValue(threads), ct);
+        }));
+        return cmd;
+    }
+
+    private static string? NullIfEmpty(string? s) => string.IsNullOrEmpty(s) ? null : s;
+
+    public static ScalarType ParseDType(string name) => name.ToLowerInvariant() switch
+    {
+        "fp32" or "float32" => ScalarType.Float32,
+        "bf16" or "bfloat16" => ScalarType.BFloat16,
+        "fp16" or "float16" => ScalarType.Float16,
+        _ => throw new ArgumentException($"--dtype must be fp32, bf16 or fp16, got '{name}'.", "--dtype"),
+    };
+
+    private static string DTypeName(ScalarType t) => t switch { ScalarType.BFloat16 => "bf16", ScalarType.Float16 => "fp16", _ => "fp32" };
+
+    public static async Task<int> RunAsync(ServeOptions options, ScalarType dtype, int? threads, CancellationToken ct)
+    {
+        options.Validate();
+        if (!ServerApp.IsLoopback(options.Host) && options.Token is null)
+            Console.Error.WriteLine($"pixart serve: WARNING: listening on {options.Host} without --token: anyone who can reach this port can generate images.");
+        TorchRuntime.EnsureLoaded();
+        if (threads is { } t) TorchRuntime.SetThreads(t);
+
+        string folder = await ModelLocator.ResolveAsync(options.Model, ct: ct);
+        Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeName(dtype)}) …");
+        using var pipeline = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, KeepLoaded = true });
+        foreach (var w in pipeline.Warnings) Console.Error.WriteLine($"pixart serve: warning: {w}");
+        // Recorded in every image exactly as `pixart generate` records it, so both give the same PNG bytes.
+        bool isLocal = Directory.Exists(options.Model);
+        var model = new ModelInfo(
+            isLocal ? Path.GetFullPath(options.Model) : options.Model,
+            isLocal ? null : Path.GetFileName(Path.TrimEndingDirectorySeparator(folder)), // the snapshot's commit
+            null,
+            DTypeName(dtype));
+        using var queue = new GenerationQueue(pipeline, model, options.MaxQueue, options.MaxBatch, options.KeepFinished);
+        await using var app = ServerApp.Build(options, queue);
+        await app.StartAsync(ct);
+        foreach (var url in app.Urls)
+            Console.Error.WriteLine($"pixart serve: ready on {url} (page at /, API at /v1, OpenAPI at /openapi.json); Ctrl+C stops");
+        // Ctrl+C / SIGTERM: the host's console lifetime stops the app; the command's token does the same.
+        await using (ct.Register(() => app.Lifetime.StopApplication()))
+            await app.WaitForShutdownAsync(CancellationToken.None);
+        Console.Error.WriteLine("pixart serve: stopped.");
+        return 0;
+    }
+}

@@ -1,0 +1,29 @@
+namespace PixArtSharp.Cli.Serve;
+
+/// <summary>What <c>pixart serve</c> was started with (its command-line options).</summary>
+public sealed record ServeOptions
+{
+    /// <summary>A diffusers folder or a Hub id.</summary>
+    public string Model { get; init; } = "PixArt-alpha/PixArt-LCM-XL-2-1024-MS";
+    public string Host { get; init; } = "127.0.0.1";
+    /// <summary>0 picks a free port (tests).</summary>
+    public int Port { get; init; } = 7860;
+    /// <summary>When set, every /v1 call needs <c>Authorization: Bearer &lt;token&gt;</c>.</summary>
+    public string? Token { get; init; }
+    /// <summary>Requests waiting (not yet running) before new ones get 429.</summary>
+    public int MaxQueue { get; init; } = 32;
+    /// <summary>Compatible requests run together in one pipeline call, up to this many.</summary>
+    public int MaxBatch { get; init; } = 4;
+    /// <summary>Finished jobs kept for GET /v1/jobs/{id}.</summary>
+    public int KeepFinished { get; init; } = 64;
+
+    public void Validate()
+    {
+        if (Port is < 0 or > 65535) throw new ArgumentException($"--port must be between 0 and 65535, got {Port}.", "--port");
+        if (MaxQueue < 1) throw new ArgumentException($"--max-queue must be at least 1, got {MaxQueue}.", "--max-queue");
+        if (MaxBatch < 1) throw new ArgumentException($"--max-batch must be at least 1, got {MaxBatch}.", "--max-batch");
+        if (Token is { } t && (t.Length < 8 || t.Any(char.IsWhiteSpace)))
+            throw new ArgumentException("--token must be at least 8 characters with no spaces.", "--token");
+        if (string.IsNullOrWhiteSpace(Host)) throw new ArgumentException("--host must not be empty.", "--host");
+    }
+}

@@ -1,0 +1,136 @@
+using System.Text.Json;
+using Microsoft.Playwright;
+using Xunit.Abstractions;
+
+namespace PixArtSharp.Tests.Serve;
+
+/// <summary>
+/// The web page in a real browser: Debian's Chromium (/usr/bin/chromium, installed by .ci/run) driven by
+/// Microsoft.Playwright with that executable — Playwright's own browser download is never used.
+/// </summary>
+[Collection("Serve")]
+public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper output)
+{
+    public const string Chromium = "/usr/bin/chromium";
+
+    /// <summary>Where the test leaves its screenshot (beside the test binaries).</summary>
+    public static string ScreenshotPath => Path.Combine(AppContext.BaseDirectory, "serve-page.png");
+
+    [Fact]
+    public async Task TypingAPromptAndGeneratingShowsTheImageWithItsParameters()
+    {
+        Assert.True(File.Exists(Chromium), $"{Chromium} is missing: install Debian's chromium package (apt-get install -y chromium; .ci/run does it).");
+        await using var app = await TestApp.StartAsync(fx, kestrel: true);
+
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await Launch(playwright);
+        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1280, Height = 860 } });
+        var consoleErrors = new List<string>();
+        page.Console += (_, m) => { if (m.Type == "error") consoleErrors.Add($"{m.Text} ({m.Location})"); };
+        var offsite = new List<string>();
+        page.Request += (_, r) => { if (!r.Url.StartsWith(app.BaseUrl!, StringComparison.Ordinal) && !r.Url.StartsWith("blob:") && !r.Url.StartsWith("data:")) offsite.Add(r.Url); };
+
+        await page.GotoAsync(app.BaseUrl + "/");
+        // The form is filled from /v1/models: the ten styles and the aspect-ratio bins.
+        await WaitFor(page, "() => document.querySelectorAll('#style option').length === 10");
+        Assert.Equal("tiny-pixart-lcm · lcm · default 1024×1024, 4 steps", await page.TextContentAsync("#model"));
+        Assert.True(await page.Locator("#aspect option").CountAsync() > 20);
+
+        await page.FillAsync("#prompt", "a lighthouse on a cliff at sunset");
+        await page.SelectOptionAsync("#style", "Cinematic");
+        await page.SelectOptionAsync("#aspect", "768x1344");
+        Assert.Equal("768", await page.InputValueAsync("#width"));
+        Assert.Equal("1344", await page.InputValueAsync("#height"));
+        await page.FillAsync("#width", "384");
+        await page.FillAsync("#height", "256");
+        await page.FillAsync("#steps", "2");
+        await page.FillAsync("#n", "2");
+        await page.UncheckAsync("#binning"); // the tiny model's bins are 1024-sized: keep the test fast
+        await page.UncheckAsync("#randomize");
+        await page.FillAsync("#seed", "77");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await page.ClickAsync("#generate");
+
+        await page.WaitForSelectorAsync(".card img", new PageWaitForSelectorOptions { Timeout = 90_000 });
+        await WaitFor(page, "() => [...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)");
+        output.WriteLine($"generate → 2 images shown in {clock.ElapsedMilliseconds} ms");
+        Assert.Equal(2, await page.Locator(".card").CountAsync());
+        Assert.Equal(384, await page.EvalOnSelectorAsync<int>(".card img", "i => i.naturalWidth"));
+        Assert.Equal(256, await page.EvalOnSelectorAsync<int>(".card img", "i => i.naturalHeight"));
+        string parameters = (await page.TextContentAsync(".card pre"))!;
+        Assert.StartsWith("cinematic still a lighthouse on a cliff at sunset", parameters);
+        Assert.Contains("Seed: 77, Size: 384x256", parameters);
+        Assert.Equal("pixart-77-1.png", await page.GetAttributeAsync(".card a[download]", "download"));
+        Assert.StartsWith("done", await page.TextContentAsync("#status"));
+        Assert.Equal(1.0, await page.EvalOnSelectorAsync<double>("#progress", "p => p.value"));
+
+        // The download link holds exactly the PNG the API gives for the same request.
+        string served = await page.EvalOnSelectorAsync<string>(".card a[download]", """
+            async a => {
+              const bytes = new Uint8Array(await (await fetch(a.href)).arrayBuffer());
+              let s = ""; for (const b of bytes) s += String.fromCharCode(b);
+              return btoa(s);
+            }
+            """);
+        var api = await Api.ReadJson(await Api.Post(app.Client, new Dictionary<string, object?>
+        {
+            ["prompt"] = "a lighthouse on a cliff at sunset", ["negative_prompt"] = "", ["style"] = "Cinematic",
+            ["width"] = 384, ["height"] = 256, ["steps"] = 2, ["guidance"] = 0, ["n"] = 2, ["seed"] = 77, ["resolution_binning"] = false,
+        }));
+        Assert.Equal(api.GetProperty("data")[0].GetProperty("b64_json").GetString(), served);
+
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = ScreenshotPath, FullPage = true });
+        Assert.True(new FileInfo(ScreenshotPath).Length > 10_000);
+        Assert.Empty(consoleErrors);
+        Assert.Empty(offsite);
+        output.WriteLine($"screenshot: {ScreenshotPath} ({new FileInfo(ScreenshotPath).Length} bytes); status '{await page.TextContentAsync("#status")}'");
+    }
+
+    [Fact]
+    public async Task WithATokenThePageAsksForItThenGenerates()
+    {
+        await using var app = await TestApp.StartAsync(fx, new PixArtSharp.Cli.Serve.ServeOptions { Token = "page-token-123" }, kestrel: true);
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await Launch(playwright);
+        var page = await browser.NewPageAsync();
+        await page.GotoAsync(app.BaseUrl + "/");
+        await WaitFor(page, "() => !document.getElementById('token-row').hidden && !document.getElementById('error').hidden");
+        Assert.Contains("API token", await page.TextContentAsync("#error"));
+        Assert.Equal(0, await page.Locator("#style option").CountAsync());
+
+        await page.FillAsync("#token", "page-token-123");
+        await page.PressAsync("#token", "Tab"); // change → the page retries with the token
+        await WaitFor(page, "() => document.querySelectorAll('#style option').length === 10");
+        Assert.True(await page.IsHiddenAsync("#error"));
+        await page.FillAsync("#prompt", "a small boat");
+        await page.FillAsync("#width", "256");
+        await page.FillAsync("#height", "256");
+        await page.FillAsync("#steps", "1");
+        await page.UncheckAsync("#binning");
+        await page.ClickAsync("#generate");
+        await page.WaitForSelectorAsync(".card img", new PageWaitForSelectorOptions { Timeout = 60_000 });
+        Assert.Contains("a small boat", await page.TextContentAsync(".card pre"));
+    }
+
+    private static Task<IBrowser> Launch(IPlaywright playwright) => playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
+    {
+        ExecutablePath = Chromium,
+        Headless = true,
+        Args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
+    });
+
+    /// <summary>
+    /// Polls a predicate from the test side. Playwright's WaitForFunction polls with eval inside the page, which the
+    /// page's Content-Security-Policy (no 'unsafe-eval') rightly forbids; Evaluate runs over the DevTools protocol.
+    /// </summary>
+    private static async Task WaitFor(IPage page, string predicate)
+    {
+        var until = DateTime.UtcNow.AddSeconds(60);
+        while (!await page.EvaluateAsync<bool>(predicate))
+        {
+            if (DateTime.UtcNow > until) throw new TimeoutException($"the page never satisfied {predicate}");
+            await Task.Delay(50);
+        }
+    }
+}
