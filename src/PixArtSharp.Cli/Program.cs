@@ -1,5 +1,5 @@
-using TorchSharp;
-var t = torch.randn(new long[]{2,3}, generator: new torch.Generator(42));
-Console.WriteLine(string.Join(",", t.data<float>().ToArray()));
-Console.WriteLine(torch.get_num_threads());
-return 0;
+using System.CommandLine;
+
+var root = new RootCommand("pixart: PixArt-α / PixArt-LCM text-to-image in C#");
+root.Add(PixArtSharp.Cli.Bench.BenchCommand.Create());
+return root.Parse(args).Invoke();
