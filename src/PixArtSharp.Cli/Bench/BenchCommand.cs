@@ -72,7 +72,8 @@ public static class BenchCommand
                     Prompt = parse.GetValue(prompt) ?? new BenchOptions().Prompt,
                 };
                 bool asJson = parse.GetValue(json);
-                var result = BenchRunner.Run(options, asJson ? null : s => Console.Error.WriteLine(s));
+                // Progress goes to stderr in both modes; stdout holds only the table or the JSON object.
+                var result = BenchRunner.Run(options, s => Console.Error.WriteLine(s));
                 Console.WriteLine(asJson ? result.ToJson() : result.ToTable());
                 return 0;
             }
