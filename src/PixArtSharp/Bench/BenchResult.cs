@@ -56,6 +56,8 @@ public sealed class BenchResult
 
     /// <summary>Matrix-multiply rate measured at the start of this run in this dtype (median), GFLOP/s.</summary>
     public double GemmGflops { get; set; }
+    /// <summary>The same probe at the end of the run: far from <see cref="GemmGflops"/> means the machine's load changed during the run.</summary>
+    public double? GemmGflopsEnd { get; set; }
     public double? TransformerStepFlops { get; set; }
     public double? T5Flops { get; set; }
     public double? VaeFlops { get; set; }
@@ -99,7 +101,7 @@ public sealed class BenchResult
         static string? B(long? b) => b is { } v ? (v / (double)(1L << 30)).ToString("0.00", CultureInfo.InvariantCulture) + " GiB" : null;
         sb.AppendLine(ci, $"pixart bench: {Component}, {Size}, {Dtype}, batch {Batch}, {Steps} steps, {Threads} threads, {Device}, {Weights} ({Mode})");
         Row("load average (start/end)", $"{LoadAverageStart?.ToString("0.00", ci) ?? "?"} / {LoadAverageEnd?.ToString("0.00", ci) ?? "?"}");
-        Row("GEMM rate (measured)", G(GemmGflops));
+        Row("GEMM rate (measured)", G(GemmGflops) + (GemmGflopsEnd is { } end ? $" at start, {end:0} at end" : ""));
         Row("load", S(LoadSeconds));
         Row("  t5 / transformer / vae", LoadSeconds is null ? null : $"{S(T5LoadSeconds) ?? "-"} / {S(TransformerLoadSeconds) ?? "-"} / {S(VaeLoadSeconds) ?? "-"}");
         Row("T5 encode", S(T5Seconds));

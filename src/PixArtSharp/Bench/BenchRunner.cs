@@ -109,6 +109,7 @@ public static class BenchRunner
 
         r.E2eSeconds = total.Elapsed.TotalSeconds;
         if (ProcessStats.PeakRssBytes is { } last) peak = Math.Max(peak, last);
+        r.GemmGflopsEnd = GemmProbe.MeasureGflops(o.DType, device, o.Component == BenchComponent.T5 ? o.Batch * Tokens : tokens, Math.Max(tConfig.InnerDim, 512));
         r.PeakRssBytes = peak > 0 ? peak : null;
         Finish(o, r);
         r.LoadAverageEnd = ProcessStats.LoadAverage1;

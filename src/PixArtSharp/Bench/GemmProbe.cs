@@ -12,7 +12,7 @@ namespace PixArtSharp.Bench;
 /// </summary>
 public static class GemmProbe
 {
-    /// <summary>Median GFLOP/s over <paramref name="repeats"/> timed products of each shape (after one warm-up each).</summary>
+    /// <summary>Median GFLOP/s over <paramref name="repeats"/> timed products of each shape (after three warm-ups each).</summary>
     /// <param name="rows">M, the token count (batch × tokens); capped to 8192 to keep the probe short.</param>
     public static double MeasureGflops(ScalarType dtype, Device device, long rows = 4096, long width = 1152, int repeats = 5)
     {
@@ -27,13 +27,16 @@ public static class GemmProbe
             var a = randn([rows, k], ScalarType.Float32, generator: gen).to(dtype, device);
             var b = randn([n, k], ScalarType.Float32, generator: gen).to(dtype, device);
             double flops = 2.0 * rows * k * n;
-            for (int i = 0; i <= repeats; i++)
+            // Three warm-ups: with one, the probe at the start of a run read 420–450 GFLOP/s where the same probe at
+            // the end of the run read 680–706 (bf16, load ≈ 2): oneDNN's first calls and fresh pages are slow.
+            const int warmups = 3;
+            for (int i = 0; i < warmups + repeats; i++)
             {
                 var sw = Stopwatch.StartNew();
                 using var c = nn.functional.linear(a, b);            // as the model calls it: x·Wᵀ
                 Synchronize(device);
                 double s = sw.Elapsed.TotalSeconds;
-                if (i > 0) rates.Add(flops / s / 1e9);               // the first is a warm-up
+                if (i >= warmups) rates.Add(flops / s / 1e9);
             }
         }
         rates.Sort();
