@@ -27,8 +27,9 @@ public static class GemmProbe
             var a = randn([rows, k], ScalarType.Float32, generator: gen).to(dtype, device);
             var b = randn([n, k], ScalarType.Float32, generator: gen).to(dtype, device);
             double flops = 2.0 * rows * k * n;
-            // Three warm-ups: with one, the probe at the start of a run read 420–450 GFLOP/s where the same probe at
-            // the end of the run read 680–706 (bf16, load ≈ 2): oneDNN's first calls and fresh pages are slow.
+            // Three warm-ups (oneDNN's first calls and fresh pages are slow). Even so, at the start of a run the probe
+            // reads lower than the same probe at its end (bf16, load ≈ 2: 417–468 vs 505–706 GFLOP/s), for a reason
+            // not yet found; the result reports both.
             const int warmups = 3;
             for (int i = 0; i < warmups + repeats; i++)
             {
