@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
+using PixArtSharp.Cli.Bench;
 using PixArtSharp.Cli.Download;
 using PixArtSharp.Cli.Generate;
 using PixArtSharp.Cli.Serve;
@@ -16,13 +17,15 @@ public static class Program
             "Examples:\n" +
             "  pixart generate \"A small cactus with a happy face in the Sahara desert.\"\n" +
             "  pixart generate \"a cactus\" --model ../shared/fixtures/tiny-pixart-lcm -o cactus.png\n" +
-            "  pixart download PixArt-alpha/PixArt-LCM-XL-2-1024-MS\n\n" +
+            "  pixart download PixArt-alpha/PixArt-LCM-XL-2-1024-MS\n" +
+            "  pixart bench --size 1024 --dtype bf16\n\n" +
             "Exit codes: 0 ok, 1 other failure, 2 bad arguments, 3 model not found or download failed, " +
             "4 corrupt or mismatched weights, 5 out of memory, 130 interrupted.");
         root.Add(CliApp.Verbose);
         root.Add(GenerateCommand.Create());
         root.Add(DownloadCommand.Create());
         root.Add(ServeCommand.Create());
+        root.Add(BenchCommand.Create());
         return root;
     }
 

@@ -109,7 +109,10 @@ public sealed class Weights : IDisposable
     /// timed without downloading anything. Norm-like weights (1-D, named *weight of norms) get 1 + noise so
     /// activations keep a sane scale.
     /// </summary>
-    public static Weights Random(long seed, ScalarType dtype, Device? device = null, double std = 0.02)
+    /// <param name="created">Optional: sees each weight as generated (key, tensor in <paramref name="dtype"/>), in
+    /// request order. The tensor is the one handed to the model (or converted and freed by <see cref="Get(string, ScalarType, long[])"/>):
+    /// keep it with <c>t.alias()</c>. <c>pixart bench --save-random-model</c> writes the weights from here.</param>
+    public static Weights Random(long seed, ScalarType dtype, Device? device = null, double std = 0.02, Action<string, Tensor>? created = null)
     {
         var gen = new Generator((ulong)seed);
         var seen = new HashSet<string>(StringComparer.Ordinal);
@@ -121,7 +124,9 @@ public sealed class Weights : IDisposable
                 var t = torch.randn(shape, ScalarType.Float32, generator: gen).mul_(std);
                 if (shape.Length == 1 && (name.EndsWith("norm.weight") || name.Contains("norm") || name.EndsWith("layer_norm.weight")) && name.EndsWith("weight"))
                     t.add_(1.0);
-                return t.to(dtype).MoveToOuterDisposeScope();
+                var result = t.to(dtype).MoveToOuterDisposeScope();
+                created?.Invoke(name, result);
+                return result;
             },
             seen, () => gen.Dispose());
         return new Weights(source, "", dtype, device ?? CPU);

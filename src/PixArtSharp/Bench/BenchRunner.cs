@@ -1,0 +1,397 @@
+using System.Diagnostics;
+using PixArtSharp.Loading;
+using PixArtSharp.Models;
+using PixArtSharp.Pipeline;
+using PixArtSharp.Schedulers;
+using PixArtSharp.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PixArtSharp.Bench;
+
+public enum BenchComponent { All, T5, Transformer, Vae }
+
+/// <summary>What <c>pixart bench</c> runs.</summary>
+public sealed record BenchOptions
+{
+    public BenchComponent Component { get; init; } = BenchComponent.All;
+    public int Steps { get; init; } = 4;
+    /// <summary>Pixels; null = the model's default (sample_size × 8: 1024 for the real configs).</summary>
+    public int? Height { get; init; }
+    public int? Width { get; init; }
+    public int Batch { get; init; } = 1;
+    public ScalarType DType { get; init; } = ScalarType.BFloat16;
+    public Device? Device { get; init; }
+    /// <summary>libtorch intra-op threads; null = libtorch's default (the core count).</summary>
+    public int? Threads { get; init; }
+    /// <summary>A diffusers folder to load; null = seeded random weights on the real configs.</summary>
+    public string? ModelDir { get; init; }
+    public string? Variant { get; init; }
+    public long Seed { get; init; }
+    /// <summary>Decode in tiles of this many latents (0 = whole). With component vae, untiled is also run and compared.</summary>
+    public int VaeTileLatents { get; init; }
+    /// <summary>With a model folder and component all: run the pipeline again in fp32 and compare the images.</summary>
+    public bool CompareFp32 { get; init; }
+    public string Prompt { get; init; } = "A small cabin on top of a snowy mountain in the style of Disney, artstation";
+}
+
+/// <summary>
+/// Runs the full-size PixArt-LCM stages — T5 encode, transformer steps, VAE decode — and times each, on seeded
+/// random weights (real configs, no download) or on a model folder. Components are loaded in turn and each is
+/// freed before the next is loaded, as <see cref="PipelineOptions.KeepLoaded"/> = false does, so the peak RSS is
+/// that of the largest stage (the T5). With a folder and component all, the timings are of
+/// <see cref="PixArtAlphaPipeline"/> itself.
+/// </summary>
+public static class BenchRunner
+{
+    private const int Tokens = 120;
+
+    public static BenchResult Run(BenchOptions o, Action<string>? log = null)
+    {
+        log ??= _ => { };
+        Validate(o);
+        TorchRuntime.EnsureLoaded();
+        if (o.Threads is { } threads) TorchRuntime.SetThreads(threads);
+        var device = o.Device ?? CPU;
+
+        var r = new BenchResult
+        {
+            Component = o.Component.ToString().ToLowerInvariant(),
+            Dtype = DTypeName(o.DType),
+            Device = device.ToString(),
+            Batch = o.Batch,
+            Steps = o.Component is BenchComponent.All or BenchComponent.Transformer ? o.Steps : 0,
+            Threads = TorchRuntime.Threads,
+            Weights = o.ModelDir is null ? $"random (seed {o.Seed}, {RealConfigs.Name} configs)" : Path.GetFullPath(o.ModelDir),
+            LoadAverageStart = ProcessStats.LoadAverage1,
+        };
+
+        using var temp = o.ModelDir is null ? new RealConfigs.TempFolder() : null;
+        var folder = o.ModelDir is null ? null : ModelFolder.Open(o.ModelDir);
+        string Dir(string component) => folder?.ComponentDir(component) ?? temp!.PathOf(component);
+        var t5Config = T5Config.Load(Path.Combine(Dir("text_encoder"), "config.json"));
+        var tConfig = PixArtTransformerConfig.Load(Path.Combine(Dir("transformer"), "config.json"));
+        var vConfig = AutoencoderKLConfig.Load(Path.Combine(Dir("vae"), "config.json"));
+
+        int f = vConfig.VaeScaleFactor;
+        int height = o.Height ?? tConfig.SampleSize!.Value * f, width = o.Width ?? tConfig.SampleSize!.Value * f;
+        int multiple = f * tConfig.PatchSize!.Value;
+        if (height % multiple != 0 || width % multiple != 0)
+            throw new ArgumentException($"The size must be a multiple of {multiple} pixels (VAE factor {f} × patch {tConfig.PatchSize}); got {height}×{width}.", nameof(o));
+        r.Height = height; r.Width = width; r.Size = $"{height}x{width}";
+        long lh = height / f, lw = width / f;
+
+        // FLOPs of each stage for this size and batch (formulas in FlopCount).
+        r.T5Flops = FlopCount.T5Encoder(t5Config, Tokens, o.Batch);
+        r.TransformerStepFlops = FlopCount.TransformerForward(tConfig, lh, lw, o.Batch, Tokens);
+        r.VaeFlops = FlopCount.VaeDecode(vConfig, lh, lw, o.Batch);
+
+        // The GEMM rate, measured now, in this dtype and thread setting, at this run's token count.
+        long tokens = o.Batch * (lh / tConfig.PatchSize!.Value) * (lw / tConfig.PatchSize!.Value);
+        r.GemmGflops = GemmProbe.MeasureGflops(o.DType, device, o.Component == BenchComponent.T5 ? o.Batch * Tokens : tokens, Math.Max(tConfig.InnerDim, 512));
+        log($"GEMM rate {r.GemmGflops:0} GFLOP/s ({DTypeName(o.DType)}, {r.Threads} threads, load {r.LoadAverageStart:0.00})");
+
+        var total = Stopwatch.StartNew();
+        long peak = 0;
+        void StagePeak(Action<long?> set)
+        {
+            var p = ProcessStats.PeakRssBytes;
+            set(p);
+            if (p is { } v) peak = Math.Max(peak, v);
+            ProcessStats.ResetPeak();
+        }
+        ProcessStats.ResetPeak();
+
+        if (folder is not null && o.Component == BenchComponent.All)
+            RunPipeline(o, r, folder, device, height, width, StagePeak, log);
+        else
+            RunStages(o, r, folder, Dir, t5Config, tConfig, vConfig, device, lh, lw, StagePeak, log);
+
+        r.E2eSeconds = total.Elapsed.TotalSeconds;
+        if (ProcessStats.PeakRssBytes is { } last) peak = Math.Max(peak, last);
+        r.GemmGflopsEnd = GemmProbe.MeasureGflops(o.DType, device, o.Component == BenchComponent.T5 ? o.Batch * Tokens : tokens, Math.Max(tConfig.InnerDim, 512));
+        r.PeakRssBytes = peak > 0 ? peak : null;
+        Finish(o, r);
+        r.LoadAverageEnd = ProcessStats.LoadAverage1;
+        return r;
+    }
+
+    private static void Validate(BenchOptions o)
+    {
+        if (o.Steps < 1) throw new ArgumentException($"steps must be at least 1, not {o.Steps}.", nameof(o));
+        if (o.Batch < 1) throw new ArgumentException($"batch must be at least 1, not {o.Batch}.", nameof(o));
+        if (o.Height is < 1 || o.Width is < 1) throw new ArgumentException("size must be positive.", nameof(o));
+        if (o.DType is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
+            throw new ArgumentException($"dtype must be fp32, bf16 or fp16, not {o.DType}.", nameof(o));
+        if (o.VaeTileLatents < 0) throw new ArgumentException($"the VAE tile size must be ≥ 0 latents, not {o.VaeTileLatents}.", nameof(o));
+        if (o.CompareFp32 && (o.ModelDir is null || o.Component != BenchComponent.All))
+            throw new ArgumentException("--compare-fp32 needs --model and component all (it reruns the pipeline in fp32).", nameof(o));
+    }
+
+    /// <summary>The models one by one, each loaded (memory-mapped or generated), run, and freed before the next.</summary>
+    private static void RunStages(BenchOptions o, BenchResult r, ModelFolder? folder, Func<string, string> dir,
+                                  T5Config t5Config, PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig,
+                                  Device device, long lh, long lw, Action<Action<long?>> stagePeak, Action<string> log)
+    {
+        bool all = o.Component == BenchComponent.All;
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        double loads = 0, compute = 0;
+
+        // 1. T5: the prompt (tokenised when the folder has a tokenizer, else fixed ids) → [B, 120, 4096] fp32.
+        var (ids, mask) = PromptIds(o, folder, t5Config);
+        Tensor embeds;
+        if (all || o.Component == BenchComponent.T5)
+        {
+            var sw = Stopwatch.StartNew();
+            var t5 = folder is null
+                ? FromRandom(RandomModelWriter.T5Seed(o.Seed), o.DType, device, w => new T5EncoderModel(t5Config, w))
+                : T5EncoderModel.FromFolder(dir("text_encoder"), o.Variant, o.DType, device);
+            r.T5LoadSeconds = sw.Elapsed.TotalSeconds;
+            log($"T5 loaded in {r.T5LoadSeconds:0.0} s");
+            sw.Restart();
+            embeds = t5.forward(ids.to(device), mask.to(device));
+            r.T5Seconds = sw.Elapsed.TotalSeconds;
+            log($"T5 encode {r.T5Seconds:0.00} s");
+            t5.Dispose();
+            GC.Collect();
+            stagePeak(p => r.T5PeakRssBytes = p);
+            loads += r.T5LoadSeconds.Value;
+            compute += r.T5Seconds.Value;
+        }
+        else
+        {
+            embeds = randn([o.Batch, Tokens, t5Config.DModel], ScalarType.Float32, generator: new Generator((ulong)o.Seed)).to(device);
+        }
+
+        // 2. Transformer: the LCM loop (the scheduler from the folder, or the real LCM config), no guidance.
+        var gen = new Generator((ulong)o.Seed);
+        Tensor latents;
+        if (all || o.Component == BenchComponent.Transformer)
+        {
+            var sw = Stopwatch.StartNew();
+            var transformer = folder is null
+                ? FromRandom(RandomModelWriter.TransformerSeed(o.Seed), o.DType, device, w => new PixArtTransformer2DModel(tConfig, w))
+                : PixArtTransformer2DModel.FromFolder(dir("transformer"), o.Variant, o.DType, device);
+            r.TransformerLoadSeconds = sw.Elapsed.TotalSeconds;
+            log($"transformer loaded in {r.TransformerLoadSeconds:0.0} s");
+            using var scheduler = LCMScheduler.FromConfig(Path.Combine(dir("scheduler"), "scheduler_config.json"));
+            scheduler.SetTimesteps(o.Steps);
+            latents = randn([o.Batch, tConfig.InChannels!.Value, lh, lw], ScalarType.Float32, generator: gen).to(device);
+            var caption = embeds.to(o.DType);
+            Tensor? resolution = null, aspect = null;
+            if (tConfig.UseAdditionalConditionsResolved)
+            {
+                resolution = tensor(new float[] { lh * vConfig.VaeScaleFactor, lw * vConfig.VaeScaleFactor }, [1, 2], ScalarType.Float32, device).repeat(o.Batch, 1).to(o.DType);
+                aspect = tensor(new float[] { (float)((double)lh / lw) }, [1, 1], ScalarType.Float32, device).repeat(o.Batch, 1).to(o.DType);
+            }
+            var steps = new List<double>();
+            foreach (long t in scheduler.Timesteps)
+            {
+                using var stepScope = NewDisposeScope();
+                sw.Restart();
+                var ts = full([o.Batch], t, ScalarType.Int64, device);
+                var eps = transformer.forward(latents.to(o.DType), caption, mask.to(device), ts, resolution, aspect).to(ScalarType.Float32);
+                if (tConfig.OutChannelsResolved / 2 == tConfig.InChannels) eps = eps.chunk(2, 1)[0];
+                var (prev, denoised) = scheduler.Step(eps, t, latents, new NoiseSource([gen]));
+                denoised.Dispose();
+                latents = prev.MoveToOuterDisposeScope();
+                GemmProbe.Synchronize(device);
+                steps.Add(sw.Elapsed.TotalSeconds);
+                log($"step {steps.Count}/{o.Steps}: {steps[^1]:0.000} s");
+            }
+            r.StepSeconds = steps.ToArray();
+            transformer.Dispose();
+            GC.Collect();
+            stagePeak(p => r.TransformerPeakRssBytes = p);
+            loads += r.TransformerLoadSeconds.Value;
+            compute += steps.Sum();
+        }
+        else
+        {
+            latents = randn([o.Batch, tConfig.InChannels!.Value, lh, lw], ScalarType.Float32, generator: gen).to(device);
+        }
+
+        // 3. VAE decode of latents / scaling_factor (tiled when asked).
+        if (all || o.Component == BenchComponent.Vae)
+        {
+            var sw = Stopwatch.StartNew();
+            var vae = folder is null
+                ? FromRandom(RandomModelWriter.VaeSeed(o.Seed), o.DType, device, w => new AutoencoderKL(vConfig, w))
+                : AutoencoderKL.FromFolder(dir("vae"), o.Variant, o.DType, device);
+            r.VaeLoadSeconds = sw.Elapsed.TotalSeconds;
+            var z = latents.div(vConfig.ScalingFactor).to(o.DType);
+            sw.Restart();
+            var image = o.VaeTileLatents > 0 ? vae.DecodeTiled(z, o.VaeTileLatents) : vae.Decode(z);
+            GemmProbe.Synchronize(device);
+            r.VaeSeconds = sw.Elapsed.TotalSeconds;
+            log($"VAE decode {r.VaeSeconds:0.00} s");
+            stagePeak(p => r.VaePeakRssBytes = p);
+            if (o.VaeTileLatents > 0)
+            {
+                r.VaeTileLatents = o.VaeTileLatents;
+                if (!all)
+                {
+                    // The tolerance of tiling: the same latents decoded whole.
+                    var whole = vae.Decode(z);
+                    var diff = whole.sub(image).abs_();
+                    r.VaeTiledMaxAbsDiff = diff.max().item<float>();
+                    r.VaeTiledMeanAbsDiff = diff.mean().item<float>();
+                }
+            }
+            vae.Dispose();
+            GC.Collect();
+            loads += r.VaeLoadSeconds.Value;
+            compute += r.VaeSeconds.Value;
+        }
+        r.LoadSeconds = loads;
+        r.ComputeSeconds = compute;
+    }
+
+    /// <summary>
+    /// <see cref="PixArtAlphaPipeline"/> on the folder, components loaded in turn (KeepLoaded = false): T5 loaded
+    /// and run (timed apart), freed; the transformer loaded; then <c>Generate</c> on the embeddings, its step
+    /// callback timing each step; the VAE is loaded, decodes and is freed inside Generate.
+    /// </summary>
+    private static void RunPipeline(BenchOptions o, BenchResult r, ModelFolder folder, Device device, int height, int width,
+                                    Action<Action<long?>> stagePeak, Action<string> log)
+    {
+        r.Mode = "pipeline";
+        var image = GeneratePipeline(o, o.DType, r, folder, device, height, width, stagePeak, log);
+        using (image)
+        {
+            if (o.CompareFp32)
+            {
+                log("running again in fp32 for --compare-fp32");
+                using var reference = GeneratePipeline(o, ScalarType.Float32, null, folder, device, height, width, _ => { }, _ => { });
+                using var diff = reference.sub(image).abs_();
+                r.Fp32ImageMaxAbsDiff = diff.max().item<float>();
+                r.Fp32ImageMeanAbsDiff = diff.mean().item<float>();
+            }
+        }
+    }
+
+    private static Tensor GeneratePipeline(BenchOptions o, ScalarType dtype, BenchResult? r, ModelFolder folder, Device device,
+                                           int height, int width, Action<Action<long?>> stagePeak, Action<string> log)
+    {
+        using var pipe = PixArtAlphaPipeline.FromPretrained(folder.Root,
+            new PipelineOptions { DType = dtype, Device = device, Variant = o.Variant, KeepLoaded = false });
+        var prompts = Enumerable.Repeat(o.Prompt, o.Batch).ToList();
+        bool cfg = pipe.DefaultGuidance > 1.0;
+
+        var sw = Stopwatch.StartNew();
+        pipe.LoadTextEncoder();
+        double t5Load = sw.Elapsed.TotalSeconds;
+        sw.Restart();
+        var (positive, negative) = pipe.EncodePrompt(prompts, cfg);
+        double t5 = sw.Elapsed.TotalSeconds;
+        pipe.UnloadTextEncoder();
+        GC.Collect();
+        log($"T5 loaded in {t5Load:0.0} s, encode {t5:0.00} s");
+        if (r != null) stagePeak(p => r.T5PeakRssBytes = p);
+
+        sw.Restart();
+        pipe.LoadTransformer();
+        double tLoad = sw.Elapsed.TotalSeconds;
+
+        var stepEnds = new List<double>();
+        var gen = Stopwatch.StartNew();
+        using var output = pipe.Generate(new GenerationRequest
+        {
+            PromptEmbeds = positive,
+            NegativePromptEmbeds = negative,
+            NumInferenceSteps = o.Steps,
+            Height = height,
+            Width = width,
+            UseResolutionBinning = false,
+            Seed = o.Seed,
+        }, step =>
+        {
+            stepEnds.Add(gen.Elapsed.TotalSeconds);
+            log($"step {step.Step}/{step.TotalSteps}: {stepEnds[^1] - (stepEnds.Count > 1 ? stepEnds[^2] : 0):0.000} s");
+            if (step.Step == step.TotalSteps && r != null) stagePeak(p => r.TransformerPeakRssBytes = p);
+            return true;
+        });
+        double genSeconds = gen.Elapsed.TotalSeconds;
+        if (r != null)
+        {
+            stagePeak(p => r.VaePeakRssBytes = p);
+            r.T5LoadSeconds = t5Load;
+            r.TransformerLoadSeconds = tLoad;
+            r.LoadSeconds = t5Load + tLoad;
+            r.T5Seconds = t5;
+            r.StepSeconds = stepEnds.Select((e, i) => e - (i > 0 ? stepEnds[i - 1] : 0)).ToArray();
+            r.VaeSeconds = genSeconds - stepEnds[^1];
+            r.ComputeSeconds = t5 + genSeconds;
+        }
+        positive.Dispose();
+        negative?.Dispose();
+        return output.Images!.clone().DetachFromDisposeScope();
+    }
+
+    /// <summary>A model on seeded random weights, as <see cref="RandomModelWriter"/> writes them.</summary>
+    private static T FromRandom<T>(long seed, ScalarType dtype, Device device, Func<Weights, T> build)
+    {
+        using var w = Weights.Random(seed, dtype, device);
+        return build(w);
+    }
+
+    /// <summary>
+    /// [B, 120] ids and mask: the prompt through the folder's tokenizer, or (random weights) 24 fixed token ids,
+    /// &lt;/s&gt; and padding. T5 runs on all 120 positions either way, so the cost does not depend on the text.
+    /// </summary>
+    private static (Tensor Ids, Tensor Mask) PromptIds(BenchOptions o, ModelFolder? folder, T5Config c)
+    {
+        long[] ids, mask;
+        string? spiece = folder is null ? null : Path.Combine(folder.Root, "tokenizer", "spiece.model");
+        if (spiece is not null && File.Exists(spiece))
+        {
+            var tok = T5Tokenizer.FromModelFolder(Path.GetDirectoryName(spiece)!);
+            var batch = tok.Encode([CaptionCleaner.Preprocess(o.Prompt, true)], Tokens);
+            ids = batch.InputIds;
+            mask = batch.AttentionMask;
+        }
+        else
+        {
+            ids = new long[Tokens];
+            mask = new long[Tokens];
+            for (int i = 0; i < 25; i++)
+            {
+                ids[i] = i == 24 ? 1 : 100 + 37 * i % Math.Max(1, c.VocabSize - 200);
+                mask[i] = 1;
+            }
+        }
+        var idsT = tensor(ids, [1, Tokens]).repeat(o.Batch, 1);
+        var maskT = tensor(mask, [1, Tokens]).repeat(o.Batch, 1);
+        return (idsT, maskT);
+    }
+
+    private static void Finish(BenchOptions o, BenchResult r)
+    {
+        double rate = r.GemmGflops * 1e9;
+        if (r.StepSeconds is { Length: > 0 } steps)
+        {
+            var sorted = steps.OrderBy(s => s).ToArray();
+            r.StepSecondsMedian = sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+            r.AchievedGflops = r.TransformerStepFlops / r.StepSecondsMedian / 1e9;
+            r.StepVsGemmFloor = r.StepSecondsMedian / (r.TransformerStepFlops / rate);
+        }
+        else
+        {
+            r.TransformerStepFlops = null;
+        }
+        if (r.T5Seconds is { } t5) r.T5Gflops = r.T5Flops / t5 / 1e9; else r.T5Flops = null;
+        if (r.VaeSeconds is { } vae) r.VaeGflops = r.VaeFlops / vae / 1e9; else r.VaeFlops = null;
+        r.AchievedGflops ??= o.Component == BenchComponent.T5 ? r.T5Gflops : r.VaeGflops;
+        r.E2eGemmFloorSeconds = ((r.T5Flops ?? 0) + (r.TransformerStepFlops ?? 0) * r.Steps + (r.VaeFlops ?? 0)) / rate;
+        if (r.E2eSeconds is { } e2e) r.E2eSecondsPerImage = e2e / o.Batch;
+    }
+
+    public static string DTypeName(ScalarType t) => t switch
+    {
+        ScalarType.Float32 => "fp32",
+        ScalarType.BFloat16 => "bf16",
+        ScalarType.Float16 => "fp16",
+        _ => t.ToString(),
+    };
+}
