@@ -87,7 +87,12 @@ public static class ImageReader
                     (loader is null ? " (the data matches no image format)." : $" (libvips recognises it with '{loader}', which is not accepted)."));
 
             // 2. Open: this reads only the header, so the size can be checked before any pixel is decoded.
-            using var header = VImage.NewFromBuffer(data, "", Enums.Access.Random, Enums.FailOn.Error);
+            //    Corrupt data fails the read. JPEG also fails on libjpeg's warnings (sharp's default): a JPEG whose
+            //    header claims more rows than its data holds only draws a warning ("premature end of data
+            //    segment") and would otherwise decode with a grey band. PNG stays at errors, so that harmless
+            //    libpng warnings about ancillary chunks (e.g. a known-incorrect sRGB profile) do not refuse a file.
+            var failOn = format == "JPEG" ? Enums.FailOn.Warning : Enums.FailOn.Error;
+            using var header = VImage.NewFromBuffer(data, "", Enums.Access.Random, failOn);
             long pixels = (long)header.Width * header.Height;
             if (pixels > maxPixels)
                 throw new ImageReadException(
@@ -124,7 +129,11 @@ public static class ImageReader
         }
         catch (VipsException e)
         {
-            string detail = string.Join(" ", e.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+            // libvips' error buffer is process-wide: keep the distinct lines that describe this failure.
+            string detail = string.Join("; ", e.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(l => System.Text.RegularExpressions.Regex.Replace(l, @"\s*\(threadpool completed with \d+ workers\)", ""))
+                .Where(l => !l.Contains("is not in a known format") && l != "unable to write to memory")
+                .Distinct());
             if (_warnings is { Count: > 0 }) detail += " (" + string.Join("; ", _warnings.Take(3)) + ")";
             throw new ImageReadException($"{name}: the image is corrupt or truncated: {detail}", e);
         }
