@@ -80,6 +80,41 @@ public static class ImageToImage
         return new ImageToImageSchedule(full[tStart..], full, tStart);
     }
 
+    /// <summary>
+    /// The size <c>--resize-to-fit</c> gives an image: scaled down (never up) so it has at most
+    /// <paramref name="maxPixels"/> pixels, keeping the aspect ratio, then each side rounded down to a multiple of
+    /// <paramref name="multiple"/> (at least one multiple).
+    /// </summary>
+    public static (int Width, int Height) FitSize(int width, int height, long maxPixels, int multiple = 16)
+    {
+        if (width < 1 || height < 1) throw new ArgumentException($"The size must be positive, got {width}×{height}.", nameof(width));
+        if (maxPixels < (long)multiple * multiple) throw new ArgumentException($"maxPixels must be at least {multiple}², got {maxPixels}.", nameof(maxPixels));
+        double scale = Math.Min(1.0, Math.Sqrt((double)maxPixels / ((double)width * height)));
+        int w = Math.Max(multiple, (int)Math.Floor(width * scale) / multiple * multiple);
+        int h = Math.Max(multiple, (int)Math.Floor(height * scale) / multiple * multiple);
+        return (w, h);
+    }
+
+    /// <summary>
+    /// Resamples <paramref name="image"/> to exactly <paramref name="width"/>×<paramref name="height"/> with libvips'
+    /// Lanczos-3 (diffusers' image processor resizes with PIL's Lanczos); the same image is returned when it already
+    /// has that size. Deterministic, so a recorded size reproduces the same pixels.
+    /// </summary>
+    public static RgbImage Resize(RgbImage image, int width, int height)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        if (width < 1 || height < 1) throw new ArgumentException($"The size must be positive, got {width}×{height}.", nameof(width));
+        if (image.Width == width && image.Height == height) return image;
+        using var src = NetVips.Image.NewFromMemory(image.Pixels, image.Width, image.Height, 3, NetVips.Enums.BandFormat.Uchar);
+        using var resized = src.Resize((double)width / image.Width, NetVips.Enums.Kernel.Lanczos3, vscale: (double)height / image.Height);
+        // vips rounds the output size; trim or pad by edge repetition to the exact size asked for.
+        using var exact = resized.Width == width && resized.Height == height
+            ? resized.Copy()
+            : resized.Embed(0, 0, width, height, extend: NetVips.Enums.Extend.Copy);
+        var pixels = exact.WriteToMemory<byte>();
+        return new RgbImage(width, height, pixels);
+    }
+
     /// <summary>strength must be in (0, 1].</summary>
     public static void CheckStrength(double strength)
     {

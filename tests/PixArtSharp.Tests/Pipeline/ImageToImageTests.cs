@@ -157,6 +157,29 @@ public class ImageToImageTests(ImageToImageTests.Pipelines fixture, ITestOutputH
         Assert.Equal(0.0, Compare.MaxAbsDiff(result.Images, again.Images!));
     }
 
+    [Theory]
+    [InlineData(96, 64, 1_000_000, 96, 64)]          // already fits
+    [InlineData(100, 70, 1_000_000, 96, 64)]         // rounded down to multiples of 16
+    [InlineData(4032, 3024, 1024 * 1024, 1168, 880)] // a phone photo scaled to about 1 MP, aspect kept
+    [InlineData(10, 5000, 1024 * 1024, 16, 4992)]    // never below one multiple
+    public void FitSizeScalesDownAndRoundsToMultiplesOf16(int w, int h, long maxPixels, int ew, int eh)
+    {
+        Assert.Equal((ew, eh), ImageToImage.FitSize(w, h, maxPixels));
+    }
+
+    [Fact]
+    public void ResizeGivesExactlyTheSizeAskedFor()
+    {
+        var src = ImageReader.Read(Fixtures.Path("expected", "img2img", "inputs", "gradient_disc_64x96.png"));
+        Assert.Same(src, ImageToImage.Resize(src, 96, 64));
+        var r = ImageToImage.Resize(src, 80, 48);
+        Assert.Equal((80, 48), (r.Width, r.Height));
+        var again = ImageToImage.Resize(src, 80, 48);
+        Assert.Equal(r.Pixels, again.Pixels);
+        var flat = new RgbImage(50, 30, Enumerable.Repeat((byte)77, 50 * 30 * 3).ToArray());
+        Assert.All(ImageToImage.Resize(flat, 48, 32).Pixels, b => Assert.Equal(77, b));
+    }
+
     [Fact]
     public void InvalidImageRequestsAreArgumentExceptions()
     {
