@@ -371,7 +371,8 @@ public sealed class PixArtAlphaPipeline : IDisposable
         ImageToImage.CheckStrength(r.Strength ?? ImageToImage.DefaultStrength);
         if (r.Latents is not null)
             throw new ArgumentException("Give either `image` (image-to-image) or `latents`, not both.", nameof(r.Latents));
-        int batch = r.Prompts?.Count ?? (int)r.PromptEmbeds!.Embeds.shape[0];
+        // (CheckInputs reports a request with neither prompts nor embeddings.)
+        int batch = r.Prompts?.Count ?? (r.PromptEmbeds is { } pe ? (int)pe.Embeds.shape[0] : 1);
         long n = image.shape[0];
         if (n != 1 && n != batch)
             throw new ArgumentException($"`image` has {n} images but there are {batch} prompts: give one image, or one per prompt.", nameof(r.Image));
