@@ -68,18 +68,55 @@ public sealed class ModelFolder
     /// The weight files of one component, following diffusers' naming: <c>{stem}.safetensors</c>, or a sharded
     /// <c>{stem}.safetensors.index.json</c>; with a variant, <c>{stem}.{variant}.safetensors</c> or
     /// <c>{stem}.safetensors.index.{variant}.json</c> (shards <c>{stem}.{variant}-00001-of-0000N.safetensors</c>).
+    /// A component without the requested variant gets its default weights, as diffusers (and our Hub download)
+    /// does; <see cref="VariantFallbacks"/> names such components so a front end can warn.
     /// </summary>
     public static IReadOnlyList<string> FindWeightFiles(string componentDir, string stem, string? variant) =>
         Locate(componentDir, stem, variant).Files;
 
+    /// <summary>True when <paramref name="componentDir"/> holds <paramref name="stem"/> weights of that variant (null = default), single or sharded.</summary>
+    public static bool HasWeights(string componentDir, string stem, string? variant)
+    {
+        var (single, index) = WeightNames(componentDir, stem, variant);
+        return File.Exists(single) || File.Exists(index);
+    }
+
+    /// <summary>
+    /// One warning per model component that lacks the <paramref name="variant"/> weights and will load its
+    /// default weights instead (empty without a variant). Components are those with a config.json; their weights
+    /// are <c>model*</c> (transformers) or <c>diffusion_pytorch_model*</c> (diffusers).
+    /// </summary>
+    public IReadOnlyList<string> VariantFallbacks(string? variant)
+    {
+        if (string.IsNullOrEmpty(variant)) return [];
+        var warnings = new List<string>();
+        foreach (var component in Components.Keys.Order(StringComparer.Ordinal))
+        {
+            string dir = Path.Combine(Root, component);
+            if (!File.Exists(Path.Combine(dir, "config.json"))) continue;
+            string[] stems = ["diffusion_pytorch_model", "model"];
+            if (stems.Any(s => HasWeights(dir, s, variant)) || !stems.Any(s => HasWeights(dir, s, null))) continue;
+            warnings.Add($"'{component}' has no '{variant}' weights; its default weights are loaded instead (as diffusers does).");
+        }
+        return warnings;
+    }
+
+    private static (string Single, string Index) WeightNames(string componentDir, string stem, string? variant)
+    {
+        string v = string.IsNullOrEmpty(variant) ? "" : "." + variant;
+        return (Path.Combine(componentDir, $"{stem}{v}.safetensors"),
+                Path.Combine(componentDir, string.IsNullOrEmpty(variant) ? $"{stem}.safetensors.index.json" : $"{stem}.safetensors.index{v}.json"));
+    }
+
     /// <summary>The weight files, and the shard index they came from (null for a single file).</summary>
     private static (IReadOnlyList<string> Files, string? Index) Locate(string componentDir, string stem, string? variant)
     {
-        string v = string.IsNullOrEmpty(variant) ? "" : "." + variant;
-        string single = Path.Combine(componentDir, $"{stem}{v}.safetensors");
-        string index = Path.Combine(componentDir, string.IsNullOrEmpty(variant) ? $"{stem}.safetensors.index.json" : $"{stem}.safetensors.index{v}.json");
+        var (single, index) = WeightNames(componentDir, stem, variant);
         if (File.Exists(single)) return ([single], null);
         if (File.Exists(index)) return (ShardsOf(index), index);
+        // diffusers loads a component's default weights when it has no files of the requested variant.
+        if (!string.IsNullOrEmpty(variant) && HasWeights(componentDir, stem, null))
+            return Locate(componentDir, stem, null);
 
         var present = Directory.Exists(componentDir)
             ? Directory.GetFiles(componentDir).Select(Path.GetFileName).Where(f => f!.Contains(".safetensors") || f.EndsWith(".bin")).ToList()
@@ -91,7 +128,10 @@ public sealed class ModelFolder
                 : string.IsNullOrEmpty(variant)
                     ? $"Found {string.Join(", ", present)}: if these are a variant, pass it (e.g. --variant fp16)."
                     : $"Found {string.Join(", ", present)}: the '{variant}' variant is not there; drop the variant or download it.";
-        throw new ModelNotFoundException($"No {(string.IsNullOrEmpty(variant) ? "" : $"'{variant}' ")}weights in {componentDir} (looked for {Path.GetFileName(single)} and {Path.GetFileName(index)}). {hint}");
+        string lookedFor = string.IsNullOrEmpty(variant)
+            ? $"{Path.GetFileName(single)} and {Path.GetFileName(index)}"
+            : $"{Path.GetFileName(single)}, {Path.GetFileName(index)} and the default {stem}.safetensors";
+        throw new ModelNotFoundException($"No {(string.IsNullOrEmpty(variant) ? "" : $"'{variant}' or default ")}weights in {componentDir} (looked for {lookedFor}). {hint}");
     }
 
     /// <summary>The shard files named by a <c>*.safetensors.index.json</c>, in order, all checked to exist.</summary>

@@ -216,7 +216,7 @@ public sealed class SafeTensorsFile : IDisposable
             ObjectDisposedException.ThrowIf(_disposed, this);
             // The header was validated against the length seen at Open; a file replaced or truncated since
             // would be mapped past its end (SIGBUS on first touch), so refuse it.
-            long now = new FileInfo(FilePath).Length;
+            long now = CurrentLength(FilePath);
             if (now != FileLength)
                 throw new WeightFileException($"{FilePath} changed while it was open (it was {FileLength} bytes, now {now}); cannot read tensor '{name}'. Do not modify model files while PixArtSharp runs.");
             if (absolute % size != 0)
@@ -229,6 +229,21 @@ public sealed class SafeTensorsFile : IDisposable
             using var flat = map.narrow(0, absolute / size, numel);
             return flat.view(info.Shape);
         }
+    }
+
+    /// <summary>
+    /// The length of the file the path leads to now. The Hugging Face cache links snapshot files to blobs, and
+    /// FileInfo.Length of a symlink is the link's own size, so links are followed; a vanished file is -1.
+    /// </summary>
+    private static long CurrentLength(string path)
+    {
+        var info = new FileInfo(path);
+        try
+        {
+            if (info.LinkTarget != null && info.ResolveLinkTarget(returnFinalTarget: true) is FileInfo target) info = target;
+            return info.Length;
+        }
+        catch (IOException) { return -1; }
     }
 
     /// <summary>Misaligned tensors (legal in the format, never written by safetensors itself) are copied.</summary>

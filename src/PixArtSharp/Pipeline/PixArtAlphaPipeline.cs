@@ -43,6 +43,11 @@ public sealed class PixArtAlphaPipeline : IDisposable
     /// <summary>The default scheduler (model_index.json's, or PipelineOptions.Scheduler). Each call runs a fresh one.</summary>
     public IScheduler Scheduler { get; }
     public Device Device { get; }
+    /// <summary>
+    /// Things the user should know about how the model was loaded, e.g. a component without the requested
+    /// variant that loads its default weights (diffusers logs the same). A front end prints them.
+    /// </summary>
+    public IReadOnlyList<string> Warnings { get; }
 
     /// <summary>2^(len(block_out_channels) − 1): 8 for the SD VAE.</summary>
     public int VaeScaleFactor => 1 << (VaeConfig.BlockOutChannels.Length - 1);
@@ -64,6 +69,7 @@ public sealed class PixArtAlphaPipeline : IDisposable
         TransformerConfig = PixArtTransformerConfig.Load(Path.Combine(folder.ComponentDir("transformer"), "config.json"));
         VaeConfig = AutoencoderKLConfig.Load(Path.Combine(folder.ComponentDir("vae"), "config.json"));
         Scheduler = SchedulerFactory.Create(folder, options.Scheduler);
+        Warnings = folder.VariantFallbacks(options.Variant);
     }
 
     public static PixArtAlphaPipeline FromPretrained(string folder, PipelineOptions? options = null)

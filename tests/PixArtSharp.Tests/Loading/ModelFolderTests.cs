@@ -127,14 +127,29 @@ public class ModelFolderTests
     }
 
     [Fact]
-    public void MissingVariantIsAClearError()
+    public void MissingVariantFallsBackToTheDefaultWeights()
     {
+        // diffusers loads a component's default weights when the requested variant is not there.
         using var dir = new TempDir();
         WriteTensors(dir.Path("diffusion_pytorch_model.safetensors"), ("x", 1));
+        Assert.Equal(new[] { dir.Path("diffusion_pytorch_model.safetensors") }, ModelFolder.FindWeightFiles(dir.Root, "diffusion_pytorch_model", "fp16"));
+        Assert.False(ModelFolder.HasWeights(dir.Root, "diffusion_pytorch_model", "fp16"));
+        Assert.True(ModelFolder.HasWeights(dir.Root, "diffusion_pytorch_model", null));
+        using var w = ModelFolder.OpenWeights(dir.Root, "diffusion_pytorch_model", "fp16", ScalarType.Float32);
+        using var x = w.Get("x", 2);
+        Assert.Equal(1f, x[0].item<float>());
+    }
+
+    [Fact]
+    public void MissingVariantAndDefaultIsAClearError()
+    {
+        using var dir = new TempDir();
+        WriteTensors(dir.Path("diffusion_pytorch_model.bf16.safetensors"), ("x", 1));
         var e = Assert.Throws<ModelNotFoundException>(() => ModelFolder.FindWeightFiles(dir.Root, "diffusion_pytorch_model", "fp16"));
-        Assert.Contains("'fp16'", e.Message);
+        Assert.Contains("'fp16' or default", e.Message);
         Assert.Contains("diffusion_pytorch_model.fp16.safetensors", e.Message);
         Assert.Contains("diffusion_pytorch_model.safetensors.index.fp16.json", e.Message);
+        Assert.Contains("diffusion_pytorch_model.bf16.safetensors", e.Message);
         Assert.Contains(dir.Root, e.Message);
     }
 

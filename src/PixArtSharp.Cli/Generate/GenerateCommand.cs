@@ -1,0 +1,395 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using PixArtSharp.Cli.Download;
+using PixArtSharp.Hub;
+using PixArtSharp.Imaging;
+using PixArtSharp.Loading;
+using PixArtSharp.Pipeline;
+using static TorchSharp.torch;
+
+namespace PixArtSharp.Cli.Generate;
+
+/// <summary>
+/// <c>pixart generate PROMPT…</c>: text to PNG with the model's right defaults, live progress, and files that carry
+/// their own recipe. With a seed, the pixels equal diffusers' PixArtAlphaPipeline output rounded as
+/// <c>(x*255).round()</c> (fp32, the default dtype).
+/// </summary>
+public static class GenerateCommand
+{
+    public const string DefaultModel = "PixArt-alpha/PixArt-LCM-XL-2-1024-MS";
+
+    /// <summary>Every flag; null / false = not given (so --from-png's value stays).</summary>
+    public sealed record Args
+    {
+        public IReadOnlyList<string> Prompts { get; init; } = [];
+        public string? PromptsFile { get; init; }
+        public int? BatchSize { get; init; }
+        public string? NegativePrompt { get; init; }
+        public string? Model { get; init; }
+        public string? Revision { get; init; }
+        public string? Variant { get; init; }
+        public int? Steps { get; init; }
+        public double? Guidance { get; init; }
+        public long? Seed { get; init; }
+        public int? Height { get; init; }
+        public int? Width { get; init; }
+        public int? NumImages { get; init; }
+        public bool NoResolutionBinning { get; init; }
+        public bool NoCleanCaption { get; init; }
+        public string? Scheduler { get; init; }
+        public string? DType { get; init; }
+        public int? Threads { get; init; }
+        public string? Output { get; init; }
+        public string? Style { get; init; }
+        public string? FromPng { get; init; }
+        public bool Quiet { get; init; }
+        public bool Json { get; init; }
+    }
+
+    /// <summary>One pipeline call: its settings (seed fixed), and which of its images are saved (null = all).</summary>
+    public sealed record Batch(GenerationSettings Settings, int? OnlyImage)
+    {
+        public int ImageCount => OnlyImage is null ? Settings.Prompts.Count * Settings.NumImages : 1;
+    }
+
+    /// <summary>What a run will do, decided before any model work (so argument errors cost nothing).</summary>
+    public sealed record Plan(IReadOnlyList<Batch> Batches, ModelInfo Model, IReadOnlyList<string> Files);
+
+    public static Command Create()
+    {
+        var prompts = new Argument<string[]>("prompt")
+        {
+            Arity = ArgumentArity.ZeroOrMore,
+            Description = "The prompt(s). Several prompts run as one batch, like a diffusers prompt list.",
+        };
+        var promptsFile = new Option<string?>("--prompts-file") { Description = "A text file with one prompt per line (blank lines skipped), run in batches of --batch-size.", HelpName = "FILE" };
+        var batchSize = new Option<int?>("--batch-size") { Description = "Prompts per pipeline call [default: 1 with --prompts-file, all positional prompts together otherwise]. Batch b uses seed + b." };
+        var negative = new Option<string?>("--negative-prompt", "-n") { Description = "What the image should not show [default: \"\"]. Only has an effect with --guidance above 1." };
+        var model = new Option<string?>("--model", "-m") { Description = $"A Hugging Face id or a local diffusers folder [default: {DefaultModel}].", HelpName = "ID|FOLDER" };
+        var revision = new Option<string?>("--revision") { Description = "Hub branch, tag or commit [default: main]." };
+        var variant = new Option<string?>("--variant") { Description = "Weights variant, e.g. fp16 (components without it load their default weights)." };
+        var steps = new Option<int?>("--steps") { Description = "Denoising steps [default: from the scheduler: LCM 4, DPM-Solver 20, SA-Solver 25]." };
+        var guidance = new Option<double?>("--guidance", "-g") { Description = "Classifier-free guidance scale; 1 or less disables it [default: LCM 0, DPM-Solver 4.5, SA-Solver 3]." };
+        var seed = new Option<long?>("--seed", "-s") { Description = "Random seed (torch.Generator('cpu').manual_seed) [default: random, printed and recorded in the PNG]." };
+        var height = new Option<int?>("--height", "-H") { Description = "Image height in pixels, a multiple of 8 [default: from the model, 1024 for the XL models]." };
+        var width = new Option<int?>("--width", "-W") { Description = "Image width in pixels, a multiple of 8 [default: from the model]." };
+        var numImages = new Option<int?>("--num-images") { Description = "Images per prompt [default: 1]." };
+        var noBinning = new Option<bool>("--no-resolution-binning") { Description = "Generate at exactly --height x --width instead of the nearest trained aspect ratio (then resized back)." };
+        var noClean = new Option<bool>("--no-clean-caption") { Description = "Do not clean the prompt as PixArt's caption cleaner does (diffusers' clean_caption=False)." };
+        var scheduler = new Option<string?>("--scheduler") { Description = "lcm, dpm-solver or sa-solver [default: the model's, from model_index.json]." };
+        scheduler.AcceptOnlyFromAmong([.. PixArtSharp.Schedulers.SchedulerFactory.Names]);
+        var dtype = new Option<string?>("--dtype") { Description = "fp32, bf16 or fp16 [default: fp32, the only one whose pixels equal diffusers' fp32 output for a seed; bf16 halves memory and is faster on CPUs with AVX-512-BF16]." };
+        dtype.AcceptOnlyFromAmong("fp32", "bf16", "fp16");
+        var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch [default: libtorch's, one per core]." };
+        var output = new Option<string?>("--output", "-o") { Description = "The PNG file (or an existing folder). With several images: <stem>-<i>.png, i from 0, prompt-major [default: pixart-<seed>.png].", HelpName = "FILE" };
+        var style = new Option<string?>("--style") { Description = $"A PixArt demo style preset: {string.Join(", ", StylePresets.All.Select(s => s.Name))}." };
+        style.CompletionSources.Add(StylePresets.All.Select(s => s.Name).ToArray());
+        var fromPng = new Option<string?>("--from-png") { Description = "Reproduce an image from its metadata (model, prompt, seed, everything); flags given as well override it.", HelpName = "FILE" };
+        var quiet = new Option<bool>("--quiet", "-q") { Description = "No progress or warnings; print only the files written." };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object (files, seed, timings, settings) on stdout instead of text." };
+
+        var command = new Command("generate",
+            "Generate images from text prompts with PixArt-α / PixArt-LCM. The model is downloaded into the Hugging Face cache " +
+            "on first use (see `pixart download`). Each PNG records its recipe: a tEXt 'parameters' chunk as A1111/ComfyUI read it, " +
+            "and 'pixart-settings' with every setting as JSON (for --from-png).\n\n" +
+            "Examples:\n" +
+            "  pixart generate \"A small cactus with a happy face in the Sahara desert.\"\n" +
+            "  pixart generate \"a cactus\" --model ../shared/fixtures/tiny-pixart-lcm -o cactus.png\n" +
+            "  pixart generate \"a red fox\" \"a blue bird\" --num-images 2 --seed 42 -o animals.png   (animals-0..3.png)\n" +
+            "  pixart generate \"a castle\" --style Anime --steps 8 --seed 7\n" +
+            "  pixart generate --prompts-file prompts.txt --batch-size 4 -o out/img.png\n" +
+            "  pixart generate --from-png pixart-42.png --steps 8")
+        {
+            prompts, promptsFile, batchSize, negative, model, revision, variant, steps, guidance, seed, height, width, numImages,
+            noBinning, noClean, scheduler, dtype, threads, output, style, fromPng, quiet, json,
+        };
+
+        command.SetAction(CliApp.Guard((parseResult, cli, ct) =>
+        {
+            var args = new Args
+            {
+                Prompts = parseResult.GetValue(prompts) ?? [],
+                PromptsFile = parseResult.GetValue(promptsFile),
+                BatchSize = parseResult.GetValue(batchSize),
+                NegativePrompt = parseResult.GetValue(negative),
+                Model = parseResult.GetValue(model),
+                Revision = parseResult.GetValue(revision),
+                Variant = parseResult.GetValue(variant),
+                Steps = parseResult.GetValue(steps),
+                Guidance = parseResult.GetValue(guidance),
+                Seed = parseResult.GetValue(seed),
+                Height = parseResult.GetValue(height),
+                Width = parseResult.GetValue(width),
+                NumImages = parseResult.GetValue(numImages),
+                NoResolutionBinning = parseResult.GetValue(noBinning),
+                NoCleanCaption = parseResult.GetValue(noClean),
+                Scheduler = parseResult.GetValue(scheduler),
+                DType = parseResult.GetValue(dtype),
+                Threads = parseResult.GetValue(threads),
+                Output = parseResult.GetValue(output),
+                Style = parseResult.GetValue(style),
+                FromPng = parseResult.GetValue(fromPng),
+                Quiet = parseResult.GetValue(quiet),
+                Json = parseResult.GetValue(json),
+            };
+            // A mistyped option lands among the prompts (their arity is open): refuse it, unless it follows "--".
+            if (!parseResult.Tokens.Any(t => t.Type == TokenType.DoubleDash) && args.Prompts.FirstOrDefault(p => p.Length > 1 && p[0] == '-') is { } stray)
+                throw new UsageException($"Unknown option '{stray}'. See 'pixart generate --help'; a prompt that starts with '-' goes after --.");
+            return RunAsync(args, cli, ct);
+        }));
+        return command;
+    }
+
+    // ───────────────────────────── plan ─────────────────────────────
+
+    /// <summary>Turns the flags (and --from-png's record) into batches, the model and the output files; validates everything.</summary>
+    public static Plan MakePlan(Args a)
+    {
+        var settings = new GenerationSettings();
+        ModelInfo? recorded = null;
+        int? recordedImage = null;
+        if (a.FromPng is not null)
+        {
+            (settings, recorded, int image) = ImageMetadata.Read(a.FromPng);
+            recordedImage = image;
+        }
+
+        // Prompts: positional, or a file; else the recorded ones.
+        IReadOnlyList<string>? prompts = null;
+        if (a.Prompts.Count > 0 && a.PromptsFile is not null)
+            throw new UsageException("Give prompts either as arguments or with --prompts-file, not both.");
+        if (a.Prompts.Count > 0) prompts = a.Prompts;
+        if (a.PromptsFile is not null)
+        {
+            if (!File.Exists(a.PromptsFile)) throw new UsageException($"--prompts-file: file not found: {a.PromptsFile}.");
+            prompts = File.ReadAllLines(a.PromptsFile).Where(l => !string.IsNullOrWhiteSpace(l)).ToList();
+            if (prompts.Count == 0) throw new UsageException($"--prompts-file: {a.PromptsFile} has no prompts (one per line).");
+        }
+        if (prompts is null && a.FromPng is null)
+            throw new UsageException("Give a prompt, e.g. pixart generate \"A small cactus with a happy face in the Sahara desert.\" (or --prompts-file, or --from-png).");
+        if (a.BatchSize is < 1) throw new UsageException($"--batch-size must be at least 1, got {a.BatchSize}.");
+        if (a.Threads is < 1) throw new UsageException($"--threads must be at least 1, got {a.Threads}.");
+
+        // Flags override the record.
+        bool batchChanged = prompts is not null || a.NumImages is not null || a.BatchSize is not null;
+        settings = settings with
+        {
+            Prompts = prompts ?? settings.Prompts,
+            NegativePrompt = a.NegativePrompt ?? settings.NegativePrompt,
+            Style = a.Style ?? settings.Style,
+            Steps = a.Steps ?? settings.Steps,
+            Guidance = a.Guidance ?? settings.Guidance,
+            Height = a.Height ?? settings.Height,
+            Width = a.Width ?? settings.Width,
+            NumImages = a.NumImages ?? settings.NumImages,
+            Scheduler = a.Scheduler ?? settings.Scheduler,
+            ResolutionBinning = !a.NoResolutionBinning && settings.ResolutionBinning,
+            CleanCaption = !a.NoCleanCaption && settings.CleanCaption,
+        };
+        long seed = a.Seed ?? settings.Seed ?? Random.Shared.NextInt64(0, 1L << 53);
+
+        // Batches: positional prompts are one batch (a diffusers prompt list); a prompts file runs batch-size at a time.
+        int batchSize = a.BatchSize ?? (a.PromptsFile is not null ? 1 : Math.Max(1, settings.Prompts.Count));
+        var batches = new List<Batch>();
+        for (int start = 0, b = 0; start < settings.Prompts.Count; start += batchSize, b++)
+        {
+            var s = settings with { Prompts = settings.Prompts.Skip(start).Take(batchSize).ToList(), Seed = seed + b };
+            s.Validate(GenerationLimits.Cli);
+            batches.Add(new Batch(s, null));
+        }
+        if (batches.Count == 0) settings.Validate(GenerationLimits.Cli); // an empty recorded prompt list: say so
+        // --from-png of one image out of a batch: rerun the batch (its images depend on each other through the one
+        // generator) and keep only that image, unless the flags changed the batch.
+        if (recordedImage is { } k && !batchChanged && batches.Count == 1 && batches[0].Settings.Prompts.Count * batches[0].Settings.NumImages > 1)
+        {
+            if (k < 0 || k >= batches[0].Settings.Prompts.Count * batches[0].Settings.NumImages)
+                throw new UsageException($"--from-png: the recorded image_index {k} is outside its batch.");
+            batches[0] = batches[0] with { OnlyImage = k };
+        }
+
+        // Model: flags, else the record, else the default.
+        bool modelGiven = a.Model is not null;
+        var modelInfo = new ModelInfo(
+            a.Model ?? recorded?.Model ?? DefaultModel,
+            a.Revision ?? (modelGiven ? null : recorded?.ModelRevision),
+            a.Variant ?? (modelGiven ? null : recorded?.Variant),
+            a.DType ?? recorded?.DType ?? "fp32");
+        ParseDType(modelInfo.DType);
+
+        string defaultName = a.FromPng is not null
+            ? $"{Path.GetFileNameWithoutExtension(a.FromPng)}-repro.png"
+            : $"pixart-{seed}.png";
+        string outputPath = OutputNaming.Normalize(a.Output, defaultName);
+        var files = OutputNaming.Paths(outputPath, batches.Sum(b => b.ImageCount));
+        return new Plan(batches, modelInfo, files);
+    }
+
+    public static ScalarType ParseDType(string dtype) => dtype.Trim().ToLowerInvariant() switch
+    {
+        "fp32" or "float32" => ScalarType.Float32,
+        "bf16" or "bfloat16" => ScalarType.BFloat16,
+        "fp16" or "float16" => ScalarType.Float16,
+        _ => throw new UsageException($"--dtype must be fp32, bf16 or fp16, got '{dtype}'."),
+    };
+
+    // ───────────────────────────── run ─────────────────────────────
+
+    private sealed record Saved(string File, int Batch, int ImageIndex, string Prompt, long Seed);
+
+    public static async Task<int> RunAsync(Args a, CliOutput cli, CancellationToken ct)
+    {
+        var total = Stopwatch.StartNew();
+        var plan = MakePlan(a);
+        OutputNaming.CheckWritable(plan.Files);
+        var warnings = new List<string>();
+        void Warn(string w) { warnings.Add(w); if (!a.Quiet) cli.Warn(w); }
+
+        TorchRuntime.EnsureLoaded();
+        if (a.Threads is { } n) TorchRuntime.SetThreads(n);
+
+        // Model: a local folder as it is, a Hub id through the cache (downloading what is missing).
+        string folder = await DownloadView.RunAsync(cli, a.Quiet, progress =>
+            ModelLocator.ResolveAsync(plan.Model.Model, plan.Model.ModelRevision, plan.Model.Variant, progress, HubSettings.FromEnvironment(), ct)).ConfigureAwait(false);
+        bool isLocal = Directory.Exists(plan.Model.Model);
+        var model = plan.Model with
+        {
+            Model = isLocal ? Path.GetFullPath(plan.Model.Model) : plan.Model.Model,
+            // The snapshot folder is named after the commit: record that, not "main", so --from-png gets the same files.
+            ModelRevision = isLocal ? null : Path.GetFileName(Path.TrimEndingDirectorySeparator(folder)),
+        };
+        var dtype = ParseDType(model.DType);
+
+        // Resolve every default from the model (configs only: cheap), and warn before the display starts.
+        var batches = new List<Batch>();
+        using (var configs = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { KeepLoaded = false, Variant = model.Variant, DType = dtype }))
+        {
+            foreach (var w in configs.Warnings) Warn(w);
+            foreach (var b in plan.Batches) batches.Add(b with { Settings = b.Settings.Resolve(configs) });
+        }
+        var first = batches[0].Settings;
+        if (batches.Any(b => b.Settings.Guidance <= 1 && !string.IsNullOrEmpty(b.Settings.NegativePrompt)))
+            Warn($"the negative prompt has no effect with guidance {first.Guidance?.ToString(CultureInfo.InvariantCulture)} (it is only used above 1); raise --guidance to use it.");
+        if (!a.Quiet)
+            cli.Err.WriteLine($"seed {first.Seed}{(batches.Count > 1 ? $" (batch b uses {first.Seed} + b)" : "")}, {first.Width}x{first.Height}, " +
+                              $"{first.Steps} steps of {first.Scheduler}, guidance {first.Guidance?.ToString(CultureInfo.InvariantCulture)}, {model.DType}");
+
+        var progress = GenerateProgress.Create(cli, a.Quiet);
+        var timings = new Dictionary<string, double>();
+        var saved = new List<Saved>();
+        progress.Run(() =>
+        {
+            ct.ThrowIfCancellationRequested();
+            // 1. Load every component (kept for all batches), 2. encode all prompts with T5 and free it: T5 is the
+            //    largest part by far, and the transformer and VAE need it no more.
+            var clock = Stopwatch.StartNew();
+            progress.Begin(Stage.Load, $"{(isLocal ? Path.GetFileName(model.Model) : model.Model)} ({model.DType})");
+            using var pipe = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, Variant = model.Variant, KeepLoaded = true });
+            progress.End(Stage.Load, clock.Elapsed);
+            timings["load"] = clock.Elapsed.TotalSeconds;
+            ct.ThrowIfCancellationRequested();
+
+            clock.Restart();
+            int promptCount = batches.Sum(b => b.Settings.Prompts.Count);
+            progress.Begin(Stage.Encode, promptCount == 1 ? "1 prompt" : $"{promptCount} prompts");
+            var embeddings = new List<(PromptEmbeddings Positive, PromptEmbeddings? Negative)>();
+            try
+            {
+                foreach (var b in batches)
+                {
+                    ct.ThrowIfCancellationRequested();
+                    var request = b.Settings.ToRequest();
+                    embeddings.Add(pipe.EncodePrompt(request.Prompts, request.GuidanceScale > 1, request.NegativePrompts, 1,
+                        cleanCaption: request.CleanCaption, maxSequenceLength: request.MaxSequenceLength));
+                }
+                pipe.UnloadTextEncoder();
+                progress.End(Stage.Encode, clock.Elapsed);
+                timings["encode"] = clock.Elapsed.TotalSeconds;
+
+                // 3. Denoise and decode each batch, 4. save its images.
+                int totalSteps = batches.Sum(b => b.Settings.Steps!.Value), stepsDone = 0;
+                double denoise = 0, decode = 0, save = 0;
+                int fileIndex = 0;
+                for (int bi = 0; bi < batches.Count; bi++)
+                {
+                    var settings = batches[bi].Settings;
+                    var (positive, negative) = embeddings[bi];
+                    var request = settings.ToRequest() with { Prompts = null, PromptEmbeds = positive, NegativePromptEmbeds = negative };
+                    string? batchLabel = batches.Count > 1 ? $"batch {bi + 1}/{batches.Count}" : null;
+                    clock.Restart();
+                    var stepClock = Stopwatch.StartNew();
+                    double denoiseThisBatch = 0;
+                    using var result = pipe.Generate(request, info =>
+                    {
+                        stepsDone++;
+                        denoise += stepClock.Elapsed.TotalSeconds;
+                        denoiseThisBatch += stepClock.Elapsed.TotalSeconds;
+                        double perStep = denoise / stepsDone;
+                        progress.Step(stepsDone, totalSteps, perStep, perStep * (totalSteps - stepsDone), batchLabel);
+                        if (info.Step == info.TotalSteps) progress.Begin(Stage.Decode, batchLabel ?? "VAE");
+                        stepClock.Restart();
+                        return !ct.IsCancellationRequested;
+                    }, ct);
+                    decode += clock.Elapsed.TotalSeconds - denoiseThisBatch;
+                    progress.End(Stage.Decode, TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds - denoiseThisBatch));
+                    ct.ThrowIfCancellationRequested();
+
+                    clock.Restart();
+                    var rgb = result.ToRgb8();
+                    for (int i = 0; i < rgb.Length; i++)
+                    {
+                        if (batches[bi].OnlyImage is { } only && only != i) continue;
+                        string file = plan.Files[fileIndex++];
+                        progress.Begin(Stage.Save, Path.GetFileName(file));
+                        PngWriter.Write(file, rgb[i], result.Width, result.Height, ImageMetadata.Chunks(settings, i, model));
+                        saved.Add(new Saved(file, bi, i, settings.Prompts[i / settings.NumImages], settings.Seed!.Value));
+                    }
+                    save += clock.Elapsed.TotalSeconds;
+                    progress.End(Stage.Save, clock.Elapsed, saved.Count == 1 ? Path.GetFileName(saved[0].File) : $"{saved.Count} images");
+                }
+                timings["denoise"] = denoise;
+                timings["seconds_per_step"] = denoise / Math.Max(1, stepsDone);
+                timings["decode"] = decode;
+                timings["save"] = save;
+            }
+            finally
+            {
+                foreach (var (p, n) in embeddings) { p.Dispose(); n?.Dispose(); }
+            }
+            return 0;
+        });
+        timings["total"] = total.Elapsed.TotalSeconds;
+
+        if (a.Json)
+        {
+            var o = new JsonObject
+            {
+                ["files"] = new JsonArray(saved.Select(s => (JsonNode)s.File).ToArray()),
+                ["seed"] = first.Seed,
+                ["images"] = new JsonArray(saved.Select(s => (JsonNode)new JsonObject
+                {
+                    ["file"] = s.File, ["prompt"] = s.Prompt, ["seed"] = s.Seed, ["batch"] = s.Batch, ["index_in_batch"] = s.ImageIndex,
+                }).ToArray()),
+                ["width"] = first.Width,
+                ["height"] = first.Height,
+                ["steps"] = first.Steps,
+                ["guidance"] = first.Guidance,
+                ["scheduler"] = first.Scheduler,
+                ["model"] = model.Model,
+                ["model_revision"] = model.ModelRevision,
+                ["dtype"] = model.DType,
+                ["timings"] = new JsonObject(timings.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)Math.Round(kv.Value, 4)))),
+                ["warnings"] = new JsonArray(warnings.Select(w => (JsonNode)w).ToArray()),
+            };
+            cli.Out.WriteLine(o.ToJsonString(new JsonSerializerOptions { WriteIndented = false, Encoder = GenerationSettings.JsonOptions.Encoder }));
+        }
+        else
+        {
+            foreach (var s in saved) cli.Out.WriteLine(a.Quiet ? s.File : $"Saved {s.File} (seed {s.Seed})");
+        }
+        return ExitCodes.Ok;
+    }
+}
