@@ -45,7 +45,6 @@ public static class ImageReader
     private static bool _initialized;
     // Kept in a field: libvips holds a native pointer to this delegate.
     private static Log.LogDelegate? _logHandler;
-    [ThreadStatic] private static List<string>? _warnings;
 
     /// <summary>Reads and decodes the file at <paramref name="path"/> (see the class summary for what is accepted).</summary>
     public static RgbImage Read(string path, long maxPixels = DefaultMaxPixels)
@@ -77,7 +76,6 @@ public static class ImageReader
             throw new ImageReadException($"{name}: {data.LongLength:N0} bytes; images larger than {MaxFileBytes:N0} bytes are refused.");
         EnsureInitialized();
 
-        _warnings = [];
         try
         {
             // 1. Sniff the format from the bytes; only the three unblocked loaders can match.
@@ -134,12 +132,7 @@ public static class ImageReader
                 .Select(l => System.Text.RegularExpressions.Regex.Replace(l, @"\s*\(threadpool completed with \d+ workers\)", ""))
                 .Where(l => !l.Contains("is not in a known format") && l != "unable to write to memory")
                 .Distinct());
-            if (_warnings is { Count: > 0 }) detail += " (" + string.Join("; ", _warnings.Take(3)) + ")";
             throw new ImageReadException($"{name}: the image is corrupt or truncated: {detail}", e);
-        }
-        finally
-        {
-            _warnings = null;
         }
     }
 
@@ -185,8 +178,9 @@ public static class ImageReader
                 Operation.Block(cls, false);
             // Decoded user images should not linger in libvips' operation cache.
             Cache.Max = 0;
-            // libvips warnings (e.g. "premature end of JPEG file") go into the error message, not to stderr.
-            _logHandler = (domain, level, message) => _warnings?.Add(message);
+            // libvips logs decoder warnings (e.g. "premature end of JPEG file") from its worker threads to stderr;
+            // silence them: a failure already carries its messages in the exception (libvips' error buffer).
+            _logHandler = (domain, level, message) => { };
             Log.SetLogHandler("VIPS", Enums.LogLevelFlags.Warning | Enums.LogLevelFlags.Message | Enums.LogLevelFlags.Info | Enums.LogLevelFlags.Critical, _logHandler);
             _initialized = true;
         }
