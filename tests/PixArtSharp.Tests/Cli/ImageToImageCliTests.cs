@@ -155,6 +155,24 @@ public sealed class ImageToImageCliTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void SASolverFromTheCommandLineMatchesTheDemoFixture()
+    {
+        string png = _tmp.Path("cactus.png");
+        var r = Run("generate", "A small cactus with a happy face in the Sahara desert.", "--negative-prompt", "", "--scheduler", "sa-solver",
+            "--steps", "25", "--guidance", "3", "-H", "64", "-W", "64", "--no-resolution-binning", "--seed", "21", "--model", CliRunner.TinyDpm, "-o", png);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("25 steps of sa-solver, guidance 3", r.Stderr);
+        using var reference = new Reference("expected/sa_solver/pipeline/sa_demo_25");
+        using var images = reference["images"];
+        using var bytes = images.mul(255).round().clamp(0, 255).to(ScalarType.Byte);
+        using var first = bytes[0].contiguous();
+        var (max, differing) = CliRunner.ComparePixels(png, first.data<byte>().ToArray(), 64, 64);
+        output.WriteLine($"sa_demo_25: max pixel |Δ| {max}, {differing} values differ");
+        Assert.True(max <= 1 && differing <= 64 * 64 * 3 / 100);
+        Assert.Contains("Sampler: SA-Solver", PngReader.ReadTextChunks(png)[0].Text);
+    }
+
+    [Fact]
     public void HelpListsTheImageFlags()
     {
         var r = Run("generate", "--help");
