@@ -85,7 +85,7 @@ public static class CliApp
     public static int ExitCodeFor(Exception e, CancellationToken ct = default) => e switch
     {
         OperationCanceledException => ExitCodes.Interrupted,
-        UsageException or ArgumentException => ExitCodes.BadArguments,
+        UsageException or ArgumentException or ImageReadException => ExitCodes.BadArguments,
         ModelNotFoundException or HubDownloadException => ExitCodes.ModelNotFound,
         WeightFileException => ExitCodes.BadWeights,
         _ when IsOutOfMemory(e) => ExitCodes.OutOfMemory,
@@ -115,7 +115,7 @@ public static class CliApp
         // ArgumentException appends " (Parameter 'x')" to its message; our messages name the setting already.
         if (e is ArgumentException { ParamName: { } p } a && a.Message.EndsWith($" (Parameter '{p}')", StringComparison.Ordinal))
             return a.Message[..^$" (Parameter '{p}')".Length];
-        if (e is ImageWriteException || e is UsageException) return e.Message;
+        if (e is ImageWriteException || e is UsageException || e is ImageReadException) return e.Message;
         return FirstLine(e.Message);
     }
 

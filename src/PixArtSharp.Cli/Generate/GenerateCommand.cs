@@ -46,6 +46,10 @@ public static class GenerateCommand
         public string? Output { get; init; }
         public string? Style { get; init; }
         public string? FromPng { get; init; }
+        /// <summary>Image-to-image: the source image, its strength, and whether to resize it to fit.</summary>
+        public string? Image { get; init; }
+        public double? Strength { get; init; }
+        public bool ResizeToFit { get; init; }
         public bool Quiet { get; init; }
         public bool Json { get; init; }
     }
@@ -57,7 +61,7 @@ public static class GenerateCommand
     }
 
     /// <summary>What a run will do, decided before any model work (so argument errors cost nothing).</summary>
-    public sealed record Plan(IReadOnlyList<Batch> Batches, ModelInfo Model, IReadOnlyList<string> Files);
+    public sealed record Plan(IReadOnlyList<Batch> Batches, ModelInfo Model, IReadOnlyList<string> Files, ImageInput? Image = null);
 
     public static Command Create()
     {
@@ -88,6 +92,9 @@ public static class GenerateCommand
         var output = new Option<string?>("--output", "-o") { Description = "The PNG file (or an existing folder). With several images: <stem>-<i>.png, i from 0, prompt-major [default: pixart-<seed>.png].", HelpName = "FILE" };
         var style = new Option<string?>("--style") { HelpName = "NAME", Description = $"A PixArt demo style preset: {string.Join(", ", StylePresets.All.Select(s => s.Name))}." };
         style.CompletionSources.Add(StylePresets.All.Select(s => s.Name).ToArray());
+        var image = new Option<string?>("--image", "-i") { Description = "Image-to-image: start from this PNG, JPEG or WebP instead of noise. The output has its size (sides multiples of 16, or --resize-to-fit); the PNG records its sha256 and the strength.", HelpName = "FILE" };
+        var strength = new Option<double?>("--strength") { Description = "With --image: how much of it is repainted, in (0, 1] [default: 0.8]. LCM still runs all its steps; DPM-Solver and SA-Solver run int(steps x strength)." };
+        var resizeToFit = new Option<bool>("--resize-to-fit") { Description = "With --image: scale it to at most the model's pixel area (keeping its aspect ratio), sides rounded down to multiples of 16 (Lanczos-3)." };
         var fromPng = new Option<string?>("--from-png") { Description = "Reproduce an image from its metadata (model, prompt, seed, everything); flags given as well override it.", HelpName = "FILE" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "No progress or warnings; print only the files written." };
         var json = new Option<bool>("--json") { Description = "Print one JSON object (files, seed, timings, settings) on stdout instead of text." };
@@ -102,10 +109,11 @@ public static class GenerateCommand
             "  pixart generate \"a red fox\" \"a blue bird\" --num-images 2 --seed 42 -o animals.png   (animals-0..3.png)\n" +
             "  pixart generate \"a castle\" --style Anime --steps 8 --seed 7\n" +
             "  pixart generate --prompts-file prompts.txt --batch-size 4 -o out/img.png\n" +
-            "  pixart generate --from-png pixart-42.png --steps 8")
+            "  pixart generate --from-png pixart-42.png --steps 8\n" +
+            "  pixart generate \"a watercolor painting\" --image photo.jpg --strength 0.6 --resize-to-fit")
         {
             prompts, promptsFile, batchSize, negative, model, revision, variant, steps, guidance, seed, height, width, numImages,
-            noBinning, noClean, scheduler, dtype, threads, output, style, fromPng, quiet, json,
+            noBinning, noClean, scheduler, dtype, threads, output, style, fromPng, quiet, json, image, strength, resizeToFit,
         };
 
         command.SetAction(CliApp.Guard((parseResult, cli, ct) =>
@@ -133,6 +141,9 @@ public static class GenerateCommand
                 Output = parseResult.GetValue(output),
                 Style = parseResult.GetValue(style),
                 FromPng = parseResult.GetValue(fromPng),
+                Image = parseResult.GetValue(image),
+                Strength = parseResult.GetValue(strength),
+                ResizeToFit = parseResult.GetValue(resizeToFit),
                 Quiet = parseResult.GetValue(quiet),
                 Json = parseResult.GetValue(json),
             };
@@ -190,6 +201,8 @@ public static class GenerateCommand
             ResolutionBinning = !a.NoResolutionBinning && settings.ResolutionBinning,
             CleanCaption = !a.NoCleanCaption && settings.CleanCaption,
         };
+        // Image-to-image: --image, --strength, --resize-to-fit (and the source a --from-png record names).
+        (settings, var imageInput) = ImageInput.Plan(settings, a);
         long seed = a.Seed ?? settings.Seed ?? Random.Shared.NextInt64(0, 1L << 53);
 
         // Batches: positional prompts are one batch (a diffusers prompt list); a prompts file runs batch-size at a time.
@@ -225,7 +238,7 @@ public static class GenerateCommand
             : $"pixart-{seed}.png";
         string outputPath = OutputNaming.Normalize(a.Output, defaultName);
         var files = OutputNaming.Paths(outputPath, batches.Sum(b => b.ImageCount));
-        return new Plan(batches, modelInfo, files);
+        return new Plan(batches, modelInfo, files, imageInput);
     }
 
     public static ScalarType ParseDType(string dtype) => dtype.Trim().ToLowerInvariant() switch
@@ -265,17 +278,37 @@ public static class GenerateCommand
 
         // Resolve every default from the model (configs only: cheap), and warn before the display starts.
         var batches = new List<Batch>();
+        RgbImage? source = null;
         using (var configs = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { KeepLoaded = false, Variant = model.Variant, DType = dtype }))
         {
             foreach (var w in configs.Warnings) Warn(w);
-            foreach (var b in plan.Batches) batches.Add(b with { Settings = b.Settings.Resolve(configs) });
+            // Image-to-image: the source at the size the run uses (--resize-to-fit needs the model's size).
+            if (plan.Image is { } input)
+            {
+                if (input.Warning is not null) Warn(input.Warning);
+                source = input.Fit(plan.Batches[0].Settings, configs);
+            }
+            foreach (var b in plan.Batches)
+            {
+                var s = source is null ? b.Settings : b.Settings with { Width = source.Width, Height = source.Height };
+                s.Validate(GenerationLimits.Cli);
+                var resolved = s.Resolve(configs);
+                if (source is not null) ImageInput.CheckStepsRun(resolved);
+                batches.Add(b with { Settings = resolved });
+            }
         }
         var first = batches[0].Settings;
         if (batches.Any(b => b.Settings.Guidance <= 1 && !string.IsNullOrEmpty(b.Settings.NegativePrompt)))
             Warn($"the negative prompt has no effect with guidance {first.Guidance?.ToString(CultureInfo.InvariantCulture)} (it is only used above 1); raise --guidance to use it.");
         if (!a.Quiet)
             cli.Err.WriteLine($"seed {first.Seed}{(batches.Count > 1 ? $" (batch b uses {first.Seed} + b)" : "")}, {first.Width}x{first.Height}, " +
-                              $"{first.Steps} steps of {first.Scheduler}, guidance {first.Guidance?.ToString(CultureInfo.InvariantCulture)}, {model.DType}");
+                              $"{first.Steps} steps of {first.Scheduler}, guidance {first.Guidance?.ToString(CultureInfo.InvariantCulture)}, {model.DType}" +
+                              (plan.Image is { } src
+                                  ? $", image-to-image from {Path.GetFileName(src.Path)} ({src.Image.Width}x{src.Image.Height}" +
+                                    $"{(source!.Width != src.Image.Width || source.Height != src.Image.Height ? $" resized to {source.Width}x{source.Height}" : "")}) " +
+                                    $"at strength {first.Strength?.ToString(CultureInfo.InvariantCulture)}: {ImageInput.StepsRun(first)} steps run"
+                                  : ""));
+        using var imageTensor = source is null ? null : ImageToImage.Preprocess(source);
 
         var progress = GenerateProgress.Create(cli, a.Quiet);
         var timings = new Dictionary<string, double>();
@@ -325,14 +358,14 @@ public static class GenerateCommand
                 }
 
                 // 3. Denoise and decode each batch, 4. save its images.
-                int totalSteps = batches.Sum(b => b.Settings.Steps!.Value), stepsDone = 0;
+                int totalSteps = batches.Sum(b => ImageInput.StepsRun(b.Settings)), stepsDone = 0;
                 double denoise = 0, decode = 0, save = 0;
                 int fileIndex = 0;
                 for (int bi = 0; bi < batches.Count; bi++)
                 {
                     var settings = batches[bi].Settings;
                     var (positive, negative) = embeddings[bi];
-                    var request = settings.ToRequest() with { Prompts = null, PromptEmbeds = positive, NegativePromptEmbeds = negative };
+                    var request = settings.ToRequest() with { Prompts = null, PromptEmbeds = positive, NegativePromptEmbeds = negative, Image = imageTensor, Strength = settings.Strength };
                     string? batchLabel = batches.Count > 1 ? $"batch {bi + 1}/{batches.Count}" : null;
                     clock.Restart();
                     var stepClock = Stopwatch.StartNew();
@@ -404,6 +437,11 @@ public static class GenerateCommand
                 ["timings"] = new JsonObject(timings.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)Math.Round(kv.Value, 4)))),
                 ["warnings"] = new JsonArray(warnings.Select(w => (JsonNode)w).ToArray()),
             };
+            if (first.Strength is { } st)
+            {
+                o["strength"] = st;
+                o["image_sha256"] = first.ImageSha256;
+            }
             cli.Out.WriteLine(o.ToJsonString(new JsonSerializerOptions { WriteIndented = false, Encoder = GenerationSettings.JsonOptions.Encoder }));
         }
         else

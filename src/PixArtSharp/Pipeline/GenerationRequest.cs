@@ -39,6 +39,20 @@ public sealed record GenerationRequest
     public PromptEmbeddings? PromptEmbeds { get; init; }
     public PromptEmbeddings? NegativePromptEmbeds { get; init; }
     public OutputType OutputType { get; init; } = OutputType.Image;
+    /// <summary>
+    /// Image-to-image (SDEdit): the source image as a float tensor (N, 3, H, W) in [−1, 1] — see
+    /// <see cref="ImageToImage.Preprocess"/> for an 8-bit RGB image (<see cref="Imaging.ImageReader"/> reads files).
+    /// N is 1 (one image for every prompt and image) or the number of prompts (image b goes with prompt b). H and W
+    /// must be multiples of 16 (VAE factor 8 × patch 2); the output has the image's size, Height/Width must be
+    /// null or equal to it, and resolution binning is not used. Null = text-to-image.
+    /// </summary>
+    public Tensor? Image { get; init; }
+    /// <summary>
+    /// Image-to-image strength in (0, 1]: how far the image is noised (null = 0.8, diffusers' default). LCM runs all
+    /// its steps on a schedule compressed into [0, 1000·strength); DPM-Solver++ and SA-Solver run the last
+    /// int(steps·strength) steps of their schedule. Only with <see cref="Image"/>.
+    /// </summary>
+    public double? Strength { get; init; }
 }
 
 public enum OutputType

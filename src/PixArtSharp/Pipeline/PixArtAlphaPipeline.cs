@@ -196,11 +196,16 @@ public sealed class PixArtAlphaPipeline : IDisposable
         double guidance = request.GuidanceScale ?? scheduler.DefaultGuidance;
         int height = request.Height ?? DefaultHeight;
         int width = request.Width ?? DefaultWidth;
+        // Image-to-image: the output has the input image's size, and is never binned.
+        if (request.Image is not null) (height, width) = CheckImageInputs(request);
+        else if (request.Strength is not null)
+            throw new ArgumentException("`strength` is only used for image-to-image: give an `image` too.", nameof(request.Strength));
+        bool binning = request.UseResolutionBinning && request.Image is null;
         int origHeight = height, origWidth = width;
 
         // 1. Check inputs. Raise error if not correct.
         CheckInputs(request, scheduler, height, width, steps, guidance);
-        if (request.UseResolutionBinning)
+        if (binning)
         {
             var bins = AspectRatioBins.BinsForSampleSize(SampleSize);
             (height, width) = AspectRatioBins.ClassifyHeightWidthBin(height, width, bins);
@@ -225,9 +230,18 @@ public sealed class PixArtAlphaPipeline : IDisposable
         }
         promptEmbeds = promptEmbeds.to(tdtype);
 
-        // 4. Prepare timesteps.
-        scheduler.SetTimesteps(request.Timesteps is null ? steps : null, request.Timesteps);
-        var timesteps = scheduler.Timesteps;
+        // 4. Prepare timesteps. Image-to-image keeps the end of the schedule (LCM: compresses it), see ImageToImage.
+        long[] timesteps;
+        if (request.Image is null)
+        {
+            scheduler.SetTimesteps(request.Timesteps is null ? steps : null, request.Timesteps);
+            timesteps = scheduler.Timesteps;
+        }
+        else
+        {
+            timesteps = ImageToImage.SetTimesteps(scheduler, request.Timesteps is null ? steps : null, request.Timesteps,
+                request.Strength ?? ImageToImage.DefaultStrength).Timesteps;
+        }
 
         // 5. Prepare latents: one fp32 randn of (B·n, C, H/8, W/8) on a CPU generator, as torch draws them
         // (fp16 draws differ from torch's, so the draw is always fp32 and cast afterwards).
@@ -235,10 +249,19 @@ public sealed class PixArtAlphaPipeline : IDisposable
         long[] latentShape = [total, latentChannels, height / VaeScaleFactor, width / VaeScaleFactor];
         long? seed = request.Generator is null && request.Generators is null ? request.Seed ?? Random.Shared.NextInt64(0, long.MaxValue) : request.Seed;
         var noise = new NoiseSource(request.Generators ?? [request.Generator ?? new Generator((ulong)seed!.Value)]);
-        Tensor latents = request.Latents is null
-            ? noise.Randn(latentShape, ScalarType.Float32, Device)
-            : request.Latents.to(ScalarType.Float32, Device);
-        latents = latents.mul(scheduler.InitNoiseSigma);
+        Tensor latents;
+        if (request.Image is not null)
+        {
+            // 5b. Image-to-image: the noised image latent at the first kept timestep.
+            latents = PrepareImageLatents(request.Image, scheduler, timesteps[0], latentShape, noise);
+        }
+        else
+        {
+            latents = request.Latents is null
+                ? noise.Randn(latentShape, ScalarType.Float32, Device)
+                : request.Latents.to(ScalarType.Float32, Device);
+            latents = latents.mul(scheduler.InitNoiseSigma);
+        }
 
         // 6.1 Prepare micro-conditions (only the 1024 models, sample_size 128, use them).
         Tensor? resolution = null, aspectRatio = null;
@@ -296,7 +319,7 @@ public sealed class PixArtAlphaPipeline : IDisposable
         var vae = LoadVae();
         var image = vae.Decode(latents.div(VaeConfig.ScalingFactor).to(Options.DType)).to(ScalarType.Float32);
         Release(ref _vae);
-        if (request.UseResolutionBinning)
+        if (binning)
             image = AspectRatioBins.ResizeAndCropTensor(image, origWidth, origHeight);
         var images = image.div(2).add(0.5).clamp(0, 1).permute(0, 2, 3, 1).contiguous();
         return new PipelineOutput(images.MoveToOuterDisposeScope(), latents.MoveToOuterDisposeScope(), (int)images.shape[1], (int)images.shape[2], seed);
@@ -306,6 +329,68 @@ public sealed class PixArtAlphaPipeline : IDisposable
     {
         try { return SchedulerFactory.Create(Folder, name ?? Options.Scheduler); }
         catch (ArgumentException e) when (name is not null) { throw new ArgumentException(e.Message, nameof(GenerationRequest.Scheduler), e); }
+    }
+
+    /// <summary>
+    /// Image-to-image latents, as StableDiffusionImg2ImgPipeline / LatentConsistencyModelImg2ImgPipeline
+    /// prepare_latents compose them (one generator stream; the fixture README's draw order):
+    /// VAE encode → sample (random draw 1, the image batch's shape) → × scaling_factor → repeat to the output batch →
+    /// noise (random draw 2, the output batch's shape) → scheduler.add_noise at the first kept timestep.
+    /// </summary>
+    private Tensor PrepareImageLatents(Tensor image, IScheduler scheduler, long latentTimestep, long[] latentShape, NoiseSource noise)
+    {
+        using var scope = NewDisposeScope();
+        long total = latentShape[0];
+        // 5b.1 Encode: latent_dist.sample(generator) = mean + std · randn(mean.shape).
+        var vae = LoadVae();
+        Tensor initLatents;
+        using (var dist = vae.Encode(image.to(ScalarType.Float32, Device)))
+        {
+            var sampleNoise = noise.Randn(dist.mean.shape, ScalarType.Float32, Device);
+            initLatents = dist.mean + dist.std * sampleNoise;
+        }
+        Release(ref _vae);
+        // 5b.2 init_latents = scaling_factor · init_latents, one row per output image. diffusers tiles
+        // (cat([init]·k)); with one image that is the same as repeating it. With one image per prompt the rows are
+        // repeated per prompt instead (p0,p0,p1,p1, as the prompt embeddings are), so image b goes with prompt b.
+        initLatents = initLatents.mul(VaeConfig.ScalingFactor);
+        long n = initLatents.shape[0];
+        if (total > n)
+            initLatents = n == 1 ? initLatents.expand(total, -1, -1, -1).contiguous() : initLatents.repeat_interleave(total / n, 0);
+        // 5b.3 noise = randn(shape, generator); latents = scheduler.add_noise(init_latents, noise, latent_timestep)
+        var addNoise = noise.Randn(latentShape, ScalarType.Float32, Device);
+        var t = full([total], latentTimestep, ScalarType.Int64, Device);
+        var latents = scheduler.AddNoise(initLatents, addNoise, t);
+        return latents.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Checks the image-to-image arguments and returns the output size (the image's).</summary>
+    private (int Height, int Width) CheckImageInputs(GenerationRequest r)
+    {
+        var image = r.Image!;
+        int multiple = VaeScaleFactor * ImageToImage.PatchSize;
+        if (image.dim() != 4 || image.shape[1] != 3)
+            throw new ArgumentException($"`image` must be a float tensor (N, 3, H, W) in [-1, 1], but has shape [{string.Join(",", image.shape)}].", nameof(r.Image));
+        if (!image.is_floating_point())
+            throw new ArgumentException($"`image` must be a float tensor in [-1, 1], but has dtype {image.dtype} (use ImageToImage.Preprocess for 8-bit RGB).", nameof(r.Image));
+        int height = (int)image.shape[2], width = (int)image.shape[3];
+        if (height < multiple || width < multiple || height % multiple != 0 || width % multiple != 0)
+            throw new ArgumentException(
+                $"The image is {width}×{height}; image-to-image needs both sides to be multiples of {multiple} (VAE factor {VaeScaleFactor} × patch {ImageToImage.PatchSize}). " +
+                $"Crop or resize it, e.g. to {Math.Max(multiple, width / multiple * multiple)}×{Math.Max(multiple, height / multiple * multiple)}.", nameof(r.Image));
+        if (r.Height is { } h && h != height || r.Width is { } w && w != width)
+            throw new ArgumentException($"Image-to-image output has the image's size {width}×{height}; `height`/`width` ({r.Width}×{r.Height}) must be left unset or equal it.", r.Height != height ? nameof(r.Height) : nameof(r.Width));
+        ImageToImage.CheckStrength(r.Strength ?? ImageToImage.DefaultStrength);
+        if (r.Latents is not null)
+            throw new ArgumentException("Give either `image` (image-to-image) or `latents`, not both.", nameof(r.Latents));
+        // (CheckInputs reports a request with neither prompts nor embeddings.)
+        int batch = r.Prompts?.Count ?? (r.PromptEmbeds is { } pe ? (int)pe.Embeds.shape[0] : 1);
+        long n = image.shape[0];
+        if (n != 1 && n != batch)
+            throw new ArgumentException($"`image` has {n} images but there are {batch} prompts: give one image, or one per prompt.", nameof(r.Image));
+        if (r.Generators is not null && n != batch)
+            throw new ArgumentException($"With one generator per prompt, give one image per prompt ({batch}), not {n}.", nameof(r.Image));
+        return (height, width);
     }
 
     private void CheckInputs(GenerationRequest r, IScheduler scheduler, int height, int width, int steps, double guidance)

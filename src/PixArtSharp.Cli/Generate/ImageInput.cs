@@ -1,0 +1,123 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using PixArtSharp.Imaging;
+using PixArtSharp.Pipeline;
+
+namespace PixArtSharp.Cli.Generate;
+
+/// <summary>
+/// The <c>--image</c> source of an image-to-image run: its pixels (8-bit sRGB, read by <see cref="ImageReader"/>)
+/// and the sha256 of the file, which the PNG records (with the strength) so <c>--from-png</c> can check that the same
+/// source is given again.
+/// </summary>
+public sealed record ImageInput(string Path, string Sha256, RgbImage Image, bool ResizeToFit, string? Warning)
+{
+    /// <summary>Sides must be multiples of this: VAE factor 8 × patch 2 (every PixArt model).</summary>
+    public const int Multiple = 8 * ImageToImage.PatchSize;
+
+    /// <summary>Reads the file once: its bytes give the sha256 and the pixels. Any failure is an ImageReadException (exit code 2).</summary>
+    public static (string Sha256, RgbImage Image) Read(string path)
+    {
+        if (!File.Exists(path)) throw new ImageReadException($"--image: file not found: {path}.");
+        var length = new FileInfo(path).Length;
+        if (length > ImageReader.MaxFileBytes)
+            throw new ImageReadException($"--image: {path} has {length:N0} bytes; images larger than {ImageReader.MaxFileBytes:N0} bytes are refused.");
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ImageReadException($"--image: cannot read {path}: {e.Message}", e);
+        }
+        return (Convert.ToHexStringLower(SHA256.HashData(bytes)), ImageReader.Decode(bytes, path));
+    }
+
+    /// <summary>
+    /// Applies <c>--image</c>, <c>--strength</c> and <c>--resize-to-fit</c> (and what a <c>--from-png</c> record says)
+    /// to the settings, before any model work. Returns the settings to run and the source, or null for text-to-image.
+    /// </summary>
+    public static (GenerationSettings Settings, ImageInput? Image) Plan(GenerationSettings settings, GenerateCommand.Args a)
+    {
+        string? recordedSha = a.FromPng is not null ? settings.ImageSha256 : null;
+        if (a.Image is null)
+        {
+            if (recordedSha is not null)
+                throw new UsageException($"--from-png: {a.FromPng} was made from a source image (sha256 {recordedSha}) at strength " +
+                    $"{settings.Strength?.ToString(CultureInfo.InvariantCulture)}; give that image again with --image FILE.");
+            if (a.Strength is not null) throw new UsageException("--strength only applies to image-to-image: give --image FILE too.");
+            if (a.ResizeToFit) throw new UsageException("--resize-to-fit only applies to image-to-image: give --image FILE too.");
+            return (settings with { Strength = null, ImageSha256 = null }, null);
+        }
+        if (a.Height is not null || a.Width is not null)
+            throw new UsageException("--image: the output has the image's size, so --width/--height cannot be given with it " +
+                                     "(--resize-to-fit resizes an image whose sides are not multiples of 16).");
+
+        var (sha, image) = Read(a.Image);
+        string? warning = recordedSha is not null && recordedSha != sha
+            ? $"--image {a.Image} is not the source recorded in {a.FromPng} (sha256 {sha} instead of {recordedSha}): the result will differ."
+            : null;
+
+        // The size: --resize-to-fit decides it once the model's size is known (Fit); a --from-png record keeps its
+        // size (it may come from an earlier --resize-to-fit); otherwise the image's own size, which must fit.
+        int? width = null, height = null;
+        if (!a.ResizeToFit)
+        {
+            if (recordedSha is not null && settings.Width is { } rw && settings.Height is { } rh)
+                (width, height) = (rw, rh);
+            else
+            {
+                if (image.Width % Multiple != 0 || image.Height % Multiple != 0)
+                {
+                    var (fw, fh) = (Math.Max(Multiple, image.Width / Multiple * Multiple), Math.Max(Multiple, image.Height / Multiple * Multiple));
+                    throw new UsageException($"--image: {a.Image} is {image.Width}x{image.Height}; image-to-image needs both sides to be multiples of {Multiple}. " +
+                                             $"Pass --resize-to-fit to resize it (to {fw}x{fh} at most), or crop it.");
+                }
+                (width, height) = (image.Width, image.Height);
+            }
+            int max = GenerationLimits.Cli.MaxSide;
+            if (width > max || height > max)
+                throw new UsageException($"--image: {a.Image} is {image.Width}x{image.Height}; the limit is {max} pixels per side. Pass --resize-to-fit to scale it to the model's size.");
+        }
+
+        double strength = a.Strength ?? settings.Strength ?? ImageToImage.DefaultStrength;
+        settings = settings with
+        {
+            Strength = strength,
+            ImageSha256 = sha,
+            Width = width,
+            Height = height,
+            // Image-to-image never bins: the output has the (fitted) image's size.
+            ResolutionBinning = false,
+        };
+        return (settings, new ImageInput(a.Image, sha, image, a.ResizeToFit, warning));
+    }
+
+    /// <summary>
+    /// The source at the size the run uses: with --resize-to-fit, scaled to at most the model's pixel area
+    /// (sample_size·8 squared, keeping the aspect ratio) with sides rounded down to multiples of 16; otherwise the
+    /// planned size (the image's own, or a --from-png record's). Resampling is libvips' Lanczos-3.
+    /// </summary>
+    public RgbImage Fit(GenerationSettings planned, PixArtAlphaPipeline model)
+    {
+        var (w, h) = ResizeToFit
+            ? ImageToImage.FitSize(Image.Width, Image.Height, (long)model.DefaultWidth * model.DefaultHeight, model.VaeScaleFactor * ImageToImage.PatchSize)
+            : (planned.Width ?? Image.Width, planned.Height ?? Image.Height);
+        return ImageToImage.Resize(Image, w, h);
+    }
+
+    /// <summary>Refuses, before any model work, a strength that leaves DPM-Solver++ or SA-Solver no step to run.</summary>
+    public static void CheckStepsRun(GenerationSettings s)
+    {
+        if (StepsRun(s) >= 1) return;
+        string st = s.Strength?.ToString(CultureInfo.InvariantCulture) ?? "?";
+        throw new UsageException($"--strength {st} x {s.Steps} steps of {s.Scheduler} keeps int({(s.Steps * s.Strength)?.ToString(CultureInfo.InvariantCulture)}) = 0 steps: nothing would run. " +
+                                 $"Raise --strength to at least {(1.0 / (s.Steps ?? 1)).ToString(CultureInfo.InvariantCulture)} or use more --steps.");
+    }
+
+    /// <summary>How many denoising steps a run makes: LCM runs all; DPM-Solver++ and SA-Solver int(steps × strength).</summary>
+    public static int StepsRun(GenerationSettings s)
+    {
+        int steps = s.Steps ?? 0;
+        if (s.Strength is not { } strength || s.Scheduler == "lcm") return steps;
+        return (int)Math.Min((long)Math.Truncate(steps * strength), steps);
+    }
+}

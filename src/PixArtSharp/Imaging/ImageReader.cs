@@ -1,0 +1,188 @@
+using NetVips;
+using VImage = NetVips.Image;
+
+namespace PixArtSharp.Imaging;
+
+/// <summary>
+/// Reads images that users give us — untrusted files — into 8-bit sRGB RGB, through libvips (NetVips).
+/// <list type="bullet">
+/// <item>Formats: PNG, JPEG and WebP only. Every other libvips loader is blocked process-wide (so a file cannot pick
+/// a risky loader by its content: SVG, PDF, TIFF, FITS, Matlab, …) and the format is sniffed from the bytes, never
+/// from the name. Data is always loaded from memory, never from a user-given path (libvips parses "[options]" in
+/// file names).</item>
+/// <item>Pixel limit: the size in the header is checked <b>before</b> any pixel is decoded (a 74-byte PNG can claim
+/// 20000×20000 = 1.2 GB of pixels). The default limit is <see cref="DefaultMaxPixels"/>.</item>
+/// <item>Corrupt or truncated data is an error (<c>fail_on=error</c>; libvips' default would silently decode a
+/// truncated PNG with a black part).</item>
+/// <item>EXIF orientation is applied (autorot), so the pixels are the way up a viewer shows them.</item>
+/// <item>Colour: an embedded ICC profile is converted to sRGB; grey, 16-bit and CMYK images are converted to 8-bit
+/// sRGB.</item>
+/// <item>Alpha: transparent pixels are composited onto <b>white</b> (libvips flatten), as an image viewer on a
+/// white page shows them. The alpha channel is then gone: the model sees three channels.</item>
+/// </list>
+/// Every failure is an <see cref="ImageReadException"/> that names the file and says what is wrong.
+/// </summary>
+public static class ImageReader
+{
+    /// <summary>50 megapixels: more than any camera photo a user is likely to have, far below a bomb.</summary>
+    public const long DefaultMaxPixels = 50_000_000;
+
+    /// <summary>Files larger than this (256 MiB) are refused before they are read into memory.</summary>
+    public const long MaxFileBytes = 256L << 20;
+
+    // The loaders vips_foreign_find_load_buffer may name (class names; nicknames in older versions), by format.
+    private static readonly Dictionary<string, string> Loaders = new()
+    {
+        ["VipsForeignLoadPngBuffer"] = "PNG",
+        ["VipsForeignLoadJpegBuffer"] = "JPEG",
+        ["VipsForeignLoadWebpBuffer"] = "WebP",
+        ["pngload_buffer"] = "PNG",
+        ["jpegload_buffer"] = "JPEG",
+        ["webpload_buffer"] = "WebP",
+    };
+
+    private static readonly object InitLock = new();
+    private static bool _initialized;
+    // Kept in a field: libvips holds a native pointer to this delegate.
+    private static Log.LogDelegate? _logHandler;
+
+    /// <summary>Reads and decodes the file at <paramref name="path"/> (see the class summary for what is accepted).</summary>
+    public static RgbImage Read(string path, long maxPixels = DefaultMaxPixels)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        byte[] data;
+        try
+        {
+            var info = new FileInfo(path);
+            if (!info.Exists) throw new ImageReadException($"{path}: the file does not exist.");
+            if (info.Length > MaxFileBytes)
+                throw new ImageReadException($"{path}: the file has {info.Length:N0} bytes; images larger than {MaxFileBytes:N0} bytes are refused.");
+            data = File.ReadAllBytes(path);
+        }
+        catch (Exception e) when (e is IOException and not ImageReadException || e is UnauthorizedAccessException)
+        {
+            throw new ImageReadException($"{path}: cannot read the file: {e.Message}", e);
+        }
+        return Decode(data, path, maxPixels);
+    }
+
+    /// <summary>Decodes an image held in memory. <paramref name="name"/> only labels messages.</summary>
+    public static RgbImage Decode(byte[] data, string name = "image", long maxPixels = DefaultMaxPixels)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        if (maxPixels < 1) throw new ArgumentException($"maxPixels must be positive, got {maxPixels}.", nameof(maxPixels));
+        if (data.Length == 0) throw new ImageReadException($"{name}: the file is empty.");
+        if (data.LongLength > MaxFileBytes)
+            throw new ImageReadException($"{name}: {data.LongLength:N0} bytes; images larger than {MaxFileBytes:N0} bytes are refused.");
+        EnsureInitialized();
+
+        try
+        {
+            // 1. Sniff the format from the bytes; only the three unblocked loaders can match.
+            string? loader = VImage.FindLoadBuffer(data);
+            if (loader is null || !Loaders.TryGetValue(loader, out var format))
+                throw new ImageReadException($"{name}: not a PNG, JPEG or WebP image" +
+                    (loader is null ? " (the data matches no image format)." : $" (libvips recognises it with '{loader}', which is not accepted)."));
+
+            // 2. Open: this reads only the header, so the size can be checked before any pixel is decoded.
+            //    Corrupt data fails the read. JPEG also fails on libjpeg's warnings (sharp's default): a JPEG whose
+            //    header claims more rows than its data holds only draws a warning ("premature end of data
+            //    segment") and would otherwise decode with a grey band. PNG stays at errors, so that harmless
+            //    libpng warnings about ancillary chunks (e.g. a known-incorrect sRGB profile) do not refuse a file.
+            var failOn = format == "JPEG" ? Enums.FailOn.Warning : Enums.FailOn.Error;
+            using var header = VImage.NewFromBuffer(data, "", Enums.Access.Random, failOn);
+            long pixels = (long)header.Width * header.Height;
+            if (pixels > maxPixels)
+                throw new ImageReadException(
+                    $"{name}: the {format} header says {header.Width}×{header.Height} = {pixels:N0} pixels; the limit is {maxPixels:N0}. " +
+                    "Scale the image down first.");
+
+            // 3. Decode and convert. Each step is lazy; WriteToMemory runs the whole chain (and the decoder).
+            var image = header;
+            var owned = new List<VImage>();
+            try
+            {
+                image = Keep(owned, image.Autorot());                                // EXIF orientation
+                if (image.HasAlpha())
+                {
+                    // Flatten onto white at the image's own depth (alpha max 65535 for 16-bit images).
+                    double max = image.Format == Enums.BandFormat.Ushort ? 65535 : image.Format is Enums.BandFormat.Float or Enums.BandFormat.Double ? 1.0 : 255;
+                    image = Keep(owned, image.Flatten([max], max));
+                }
+                image = Keep(owned, ToSrgb(image));
+                if (image.Format != Enums.BandFormat.Uchar) image = Keep(owned, image.Cast(Enums.BandFormat.Uchar));
+                if (image.Bands > 3) image = Keep(owned, image.ExtractBand(0, 3));
+                if (image.Bands != 3)
+                    throw new ImageReadException($"{name}: the {format} image has {image.Bands} channels after conversion to sRGB; expected 3.");
+
+                byte[] rgb = image.WriteToMemory<byte>();
+                if (rgb.LongLength != (long)image.Width * image.Height * 3)
+                    throw new ImageReadException($"{name}: libvips returned {rgb.LongLength} bytes for {image.Width}×{image.Height} RGB.");
+                return new RgbImage(image.Width, image.Height, rgb);
+            }
+            finally
+            {
+                foreach (var o in owned) o.Dispose();
+            }
+        }
+        catch (VipsException e)
+        {
+            // libvips' error buffer is process-wide: keep the distinct lines that describe this failure.
+            string detail = string.Join("; ", e.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(l => System.Text.RegularExpressions.Regex.Replace(l, @"\s*\(threadpool completed with \d+ workers\)", ""))
+                .Where(l => !l.Contains("is not in a known format") && l != "unable to write to memory")
+                .Distinct());
+            throw new ImageReadException($"{name}: the image is corrupt or truncated: {detail}", e);
+        }
+    }
+
+    private static VImage Keep(List<VImage> owned, VImage image)
+    {
+        owned.Add(image);
+        return image;
+    }
+
+    /// <summary>Embedded ICC profile → sRGB; otherwise libvips' colourspace conversion (grey, 16-bit, CMYK) to sRGB.</summary>
+    private static VImage ToSrgb(VImage image)
+    {
+        if (image.Contains("icc-profile-data"))
+        {
+            try
+            {
+                var converted = image.IccTransform("srgb", embedded: true, intent: Enums.Intent.Relative, depth: 8);
+                // Run the transform on one pixel now: a broken profile fails here, not in the final write.
+                using (var probe = converted.Crop(0, 0, 1, 1)) probe.WriteToMemory<byte>();
+                return converted;
+            }
+            catch (VipsException)
+            {
+                // A profile lcms cannot use: ignore it, as most viewers do, and convert by the interpretation.
+            }
+        }
+        return image.Interpretation == Enums.Interpretation.Srgb ? image.Copy() : image.Colourspace(Enums.Interpretation.Srgb);
+    }
+
+    private static void EnsureInitialized()
+    {
+        if (_initialized) return;
+        lock (InitLock)
+        {
+            if (_initialized) return;
+            if (!ModuleInitializer.VipsInitialized)
+                throw new InvalidOperationException("libvips could not be loaded (the NetVips.Native package provides it): " +
+                    ModuleInitializer.Exception?.Message);
+            // Only the three loaders we accept: block every loader, and the "untrusted" operations libvips marks.
+            global::NetVips.NetVips.BlockUntrusted = true;
+            Operation.Block("VipsForeignLoad", true);
+            foreach (var cls in new[] { "VipsForeignLoadPng", "VipsForeignLoadJpeg", "VipsForeignLoadWebp" })
+                Operation.Block(cls, false);
+            // Decoded user images should not linger in libvips' operation cache.
+            Cache.Max = 0;
+            // libvips logs decoder warnings (e.g. "premature end of JPEG file") from its worker threads to stderr;
+            // silence them: a failure already carries its messages in the exception (libvips' error buffer).
+            _logHandler = (domain, level, message) => { };
+            Log.SetLogHandler("VIPS", Enums.LogLevelFlags.Warning | Enums.LogLevelFlags.Message | Enums.LogLevelFlags.Info | Enums.LogLevelFlags.Critical, _logHandler);
+            _initialized = true;
+        }
+    }
+}
