@@ -63,9 +63,9 @@ public sealed class GenerationQueue : IDisposable
         (s.Width, s.Height, s.Steps, s.Guidance, s.Scheduler, s.NumImages, s.ResolutionBinning, s.CleanCaption, s.Strength);
 
     /// <summary>Queues resolved settings as a job, or throws a 429 ApiException (with a retry estimate) when full.</summary>
-    public Job Submit(GenerationSettings resolved)
+    public Job Submit(GenerationSettings resolved, RgbImage? source = null)
     {
-        var job = new Job(resolved);
+        var job = new Job(resolved, source);
         lock (_gate)
         {
             if (_stopping.IsCancellationRequested)
@@ -182,18 +182,20 @@ public sealed class GenerationQueue : IDisposable
     /// The oldest job and the compatible jobs behind it, in queue order (under _gate). A job asking for several
     /// images runs alone: for several prompts with num_images_per_prompt &gt; 1, diffusers 0.29.2 (which the
     /// pipeline mirrors) lays the prompt attention masks out as (p0, p1, p0, p1) against embeddings (p0, p0, p1, p1),
-    /// so batched it would not get the images it gets alone.
+    /// so batched it would not get the images it gets alone. An image-to-image job runs alone too (each has its own
+    /// source, and batching the VAE encoder is not proven bit-identical to encoding alone), and is never taken into
+    /// a text-to-image batch.
     /// </summary>
     private List<Job> TakeBatch()
     {
         var first = _pending.First!.Value;
         var key = BatchKey(first.Settings);
-        int limit = first.Settings.NumImages > 1 ? 1 : MaxBatch;
+        int limit = first.Settings.NumImages > 1 || first.Source is not null ? 1 : MaxBatch;
         var batch = new List<Job>();
         for (var n = _pending.First; n != null && batch.Count < limit;)
         {
             var next = n.Next;
-            if (batch.Count == 0 || BatchKey(n.Value.Settings).Equals(key))
+            if (batch.Count == 0 || (n.Value.Source is null && BatchKey(n.Value.Settings).Equals(key)))
             {
                 batch.Add(n.Value);
                 _pending.Remove(n);
@@ -256,7 +258,8 @@ public sealed class GenerationQueue : IDisposable
         var s0 = jobs[0].Settings;
         // A single request runs exactly as `pixart generate` runs it (one generator from its seed); a batch gives
         // each request its own generator, which reproduces those draws row group by row group.
-        var single = s0.ToRequest();
+        using var sourceTensor = jobs[0].Source is { } src ? ImageToImage.Preprocess(src) : null;
+        var single = s0.ToRequest() with { Image = sourceTensor, Strength = sourceTensor is null ? null : s0.Strength };
         var styled = jobs.Select(j => StylePresets.Apply(j.Settings.Style, j.Settings.Prompts[0], j.Settings.NegativePrompt)).ToList();
         var generators = jobs.Count == 1 ? null : jobs.Select(j => new Generator((ulong)j.Settings.Seed!.Value)).ToList();
         using var allCancelled = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);

@@ -24,6 +24,12 @@ public sealed record ImagesRequest
     [JsonPropertyName("style")] public string? Style { get; init; }
     [JsonPropertyName("scheduler")] public string? Scheduler { get; init; }
     [JsonPropertyName("resolution_binning")] public bool? ResolutionBinning { get; init; }
+    /// <summary>Image-to-image: the source PNG, JPEG or WebP as base64 (or a data: URL). The output has its size.</summary>
+    [JsonPropertyName("image")] public string? Image { get; init; }
+    /// <summary>Image-to-image: how much of the image is repainted, in (0, 1] (default 0.8).</summary>
+    [JsonPropertyName("strength")] public double? Strength { get; init; }
+    /// <summary>Image-to-image: scale the image to the model's pixel area, sides multiples of 16 (else they must be).</summary>
+    [JsonPropertyName("resize_to_fit")] public bool? ResizeToFit { get; init; }
     /// <summary>Only "b64_json": the server never writes files, so it has no URLs to give.</summary>
     [JsonPropertyName("response_format")] public string? ResponseFormat { get; init; }
     /// <summary>Accepted for OpenAI client compatibility and ignored: the server runs the model it was started with.</summary>
@@ -36,6 +42,13 @@ public sealed record ImagesRequest
         if (Prompt is null) throw new ApiException(400, "'prompt' is required: the text describing the image.", "prompt");
         if (ResponseFormat is not null && ResponseFormat != "b64_json")
             throw new ApiException(400, $"response_format '{ResponseFormat}' is not supported; this server answers with \"b64_json\" only (it stores no files).", "response_format");
+        if (Image is null && Strength is not null)
+            throw new ApiException(400, "'strength' only applies to image-to-image: send 'image' too.", "strength");
+        if (Image is null && ResizeToFit is not null)
+            throw new ApiException(400, "'resize_to_fit' only applies to image-to-image: send 'image' too.", "resize_to_fit");
+        if (Image is not null && (Width is not null || Height is not null || Size is not null))
+            throw new ApiException(400, "With 'image' the output has the image's size: leave out width, height and size (or send \"resize_to_fit\": true).",
+                Size is not null ? "size" : Width is not null ? "width" : "height");
         int? width = Width, height = Height;
         if (Size is not null)
         {
@@ -59,6 +72,7 @@ public sealed record ImagesRequest
             NumImages = N ?? 1,
             Scheduler = Scheduler,
             ResolutionBinning = ResolutionBinning ?? true,
+            Strength = Strength,
         };
         try
         {
@@ -108,7 +122,7 @@ public sealed record ImagesRequest
         {
             string path = e.Path is { Length: > 2 } p ? p.TrimStart('$', '.') : "";
             string what = e.Message.Contains("could not be mapped", StringComparison.Ordinal)
-                ? $"Unknown field '{ExtractQuoted(e.Message) ?? path}'. Known fields: prompt, negative_prompt, n, width, height, size, steps, guidance, seed, style, scheduler, resolution_binning, response_format."
+                ? $"Unknown field '{ExtractQuoted(e.Message) ?? path}'. Known fields: prompt, negative_prompt, n, width, height, size, steps, guidance, seed, style, scheduler, resolution_binning, image, strength, resize_to_fit, response_format."
                 : path.Length > 0 ? $"The field '{path}' has the wrong type or is malformed JSON." : "The request body is not a valid JSON object.";
             throw new ApiException(400, what, ExtractQuoted(e.Message) ?? path);
         }

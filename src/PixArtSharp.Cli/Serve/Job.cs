@@ -58,9 +58,13 @@ public sealed class Job
     public Task Finished => _finished.Task;
     public bool IsFinished => Status is JobStatus.Succeeded or JobStatus.Failed or JobStatus.Cancelled;
 
-    public Job(GenerationSettings resolved)
+    /// <summary>Image-to-image: the source, already at the output size; null for text-to-image.</summary>
+    public PixArtSharp.Imaging.RgbImage? Source { get; }
+
+    public Job(GenerationSettings resolved, PixArtSharp.Imaging.RgbImage? source = null)
     {
         Settings = resolved;
+        Source = source;
         TotalSteps = resolved.Steps ?? 0;
     }
 

@@ -19,8 +19,11 @@ namespace PixArtSharp.Cli.Serve;
 /// </summary>
 public static class ServerApp
 {
-    /// <summary>Largest accepted request body: a prompt is bounded far below this.</summary>
-    public const int MaxBodyBytes = 64 * 1024;
+    /// <summary>
+    /// Largest accepted request body: room for an image-to-image source of about 12 MB as base64 (a phone photo);
+    /// prompts are bounded far below it by their own limit.
+    /// </summary>
+    public const int MaxBodyBytes = 16 << 20;
 
     internal static readonly JsonSerializerOptions Json = new(GenerationSettings.JsonOptions);
 
@@ -163,6 +166,12 @@ public static class ServerApp
                     default_guidance = p.DefaultGuidance,
                     scheduler = GenerationSettings.SchedulerName(p.Scheduler.ClassName),
                     schedulers = SchedulerFactory.Names,
+                    // Each sampler's own defaults on this model (LCM 4 / 0, DPM-Solver++ 20 / 4.5, SA-Solver 25 / 3).
+                    scheduler_defaults = SchedulerFactory.Names.ToDictionary(n => n, n =>
+                    {
+                        using var sch = SchedulerFactory.Create(p.Folder, n);
+                        return new { steps = sch.DefaultSteps, guidance = sch.DefaultGuidance };
+                    }),
                     styles = StylePresets.All.Select(s => s.Name),
                     aspect_ratios = bins.Select(b => new { ratio = b.Ratio, width = (int)b.Width, height = (int)b.Height }),
                     limits = new
@@ -190,8 +199,14 @@ public static class ServerApp
         if (!string.Equals(mediaType, "application/json", StringComparison.OrdinalIgnoreCase))
             throw new ApiException(415, "Send the request as JSON with 'Content-Type: application/json'.", code: "unsupported_media_type");
         byte[] body = await ReadBody(ctx.Request);
-        var settings = ImagesRequest.Parse(body).ToSettings(GenerationLimits.Server).Resolve(queue.Pipeline);
-        var job = queue.Submit(settings);
+        var request = ImagesRequest.Parse(body);
+        var settings = request.ToSettings(GenerationLimits.Server);
+        ImageUpload? upload = null;
+        if (request.Image is not null)
+            (settings, upload) = ImageUpload.Apply(request.Image, request.ResizeToFit ?? false, settings, queue.Pipeline);
+        settings = settings.Resolve(queue.Pipeline);
+        if (upload is not null) ImageUpload.CheckStepsRun(settings);
+        var job = queue.Submit(settings, upload?.Image);
         ctx.Response.Headers["X-Job-Id"] = job.Id;
 
         if (Flag(ctx.Request, "async"))

@@ -32,6 +32,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
             if (s.NegativePrompt.Length > 0) args.AddRange(["--negative-prompt", s.NegativePrompt]);
             if (s.Guidance is { } g) args.AddRange(["--guidance", g.ToString(CultureInfo.InvariantCulture)]);
             if (s.NumImages > 1) args.AddRange(["--num-images", s.NumImages.ToString(CultureInfo.InvariantCulture)]);
+            if (s.Scheduler is not null) args.AddRange(["--scheduler", s.Scheduler]);
             var r = PixArtSharp.Tests.Cli.CliRunner.Run([.. args]);
             Assert.True(r.ExitCode == 0, r.ToString());
             return s.NumImages == 1
@@ -96,6 +97,26 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
         Assert.NotEqual(json.GetProperty("data")[0].GetProperty("b64_json").GetString(), json.GetProperty("data")[1].GetProperty("b64_json").GetString());
     }
 
+    [Fact]
+    public async Task SaSolverFromTheApiMatchesTheCli()
+    {
+        await using var app = await TestApp.StartAsync(fx);
+        var body = Api.Small("a misty valley", 21, steps: 3);
+        body["scheduler"] = "sa-solver";
+        body["guidance"] = 3;
+        var json = await Api.ReadJson(await Api.Post(app.Client, body));
+        string parameters = json.GetProperty("data")[0].GetProperty("parameters").GetString()!;
+        Assert.Contains("Steps: 3, Sampler: SA-Solver, CFG scale: 3, Seed: 21", parameters);
+        Assert.Equal(CliPng(SmallSettings("a misty valley", 21, steps: 3) with { Scheduler = "sa-solver", Guidance = 3 }), Api.FirstPng(json));
+
+        var models = await Api.ReadJson(await app.Client.GetAsync("/v1/models"));
+        var defaults = models.GetProperty("data")[0].GetProperty("scheduler_defaults");
+        Assert.Equal(25, defaults.GetProperty("sa-solver").GetProperty("steps").GetInt32());
+        Assert.Equal(3, defaults.GetProperty("sa-solver").GetProperty("guidance").GetDouble());
+        Assert.Equal(4, defaults.GetProperty("lcm").GetProperty("steps").GetInt32());
+        Assert.Equal(4.5, defaults.GetProperty("dpm-solver").GetProperty("guidance").GetDouble());
+    }
+
     public static IEnumerable<object[]> BadRequests() =>
     [
         ["{}", "prompt"],
@@ -147,7 +168,7 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
         await using var app = await TestApp.StartAsync(fx);
         var r = await app.Client.PostAsync("/v1/images/generations", new StringContent("{\"prompt\":\"x\"}", Encoding.UTF8, "text/plain"));
         Assert.Equal(HttpStatusCode.UnsupportedMediaType, r.StatusCode);
-        r = await app.Client.PostAsync("/v1/images/generations", new StringContent("{\"prompt\":\"" + new string('a', 70_000) + "\"}", Encoding.UTF8, "application/json"));
+        r = await app.Client.PostAsync("/v1/images/generations", new StringContent("{\"prompt\":\"" + new string('a', ServerApp.MaxBodyBytes) + "\"}", Encoding.UTF8, "application/json"));
         Assert.Equal(HttpStatusCode.RequestEntityTooLarge, r.StatusCode);
         Assert.Equal("body_too_large", (await Api.ReadJson(r)).GetProperty("error").GetProperty("code").GetString());
     }

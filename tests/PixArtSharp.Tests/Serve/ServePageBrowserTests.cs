@@ -87,6 +87,74 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
     }
 
     [Fact]
+    public async Task ChoosingASourceImageAndAStrengthGeneratesFromIt()
+    {
+        await using var app = await TestApp.StartAsync(fx, kestrel: true);
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await Launch(playwright);
+        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1280, Height = 860 } });
+        var consoleErrors = new List<string>();
+        page.Console += (_, m) => { if (m.Type == "error") consoleErrors.Add($"{m.Text} ({m.Location})"); };
+        await page.GotoAsync(app.BaseUrl + "/");
+        await WaitFor(page, "() => document.querySelectorAll('#style option').length === 10");
+        Assert.True(await page.IsHiddenAsync("#i2i-controls"));
+        // The sampler list comes from the model, and choosing one sets its own defaults.
+        Assert.Equal("lcm", await page.InputValueAsync("#scheduler"));
+        await page.SelectOptionAsync("#scheduler", "sa-solver");
+        Assert.Equal(("25", "3"), (await page.InputValueAsync("#steps"), await page.InputValueAsync("#guidance")));
+        await page.SelectOptionAsync("#scheduler", "lcm");
+        Assert.Equal(("4", "0"), (await page.InputValueAsync("#steps"), await page.InputValueAsync("#guidance")));
+
+        string source = PixArtSharp.Tests.Support.Fixtures.Path("expected", "img2img", "inputs", "gradient_disc_64x96.png");
+        await page.SetInputFilesAsync("#source", source);
+        await WaitFor(page, "() => !document.getElementById('source-preview').hidden && document.getElementById('source-preview').naturalWidth === 96");
+        Assert.True(await page.IsVisibleAsync("#i2i-controls"));
+        Assert.True(await page.IsDisabledAsync("#width"));   // the output has the image's size
+        Assert.True(await page.IsDisabledAsync("#binning"));
+        Assert.Equal("gradient_disc_64x96.png", await page.TextContentAsync("#drop-text"));
+        await page.FillAsync("#strength", "0.6");
+        Assert.Equal("0.60", await page.TextContentAsync("#strength-value"));
+        await page.FillAsync("#prompt", "a watercolor lighthouse");
+        await page.FillAsync("#steps", "2");
+        await page.UncheckAsync("#randomize");
+        await page.FillAsync("#seed", "31");
+        await page.ClickAsync("#generate");
+
+        await page.WaitForSelectorAsync(".card img", new PageWaitForSelectorOptions { Timeout = 90_000 });
+        await WaitFor(page, "() => [...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)");
+        Assert.Equal(96, await page.EvalOnSelectorAsync<int>(".card img", "i => i.naturalWidth"));
+        Assert.Equal(64, await page.EvalOnSelectorAsync<int>(".card img", "i => i.naturalHeight"));
+        string parameters = (await page.TextContentAsync(".card pre"))!;
+        Assert.Contains("Seed: 31, Size: 96x64", parameters);
+        Assert.Contains("Denoising strength: 0.6", parameters);
+        Assert.Contains("Source image sha256: ", parameters);
+        string shot = Path.Combine(AppContext.BaseDirectory, "serve-page-img2img.png");
+        await page.ScreenshotAsync(new PageScreenshotOptions { Path = shot, FullPage = true });
+
+        // The page's download equals the API's answer for the same upload.
+        string served = await page.EvalOnSelectorAsync<string>(".card a[download]", """
+            async a => {
+              const bytes = new Uint8Array(await (await fetch(a.href)).arrayBuffer());
+              let s = ""; for (const b of bytes) s += String.fromCharCode(b);
+              return btoa(s);
+            }
+            """);
+        var api = await Api.ReadJson(await Api.Post(app.Client, new Dictionary<string, object?>
+        {
+            ["prompt"] = "a watercolor lighthouse", ["negative_prompt"] = "", ["style"] = "(No style)", ["steps"] = 2, ["guidance"] = 0,
+            ["n"] = 1, ["seed"] = 31, ["image"] = Convert.ToBase64String(File.ReadAllBytes(source)), ["strength"] = 0.6, ["resize_to_fit"] = true,
+        }));
+        Assert.Equal(api.GetProperty("data")[0].GetProperty("b64_json").GetString(), served);
+
+        // Removing the image brings back text-to-image.
+        await page.ClickAsync("#clear-source");
+        Assert.True(await page.IsHiddenAsync("#i2i-controls"));
+        Assert.False(await page.IsDisabledAsync("#width"));
+        Assert.Empty(consoleErrors);
+        output.WriteLine($"img2img in the page: 96x64 result, parameters '{parameters.Replace('\n', '|')}'; screenshot {shot}");
+    }
+
+    [Fact]
     public async Task WithATokenThePageAsksForItThenGenerates()
     {
         await using var app = await TestApp.StartAsync(fx, new PixArtSharp.Cli.Serve.ServeOptions { Token = "page-token-123" }, kestrel: true);

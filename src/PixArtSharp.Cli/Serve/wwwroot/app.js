@@ -2,6 +2,11 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 let running = null; // { controller, jobId }
+let schedulerDefaults = {}; // sampler name → { steps, guidance } on this model
+let source = null; // image-to-image: { dataUrl, name } of the chosen file
+
+// The server takes bodies up to 16 MiB; base64 makes a file 4/3 larger.
+const MAX_SOURCE_BYTES = 12 * 1024 * 1024;
 
 function authHeaders() {
   const t = $("token").value.trim() || sessionStorage.getItem("pixart-token") || "";
@@ -56,6 +61,10 @@ async function loadModel() {
   if ($("aspect").selectedIndex < 0) $("aspect").value = "";
   $("steps").value = m.default_steps;
   $("guidance").value = m.default_guidance;
+  schedulerDefaults = m.scheduler_defaults || {};
+  const labels = { "lcm": "LCM", "dpm-solver": "DPM-Solver++", "sa-solver": "SA-Solver" };
+  $("scheduler").replaceChildren(...m.schedulers.map((s) => new Option(labels[s] || s, s)));
+  $("scheduler").value = m.scheduler;
 }
 
 function syncAspect() {
@@ -68,13 +77,21 @@ function request() {
     prompt: $("prompt").value,
     negative_prompt: $("negative").value,
     style: $("style").value || undefined,
-    width: Number($("width").value),
-    height: Number($("height").value),
     steps: Number($("steps").value),
     guidance: Number($("guidance").value),
     n: Number($("n").value),
-    resolution_binning: $("binning").checked,
+    scheduler: $("scheduler").value || undefined,
   };
+  if (source) {
+    // Image-to-image: the output has the (fitted) image's size, so no width, height or binning.
+    body.image = source.dataUrl;
+    body.strength = Number($("strength").value);
+    body.resize_to_fit = $("fit").checked;
+  } else {
+    body.width = Number($("width").value);
+    body.height = Number($("height").value);
+    body.resolution_binning = $("binning").checked;
+  }
   if ($("randomize").checked) {
     // A fresh seed each time, shown in the form so the run can be repeated with "randomize" off.
     $("seed").value = Math.floor(Math.random() * 2 ** 32);
@@ -168,6 +185,37 @@ async function generate(ev) {
   }
 }
 
+function setSource(file) {
+  showError("");
+  if (!file) return;
+  if (!["image/png", "image/jpeg", "image/webp"].includes(file.type)) { showError(`${file.name}: only PNG, JPEG and WebP images can be used.`); return; }
+  if (file.size > MAX_SOURCE_BYTES) { showError(`${file.name} has ${file.size} bytes; the limit is ${MAX_SOURCE_BYTES}.`); return; }
+  const reader = new FileReader();
+  reader.onload = () => {
+    source = { dataUrl: reader.result, name: file.name };
+    $("source-preview").src = reader.result;
+    $("source-preview").hidden = false;
+    $("drop-text").textContent = file.name;
+    syncSourceControls();
+  };
+  reader.onerror = () => showError(`Cannot read ${file.name}.`);
+  reader.readAsDataURL(file);
+}
+
+function clearSource() {
+  source = null;
+  $("source").value = "";
+  $("source-preview").hidden = true;
+  $("source-preview").removeAttribute("src");
+  $("drop-text").replaceChildren("Drop a PNG, JPEG or WebP here, or ", Object.assign(document.createElement("label"), { htmlFor: "source", className: "link", textContent: "choose a file" }));
+  syncSourceControls();
+}
+
+function syncSourceControls() {
+  $("i2i-controls").hidden = !source;
+  for (const id of ["width", "height", "aspect", "binning"]) $(id).disabled = !!source;
+}
+
 async function cancel() {
   if (!running) return;
   const { controller, jobId } = running;
@@ -185,6 +233,19 @@ document.addEventListener("DOMContentLoaded", () => {
     $("height").value = h;
   });
   for (const id of ["width", "height"]) $(id).addEventListener("change", () => { $(id).value = snap32(Number($(id).value)); syncAspect(); });
+  $("scheduler").addEventListener("change", () => {
+    // Each sampler has its own defaults (LCM 4 steps without guidance, SA-Solver 25 steps at 3, …).
+    const d = schedulerDefaults[$("scheduler").value];
+    if (d) { $("steps").value = d.steps; $("guidance").value = d.guidance; }
+  });
+  $("source").addEventListener("change", () => setSource($("source").files[0]));
+  $("clear-source").addEventListener("click", clearSource);
+  $("strength").addEventListener("input", () => { $("strength-value").value = Number($("strength").value).toFixed(2); });
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); setSource(e.dataTransfer.files[0]); });
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("source").click(); } });
   $("randomize").addEventListener("change", () => { $("seed").disabled = $("randomize").checked; });
   $("seed").disabled = $("randomize").checked;
   $("token").addEventListener("change", () => {
