@@ -5,7 +5,7 @@ using Xunit.Abstractions;
 namespace PixArtSharp.Tests.Serve;
 
 /// <summary>
-/// The web page in a real browser: Debian's Chromium (/usr/bin/chromium, installed by .ci/run) driven by
+/// The web page in a real browser: Debian's Chromium (/usr/bin/chromium, installed by the test project's EnsureChromium step and by .ci/run) driven by
 /// Microsoft.Playwright with that executable — Playwright's own browser download is never used.
 /// </summary>
 [Collection("Serve")]
