@@ -16,15 +16,8 @@ namespace PixArtSharp.Tests.Pipeline;
 /// ImageReader, then VAE encode sample, add_noise noise and LCM step noise all from one generator), with the
 /// fixture README's tolerances; timesteps.json exactly, including the ValueError it records; and the input checks.
 /// </summary>
-public class ImageToImageTests(ImageToImageTests.Pipelines fixture, ITestOutputHelper output) : IClassFixture<ImageToImageTests.Pipelines>
+public class ImageToImageTests(TinyPipelines fixture, ITestOutputHelper output) : IClassFixture<TinyPipelines>
 {
-    public sealed class Pipelines : IDisposable
-    {
-        public readonly PixArtAlphaPipeline Lcm = PixArtAlphaPipeline.FromPretrained(Fixtures.Path("tiny-pixart-lcm"));
-        public readonly PixArtAlphaPipeline Dpm = PixArtAlphaPipeline.FromPretrained(Fixtures.Path("tiny-pixart"));
-        public void Dispose() { Lcm.Dispose(); Dpm.Dispose(); }
-    }
-
     private static string InputPath(Reference r) =>
         Fixtures.Path("expected", "img2img", r.Json.GetProperty("input_image").GetProperty("png").GetString()!);
 

@@ -11,7 +11,7 @@ namespace PixArtSharp.Tests.Pipeline;
 /// The pipeline beyond the seven end-to-end cases: encode_prompt, model defaults, the 1-step decision, the per-step
 /// callback and cancellation, one generator per prompt, bf16, and diffusers' check_inputs errors.
 /// </summary>
-public class PipelineBehaviourTests(PipelineFixtureTests.Pipelines fixture, ITestOutputHelper output) : IClassFixture<PipelineFixtureTests.Pipelines>
+public class PipelineBehaviourTests(TinyPipelines fixture, ITestOutputHelper output) : IClassFixture<TinyPipelines>
 {
     private static GenerationRequest LcmBasic => new()
     {

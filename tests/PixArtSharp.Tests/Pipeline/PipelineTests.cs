@@ -11,15 +11,8 @@ namespace PixArtSharp.Tests.Pipeline;
 /// the stored initial latents): images within atol 1e-4 (2e-4 for lcm_binning) and final latents within
 /// 5e-6·max|ref|, the fixture README's bounds.
 /// </summary>
-public class PipelineFixtureTests(PipelineFixtureTests.Pipelines fixture, ITestOutputHelper output) : IClassFixture<PipelineFixtureTests.Pipelines>
+public class PipelineFixtureTests(TinyPipelines fixture, ITestOutputHelper output) : IClassFixture<TinyPipelines>
 {
-    public sealed class Pipelines : IDisposable
-    {
-        public readonly PixArtAlphaPipeline Lcm = PixArtAlphaPipeline.FromPretrained(Fixtures.Path("tiny-pixart-lcm"));
-        public readonly PixArtAlphaPipeline Dpm = PixArtAlphaPipeline.FromPretrained(Fixtures.Path("tiny-pixart"));
-        public void Dispose() { Lcm.Dispose(); Dpm.Dispose(); }
-    }
-
     public static IEnumerable<object[]> Cases() =>
         new[] { "lcm_basic", "lcm_num_images_2", "lcm_8steps_cfg", "lcm_binning", "dpm_cfg", "dpm_batch2", "dpm_binning" }
             .Select(c => new object[] { c });
@@ -64,5 +57,5 @@ public class PipelineFixtureTests(PipelineFixtureTests.Pipelines fixture, ITestO
         };
     }
 
-    private Pipelines Fixture => fixture;
+    private TinyPipelines Fixture => fixture;
 }

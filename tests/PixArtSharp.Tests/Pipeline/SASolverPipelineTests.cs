@@ -10,14 +10,8 @@ namespace PixArtSharp.Tests.Pipeline;
 /// "sa-solver"), both fixture cases from the seed alone: the initial latents and every step's noise continue one
 /// generator stream. Images atol 1e-4, final latents and every step's latents ≤ 5e-6·max|ref| (fixture README).
 /// </summary>
-public class SASolverPipelineTests(SASolverPipelineTests.DpmPipeline fixture, ITestOutputHelper output) : IClassFixture<SASolverPipelineTests.DpmPipeline>
+public class SASolverPipelineTests(TinyPipelines fixture, ITestOutputHelper output) : IClassFixture<TinyPipelines>
 {
-    public sealed class DpmPipeline : IDisposable
-    {
-        public readonly PixArtAlphaPipeline Pipe = PixArtAlphaPipeline.FromPretrained(Fixtures.Path("tiny-pixart"));
-        public void Dispose() => Pipe.Dispose();
-    }
-
     [Theory]
     [InlineData("sa_demo_25")]
     [InlineData("sa_10steps_n2")]
@@ -34,7 +28,7 @@ public class SASolverPipelineTests(SASolverPipelineTests.DpmPipeline fixture, IT
         var seen = new List<long>();
         double worstStep = 0;
         int stepsCompared = 0;
-        using var result = fixture.Pipe.Generate(request, info =>
+        using var result = fixture.Dpm.Generate(request, info =>
         {
             seen.Add(info.Timestep);
             string key = $"step.{info.Step - 1}.latents_out";
@@ -57,7 +51,7 @@ public class SASolverPipelineTests(SASolverPipelineTests.DpmPipeline fixture, IT
     public void RejectsCustomTimestepsAsDiffusersDoes()
     {
         var request = new GenerationRequest { Prompts = ["a cat"], Scheduler = "sa-solver", Timesteps = [999, 500], Height = 64, Width = 64, Seed = 1 };
-        var e = Assert.Throws<ArgumentException>(() => fixture.Pipe.Generate(request));
+        var e = Assert.Throws<ArgumentException>(() => fixture.Dpm.Generate(request));
         Assert.Contains("SASolverScheduler", e.Message);
     }
 }

@@ -65,13 +65,7 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         Assert.Equal(1.0, await page.EvalOnSelectorAsync<double>("#progress", "p => p.value"));
 
         // The download link holds exactly the PNG the API gives for the same request.
-        string served = await page.EvalOnSelectorAsync<string>(".card a[download]", """
-            async a => {
-              const bytes = new Uint8Array(await (await fetch(a.href)).arrayBuffer());
-              let s = ""; for (const b of bytes) s += String.fromCharCode(b);
-              return btoa(s);
-            }
-            """);
+        string served = await DownloadedPngBase64(page);
         var api = await Api.ReadJson(await Api.Post(app.Client, new Dictionary<string, object?>
         {
             ["prompt"] = "a lighthouse on a cliff at sunset", ["negative_prompt"] = "", ["style"] = "Cinematic",
@@ -132,13 +126,7 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = shot, FullPage = true });
 
         // The page's download equals the API's answer for the same upload.
-        string served = await page.EvalOnSelectorAsync<string>(".card a[download]", """
-            async a => {
-              const bytes = new Uint8Array(await (await fetch(a.href)).arrayBuffer());
-              let s = ""; for (const b of bytes) s += String.fromCharCode(b);
-              return btoa(s);
-            }
-            """);
+        string served = await DownloadedPngBase64(page);
         var api = await Api.ReadJson(await Api.Post(app.Client, new Dictionary<string, object?>
         {
             ["prompt"] = "a watercolor lighthouse", ["negative_prompt"] = "", ["style"] = "(No style)", ["steps"] = 2, ["guidance"] = 0,
@@ -179,6 +167,15 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         await page.WaitForSelectorAsync(".card img", new PageWaitForSelectorOptions { Timeout = 60_000 });
         Assert.Contains("a small boat", await page.TextContentAsync(".card pre"));
     }
+
+    /// <summary>The bytes behind the first gallery card's download link, as base64 (as the API answers them).</summary>
+    private static Task<string> DownloadedPngBase64(IPage page) => page.EvalOnSelectorAsync<string>(".card a[download]", """
+        async a => {
+          const bytes = new Uint8Array(await (await fetch(a.href)).arrayBuffer());
+          let s = ""; for (const b of bytes) s += String.fromCharCode(b);
+          return btoa(s);
+        }
+        """);
 
     private static Task<IBrowser> Launch(IPlaywright playwright) => playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
     {
