@@ -127,7 +127,8 @@ public static partial class TorchRuntime
         string hint;
         if (glibcxx.Success)
             hint = $"The system libstdc++ lacks {glibcxx.Value}, which TorchSharp's libLibTorchSharp.so asks for. " +
-                   "Rebuild with `dotnet build` (or `dotnet publish`) so the build step patches the library in the output folder, " +
+                   "Rebuild with `dotnet build` (or `dotnet publish`) so the build step patches the library in the output folder " +
+                   "(a project outside the PixArtSharp repository must import PixArtSharp's build/LibTorchSharpPatch.targets), " +
                    "or install a libstdc++ from GCC 13 or newer.";
         else if (all.Contains("GLIBC_", StringComparison.Ordinal))
             hint = "The system C library is older than libtorch needs: use a Linux distribution with glibc 2.28 or newer.";
