@@ -19,6 +19,8 @@ public static class ServeCommand
             Description = "A diffusers model folder or a Hugging Face id",
             DefaultValueFactory = _ => new ServeOptions().Model,
         };
+        var revision = new Option<string?>("--revision") { Description = "Hub branch, tag or commit [default: main]" };
+        var variant = new Option<string?>("--variant") { Description = "Weights variant such as fp16 (components without it load their default weights, with a warning)" };
         var host = new Option<string>("--host")
         {
             Description = "Address to listen on; the default serves this machine only. Use --token when opening it up",
@@ -49,7 +51,7 @@ public static class ServeCommand
 
         var cmd = new Command("serve", "Serve an HTTP API (OpenAI-like images endpoint) and a web page, batching concurrent requests")
         {
-            model, host, port, token, maxQueue, maxBatch, dtype, threads,
+            model, revision, variant, host, port, token, maxQueue, maxBatch, dtype, threads,
         };
         // Errors become one "error: …" line and pixart's exit codes (2 bad arguments, 3 model not found, …).
         cmd.SetAction(CliApp.Guard(async (parse, _, ct) =>
@@ -57,6 +59,8 @@ public static class ServeCommand
             var options = new ServeOptions
             {
                 Model = parse.GetValue(model)!,
+                Revision = parse.GetValue(revision),
+                Variant = parse.GetValue(variant),
                 Host = parse.GetValue(host)!,
                 Port = parse.GetValue(port),
                 Token = parse.GetValue(token) ?? NullIfEmpty(Environment.GetEnvironmentVariable("PIXART_TOKEN")),
@@ -88,16 +92,16 @@ public static class ServeCommand
         TorchRuntime.EnsureLoaded();
         if (threads is { } t) TorchRuntime.SetThreads(t);
 
-        string folder = await ModelLocator.ResolveAsync(options.Model, ct: ct);
+        string folder = await ModelLocator.ResolveAsync(options.Model, options.Revision, options.Variant, settings: HubSettings.FromEnvironment(), ct: ct);
         Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeName(dtype)}) …");
-        using var pipeline = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, KeepLoaded = true });
+        using var pipeline = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, Variant = options.Variant, KeepLoaded = true });
         foreach (var w in pipeline.Warnings) Console.Error.WriteLine($"pixart serve: warning: {w}");
         // Recorded in every image exactly as `pixart generate` records it, so both give the same PNG bytes.
         bool isLocal = Directory.Exists(options.Model);
         var model = new ModelInfo(
             isLocal ? Path.GetFullPath(options.Model) : options.Model,
             isLocal ? null : Path.GetFileName(Path.TrimEndingDirectorySeparator(folder)), // the snapshot's commit
-            null,
+            options.Variant,
             DTypeName(dtype));
         using var queue = new GenerationQueue(pipeline, model, options.MaxQueue, options.MaxBatch, options.KeepFinished);
         await using var app = ServerApp.Build(options, queue);

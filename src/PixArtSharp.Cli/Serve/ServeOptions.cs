@@ -5,6 +5,10 @@ public sealed record ServeOptions
 {
     /// <summary>A diffusers folder or a Hub id.</summary>
     public string Model { get; init; } = "PixArt-alpha/PixArt-LCM-XL-2-1024-MS";
+    /// <summary>Hub branch, tag or commit (a Hub id only).</summary>
+    public string? Revision { get; init; }
+    /// <summary>Weights variant, e.g. fp16.</summary>
+    public string? Variant { get; init; }
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>0 picks a free port (tests).</summary>
     public int Port { get; init; } = 7860;

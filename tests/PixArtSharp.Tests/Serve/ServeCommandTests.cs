@@ -11,7 +11,7 @@ public sealed class ServeCommandTests
     {
         var cmd = ServeCommand.Create();
         Assert.Equal("serve", cmd.Name);
-        Assert.Equal(["--model", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--threads"],
+        Assert.Equal(["--model", "--revision", "--variant", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--threads"],
             cmd.Options.Select(o => o.Name).Where(n => n.StartsWith("--", StringComparison.Ordinal) && n != "--help"));
         var parse = cmd.Parse([]);
         Assert.Empty(parse.Errors);
@@ -21,9 +21,12 @@ public sealed class ServeCommandTests
         Assert.Equal(4, parse.GetValue<int>("--max-batch"));
         Assert.Equal("fp32", parse.GetValue<string>("--dtype"));
 
-        parse = cmd.Parse(["--model", "some/model", "--port", "8080", "--token", "abcdefgh12", "--max-batch", "8", "--dtype", "bf16", "--threads", "3"]);
+        Assert.Null(parse.GetValue<string?>("--variant"));
+
+        parse = cmd.Parse(["--model", "some/model", "--revision", "v1.0", "--variant", "fp16", "--port", "8080", "--token", "abcdefgh12", "--max-batch", "8", "--dtype", "bf16", "--threads", "3"]);
         Assert.Empty(parse.Errors);
         Assert.Equal("some/model", parse.GetValue<string>("--model"));
+        Assert.Equal(("v1.0", "fp16"), (parse.GetValue<string?>("--revision"), parse.GetValue<string?>("--variant")));
         Assert.Equal(3, parse.GetValue<int?>("--threads"));
         Assert.NotEmpty(cmd.Parse(["--dtype", "int8"]).Errors);
         Assert.NotEmpty(cmd.Parse(["--port", "eighty"]).Errors);
