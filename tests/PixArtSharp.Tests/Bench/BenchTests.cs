@@ -70,4 +70,24 @@ public sealed class BenchTests(ITestOutputHelper output)
         Assert.InRange(r.Fp32ImageMeanAbsDiff!.Value, 0, 0.005);
         Assert.Equal(r.ToJson(), BenchResult.FromJson(r.ToJson()).ToJson());
     }
+
+    [Fact]
+    public void TheBenchCommandPrintsOneJsonObjectAndUsesPixartsExitCodes()
+    {
+        var r = PixArtSharp.Tests.Cli.CliRunner.Run("bench", "--model", Fixtures.Path("tiny-pixart-lcm"), "--size", "64x96", "--steps", "2", "--json");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        using var doc = JsonDocument.Parse(r.Stdout); // stdout holds the JSON object alone; progress went to stderr
+        Assert.Equal("64x96", doc.RootElement.GetProperty("size").GetString());
+        Assert.Equal(2, doc.RootElement.GetProperty("steps").GetInt32());
+        Assert.Equal(2, doc.RootElement.GetProperty("step_seconds").GetArrayLength());
+        Assert.Contains("step 2/2", r.Stderr);
+
+        var badSize = PixArtSharp.Tests.Cli.CliRunner.Run("bench", "--size", "12x");
+        Assert.Equal(2, badSize.ExitCode);
+        Assert.Equal("error: --size must be N or HEIGHTxWIDTH in pixels (e.g. 1024 or 768x1344), not '12x'.", badSize.Stderr.Trim());
+        Assert.Equal(2, PixArtSharp.Tests.Cli.CliRunner.Run("bench", "--component", "unet").ExitCode);
+        var missing = PixArtSharp.Tests.Cli.CliRunner.Run("bench", "--model", "/nonexistent/pixart-model", "--json");
+        Assert.True(missing.ExitCode == 3, missing.ToString());
+        Assert.Empty(missing.Stdout);
+    }
 }
