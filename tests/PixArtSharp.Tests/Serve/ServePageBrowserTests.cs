@@ -92,6 +92,7 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         await page.GotoAsync(app.BaseUrl + "/");
         await WaitFor(page, "() => document.querySelectorAll('#style option').length === 10");
         Assert.True(await page.IsHiddenAsync("#i2i-controls"));
+        Assert.True(await page.IsHiddenAsync("#source-preview")); // no empty image box before a file is chosen
         // The sampler list comes from the model, and choosing one sets its own defaults.
         Assert.Equal("lcm", await page.InputValueAsync("#scheduler"));
         await page.SelectOptionAsync("#scheduler", "sa-solver");
