@@ -107,10 +107,19 @@ public sealed record ImageInput(string Path, string Sha256, RgbImage Image, bool
     /// <summary>Refuses, before any model work, a strength that leaves DPM-Solver++ or SA-Solver no step to run.</summary>
     public static void CheckStepsRun(GenerationSettings s)
     {
-        if (StepsRun(s) >= 1) return;
+        if (NothingToRun(s, "--strength", "--steps") is { } problem) throw new UsageException(problem);
+    }
+
+    /// <summary>
+    /// Why these resolved settings would run no denoising step (int(steps × strength) = 0 for DPM-Solver++ and
+    /// SA-Solver), naming the settings as the caller's user knows them; null when at least one step runs.
+    /// </summary>
+    public static string? NothingToRun(GenerationSettings s, string strengthName, string stepsName)
+    {
+        if (StepsRun(s) >= 1) return null;
         string st = s.Strength?.ToString(CultureInfo.InvariantCulture) ?? "?";
-        throw new UsageException($"--strength {st} x {s.Steps} steps of {s.Scheduler} keeps int({(s.Steps * s.Strength)?.ToString(CultureInfo.InvariantCulture)}) = 0 steps: nothing would run. " +
-                                 $"Raise --strength to at least {(1.0 / (s.Steps ?? 1)).ToString(CultureInfo.InvariantCulture)} or use more --steps.");
+        return $"{strengthName} {st} x {s.Steps} steps of {s.Scheduler} keeps int({(s.Steps * s.Strength)?.ToString(CultureInfo.InvariantCulture)}) = 0 steps: nothing would run. " +
+               $"Raise {strengthName} to at least {(1.0 / (s.Steps ?? 1)).ToString(CultureInfo.InvariantCulture)} or use more {stepsName}.";
     }
 
     /// <summary>How many denoising steps a run makes: LCM runs all; DPM-Solver++ and SA-Solver int(steps × strength).</summary>

@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Security.Cryptography;
 using PixArtSharp.Imaging;
 using PixArtSharp.Pipeline;
@@ -62,10 +61,8 @@ public sealed record ImageUpload(string Sha256, RgbImage Image)
     /// </summary>
     public static void CheckStepsRun(GenerationSettings resolved)
     {
-        if (Generate.ImageInput.StepsRun(resolved) >= 1) return;
-        string st = resolved.Strength?.ToString(CultureInfo.InvariantCulture) ?? "?";
-        throw new ApiException(400, $"strength {st} × {resolved.Steps} steps of {resolved.Scheduler} keeps int({(resolved.Steps * resolved.Strength)?.ToString(CultureInfo.InvariantCulture)}) = 0 steps: nothing would run. " +
-                                    $"Raise strength to at least {(1.0 / (resolved.Steps ?? 1)).ToString(CultureInfo.InvariantCulture)} or use more steps.", "strength");
+        if (Generate.ImageInput.NothingToRun(resolved, "strength", "steps") is { } problem)
+            throw new ApiException(400, problem, "strength");
     }
 
     private static byte[] DecodeBase64(string text)

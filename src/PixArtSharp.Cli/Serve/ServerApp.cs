@@ -103,7 +103,8 @@ public static class ServerApp
             queue = new { pending = queue.Pending, running = queue.Running, max_queue = queue.MaxQueue, max_batch = queue.MaxBatch },
             auth_required = tokenHash is not null,
         }, Json));
-        app.MapGet("/v1/models", () => Results.Json(ModelsList(queue), Json));
+        var models = ModelsList(queue); // fixed for the server's life: the model and its defaults never change
+        app.MapGet("/v1/models", () => Results.Json(models, Json));
         app.MapPost("/v1/images/generations", (HttpContext ctx) => Generate(ctx, queue));
         app.MapGet("/v1/jobs/{id}", (string id) => Results.Json(queue.Info(FindJob(queue, id)), Json));
         app.MapGet("/v1/jobs/{id}/events", (HttpContext ctx, string id) => StreamEvents(ctx, queue, FindJob(queue, id), cancelOnDisconnect: false));
