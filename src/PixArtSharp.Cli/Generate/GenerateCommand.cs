@@ -282,6 +282,8 @@ public static class GenerateCommand
         using (var configs = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { KeepLoaded = false, Variant = model.Variant, DType = dtype }))
         {
             foreach (var w in configs.Warnings) Warn(w);
+            // Several batches keep the transformer and VAE loaded between them (see the load below).
+            if (MemoryCheck.Warning(configs.Folder, model.Variant, dtype, allLoaded: plan.Batches.Count > 1) is { } memory) Warn(memory);
             // Image-to-image: the source at the size the run uses (--resize-to-fit needs the model's size).
             if (plan.Image is { } input)
             {

@@ -94,6 +94,9 @@ public static class ServeCommand
 
         string folder = await ModelLocator.ResolveAsync(options.Model, options.Revision, options.Variant, settings: HubSettings.FromEnvironment(), ct: ct);
         Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeName(dtype)}) …");
+        // The server keeps every component loaded: say so before loading them if they will not fit.
+        if (Generate.MemoryCheck.Warning(ModelFolder.Open(folder), options.Variant, dtype, allLoaded: true) is { } memory)
+            Console.Error.WriteLine($"pixart serve: warning: {memory}");
         using var pipeline = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, Variant = options.Variant, KeepLoaded = true });
         foreach (var w in pipeline.Warnings) Console.Error.WriteLine($"pixart serve: warning: {w}");
         // Recorded in every image exactly as `pixart generate` records it, so both give the same PNG bytes.

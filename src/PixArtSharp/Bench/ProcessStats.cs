@@ -11,6 +11,9 @@ public static class ProcessStats
     /// <summary>Peak resident set size (VmHWM: anonymous memory plus the mapped file pages touched), in bytes.</summary>
     public static long? PeakRssBytes => StatusField("VmHWM:");
 
+    /// <summary>Memory the kernel can give to new allocations without swapping (MemAvailable in /proc/meminfo), in bytes.</summary>
+    public static long? MemAvailableBytes => KbField("/proc/meminfo", "MemAvailable:");
+
     /// <summary>Current resident set size (VmRSS), in bytes.</summary>
     public static long? RssBytes => StatusField("VmRSS:");
 
@@ -48,14 +51,16 @@ public static class ProcessStats
         }
     }
 
-    private static long? StatusField(string name)
+    private static long? StatusField(string name) => KbField("/proc/self/status", name);
+
+    private static long? KbField(string file, string name)
     {
         try
         {
-            foreach (var line in File.ReadLines("/proc/self/status"))
+            foreach (var line in File.ReadLines(file))
             {
                 if (!line.StartsWith(name, StringComparison.Ordinal)) continue;
-                // "VmHWM:	  123456 kB"
+                // "VmHWM:	  123456 kB", "MemAvailable:   123456 kB"
                 var parts = line[name.Length..].Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries);
                 return long.Parse(parts[0], CultureInfo.InvariantCulture) * 1024;
             }

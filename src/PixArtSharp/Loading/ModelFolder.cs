@@ -82,6 +82,28 @@ public sealed class ModelFolder
     }
 
     /// <summary>
+    /// The number of weights (elements) a component's safetensors hold, read from their headers only: with the
+    /// compute dtype's size this is the memory the component takes once loaded. Checkpoint stems are
+    /// <c>diffusion_pytorch_model</c> (diffusers) or <c>model</c> (transformers); 0 when the folder has neither.
+    /// </summary>
+    public long ParameterCount(string component, string? variant)
+    {
+        string dir = ComponentDir(component);
+        foreach (var stem in new[] { "diffusion_pytorch_model", "model" })
+        {
+            if (!HasWeights(dir, stem, variant) && !HasWeights(dir, stem, null)) continue;
+            long count = 0;
+            foreach (var file in FindWeightFiles(dir, stem, variant))
+            {
+                using var st = SafeTensorsFile.Open(file);
+                count += st.Tensors.Values.Sum(t => t.Shape.Aggregate(1L, (a, d) => a * d));
+            }
+            return count;
+        }
+        return 0;
+    }
+
+    /// <summary>
     /// One warning per model component that lacks the <paramref name="variant"/> weights and will load its
     /// default weights instead (empty without a variant). Components are those with a config.json; their weights
     /// are <c>model*</c> (transformers) or <c>diffusion_pytorch_model*</c> (diffusers).
