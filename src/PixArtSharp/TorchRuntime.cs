@@ -53,6 +53,31 @@ public static partial class TorchRuntime
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { /* not glibc: leave it */ }
     }
 
+    /// <summary>
+    /// Turns NNPACK off, as <c>torch.backends.nnpack.set_flags(False)</c> does in Python (TorchSharp has no binding
+    /// for it). libtorch's CPU build asks NNPACK about every eligible fp32 convolution, and on CPUs NNPACK does not
+    /// support (this AVX-512 machine) each ask prints "Could not initialize NNPACK! Reason: Unsupported hardware." to
+    /// stderr — 15 lines for one small DPM-Solver run. Where NNPACK is unavailable nothing else changes; where it is
+    /// available libtorch would use it only for fp32 convolutions of 16 images or more, which PixArtSharp never runs
+    /// (the VAE decodes one image at a time). The setter is at::Context::setUserEnabledNNPACK(bool) on
+    /// at::globalContext(), called through its exported C++ symbols; if they are missing, nothing is done.
+    /// </summary>
+    private static unsafe void DisableNnpack()
+    {
+        foreach (var name in new[] { "libtorch_cpu.so", Path.Combine(AppContext.BaseDirectory, "libtorch_cpu.so") })
+        {
+            if (!NativeLibrary.TryLoad(name, out var lib)) continue;
+            if (NativeLibrary.TryGetExport(lib, "_ZN2at13globalContextEv", out var globalContext) &&
+                NativeLibrary.TryGetExport(lib, "_ZN2at7Context20setUserEnabledNNPACKEb", out var setEnabled))
+            {
+                // Itanium C++ ABI on x86-64 / arm64: a member function takes `this` as its first argument.
+                var context = ((delegate* unmanaged<IntPtr>)globalContext)();
+                ((delegate* unmanaged<IntPtr, byte, void>)setEnabled)(context, 0);
+                return;
+            }
+        }
+    }
+
     [LibraryImport("libc", EntryPoint = "setenv", StringMarshalling = StringMarshalling.Utf8)]
     private static partial int setenv(string name, string value, int overwrite);
 
@@ -69,6 +94,7 @@ public static partial class TorchRuntime
             torch.InitializeDeviceType(DeviceType.CPU);
             // Touch the native library for real: initialisation alone may succeed lazily.
             using var t = torch.zeros(1);
+            DisableNnpack();
             return null;
         }
         catch (Exception e) when (e is TypeInitializationException or DllNotFoundException or NotSupportedException

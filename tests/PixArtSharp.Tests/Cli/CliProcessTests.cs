@@ -42,6 +42,18 @@ public sealed class CliProcessTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void LibtorchPrintsNothingOfItsOwnOnStderr()
+    {
+        // A guided DPM-Solver++ run in fp32: without TorchRuntime turning NNPACK off, libtorch printed
+        // "Could not initialize NNPACK! Reason: Unsupported hardware." 15 times on this machine.
+        var r = Run(null, "generate", "a cactus", "--model", CliRunner.TinyDpm, "--steps", "3", "--height", "128", "--width", "128",
+            "--no-resolution-binning", "--seed", "3", "-o", "dpm.png");
+        Assert.Equal(0, r.ExitCode);
+        Assert.DoesNotContain("NNPACK", r.Stderr);
+        Assert.DoesNotContain("[W", r.Stderr);
+    }
+
+    [Fact]
     public void DownloadThenGenerateOfflineFromTheCache()
     {
         string repo = CliRunner.CopyModel(CliRunner.TinyLcm, _tmp.Path("repo"));
