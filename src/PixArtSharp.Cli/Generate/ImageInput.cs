@@ -61,21 +61,9 @@ public sealed record ImageInput(string Path, string Sha256, RgbImage Image, bool
         int? width = null, height = null;
         if (!a.ResizeToFit)
         {
-            if (recordedSha is not null && settings.Width is { } rw && settings.Height is { } rh)
-                (width, height) = (rw, rh);
-            else
-            {
-                if (image.Width % Multiple != 0 || image.Height % Multiple != 0)
-                {
-                    var (fw, fh) = (Math.Max(Multiple, image.Width / Multiple * Multiple), Math.Max(Multiple, image.Height / Multiple * Multiple));
-                    throw new UsageException($"--image: {a.Image} is {image.Width}x{image.Height}; image-to-image needs both sides to be multiples of {Multiple}. " +
-                                             $"Pass --resize-to-fit to resize it (to {fw}x{fh} at most), or crop it.");
-                }
-                (width, height) = (image.Width, image.Height);
-            }
-            int max = GenerationLimits.Cli.MaxSide;
-            if (width > max || height > max)
-                throw new UsageException($"--image: {a.Image} is {image.Width}x{image.Height}; the limit is {max} pixels per side. Pass --resize-to-fit to scale it to the model's size.");
+            var (w0, h0) = recordedSha is not null && settings.Width is { } rw && settings.Height is { } rh
+                ? (rw, rh) : (image.Width, image.Height);
+            (width, height) = Checked(a.Image, () => ImageToImage.OutputSize(w0, h0, resizeToFit: false, maxPixels: 0, GenerationLimits.Cli.MaxSide, "--resize-to-fit", Multiple));
         }
 
         double strength = a.Strength ?? settings.Strength ?? ImageToImage.DefaultStrength;
@@ -99,9 +87,17 @@ public sealed record ImageInput(string Path, string Sha256, RgbImage Image, bool
     public RgbImage Fit(GenerationSettings planned, PixArtAlphaPipeline model)
     {
         var (w, h) = ResizeToFit
-            ? ImageToImage.FitSize(Image.Width, Image.Height, (long)model.DefaultWidth * model.DefaultHeight, model.VaeScaleFactor * ImageToImage.PatchSize)
+            ? Checked(Path, () => ImageToImage.OutputSize(Image.Width, Image.Height, resizeToFit: true, (long)model.DefaultWidth * model.DefaultHeight,
+                GenerationLimits.Cli.MaxSide, "--resize-to-fit", model.VaeScaleFactor * ImageToImage.PatchSize))
             : (planned.Width ?? Image.Width, planned.Height ?? Image.Height);
         return ImageToImage.Resize(Image, w, h);
+    }
+
+    /// <summary>The size rule's ArgumentException as a command-line mistake naming the file (exit code 2).</summary>
+    private static (int Width, int Height) Checked(string path, Func<(int, int)> size)
+    {
+        try { return size(); }
+        catch (ArgumentException e) { throw new UsageException($"--image: {path}: {e.Message}"); }
     }
 
     /// <summary>Refuses, before any model work, a strength that leaves DPM-Solver++ or SA-Solver no step to run.</summary>

@@ -31,16 +31,16 @@ public sealed record ImageUpload(string Sha256, RgbImage Image)
             throw new ApiException(400, e.Message, "image", "bad_image");
         }
 
-        int multiple = model.VaeScaleFactor * ImageToImage.PatchSize;
-        var limits = GenerationLimits.Server;
-        int width = image.Width, height = image.Height;
-        if (resizeToFit)
-            (width, height) = ImageToImage.FitSize(image.Width, image.Height, (long)model.DefaultWidth * model.DefaultHeight, multiple);
-        else if (width % multiple != 0 || height % multiple != 0)
-            throw new ApiException(400, $"The image is {width}x{height}; image-to-image needs both sides to be multiples of {multiple}. " +
-                                        $"Send \"resize_to_fit\": true to scale it to the model's size, or crop it (e.g. to {Math.Max(multiple, width / multiple * multiple)}x{Math.Max(multiple, height / multiple * multiple)}).", "image", "bad_image_size");
-        if (width > limits.MaxSide || height > limits.MaxSide)
-            throw new ApiException(400, $"The image is {width}x{height}; the limit is {limits.MaxSide} pixels per side. Send \"resize_to_fit\": true to scale it to the model's size.", "image", "bad_image_size");
+        int width, height;
+        try
+        {
+            (width, height) = ImageToImage.OutputSize(image.Width, image.Height, resizeToFit, (long)model.DefaultWidth * model.DefaultHeight,
+                GenerationLimits.Server.MaxSide, "\"resize_to_fit\": true", model.VaeScaleFactor * ImageToImage.PatchSize);
+        }
+        catch (ArgumentException e)
+        {
+            throw new ApiException(400, e.Message, "image", "bad_image_size");
+        }
 
         var fitted = ImageToImage.Resize(image, width, height);
         settings = settings with

@@ -96,6 +96,26 @@ public static class ImageToImage
     }
 
     /// <summary>
+    /// The output size image-to-image gives a <paramref name="width"/>×<paramref name="height"/> source: with
+    /// <paramref name="resizeToFit"/> its <see cref="FitSize"/> to <paramref name="maxPixels"/>; otherwise its own,
+    /// which must be a multiple of <paramref name="multiple"/> on both sides. Either way at most
+    /// <paramref name="maxSide"/> per side. Throws ArgumentException saying what is wrong and what to do;
+    /// <paramref name="resizeOption"/> is how the caller's user asks for the resize (a flag, a JSON field).
+    /// </summary>
+    public static (int Width, int Height) OutputSize(int width, int height, bool resizeToFit, long maxPixels, int maxSide, string resizeOption, int multiple = 16)
+    {
+        var (w, h) = resizeToFit ? FitSize(width, height, maxPixels, multiple) : (width, height);
+        if (w % multiple != 0 || h % multiple != 0)
+            throw new ArgumentException($"The image is {width}x{height}; image-to-image needs both sides to be multiples of {multiple}. " +
+                                        $"Use {resizeOption} to scale it to the model's size, or crop it (e.g. to {Math.Max(multiple, w / multiple * multiple)}x{Math.Max(multiple, h / multiple * multiple)}).");
+        if (w > maxSide || h > maxSide)
+            throw new ArgumentException(resizeToFit
+                ? $"The image is {width}x{height}; scaled to the model's size it would be {w}x{h}, over the limit of {maxSide} pixels per side. Crop it to a less extreme aspect ratio."
+                : $"The image is {width}x{height}; the limit is {maxSide} pixels per side. Use {resizeOption} to scale it to the model's size.");
+        return (w, h);
+    }
+
+    /// <summary>
     /// Resamples <paramref name="image"/> to exactly <paramref name="width"/>×<paramref name="height"/> with libvips'
     /// Lanczos-3 (diffusers' image processor resizes with PIL's Lanczos); the same image is returned when it already
     /// has that size. Deterministic, so a recorded size reproduces the same pixels.

@@ -186,6 +186,22 @@ public class ImageToImageTests(TinyPipelines fixture, ITestOutputHelper output) 
     }
 
     [Fact]
+    public void OutputSizeKeepsAFittingImageAndExplainsTheOthers()
+    {
+        Assert.Equal((96, 64), ImageToImage.OutputSize(96, 64, resizeToFit: false, maxPixels: 0, maxSide: 2048, "--resize-to-fit"));
+        Assert.Equal((96, 64), ImageToImage.OutputSize(100, 70, resizeToFit: true, maxPixels: 1_000_000, maxSide: 2048, "--resize-to-fit"));
+        Assert.Equal((1168, 880), ImageToImage.OutputSize(4032, 3024, resizeToFit: true, maxPixels: 1024 * 1024, maxSide: 2048, "--resize-to-fit"));
+
+        var odd = Assert.Throws<ArgumentException>(() => ImageToImage.OutputSize(100, 70, false, 0, 2048, "--resize-to-fit"));
+        Assert.Equal("The image is 100x70; image-to-image needs both sides to be multiples of 16. Use --resize-to-fit to scale it to the model's size, or crop it (e.g. to 96x64).", odd.Message);
+        var big = Assert.Throws<ArgumentException>(() => ImageToImage.OutputSize(4096, 1024, false, 0, 2048, "\"resize_to_fit\": true"));
+        Assert.Equal("The image is 4096x1024; the limit is 2048 pixels per side. Use \"resize_to_fit\": true to scale it to the model's size.", big.Message);
+        // 8000×100 already has less than 1 MP: scaling keeps it 8000 wide, over the side limit.
+        var thin = Assert.Throws<ArgumentException>(() => ImageToImage.OutputSize(8000, 100, true, 1024 * 1024, 2048, "--resize-to-fit"));
+        Assert.Contains("8000x96, over the limit of 2048", thin.Message);
+    }
+
+    [Fact]
     public void ResizeGivesExactlyTheSizeAskedFor()
     {
         var src = ImageReader.Read(Fixtures.Path("expected", "img2img", "inputs", "gradient_disc_64x96.png"));
