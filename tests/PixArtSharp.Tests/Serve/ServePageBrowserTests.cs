@@ -24,9 +24,7 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
 
         using var playwright = await Playwright.CreateAsync();
         await using var browser = await Launch(playwright);
-        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1280, Height = 860 } });
-        var consoleErrors = new List<string>();
-        page.Console += (_, m) => { if (m.Type == "error") consoleErrors.Add($"{m.Text} ({m.Location})"); };
+        var (page, consoleErrors) = await NewPage(browser);
         var offsite = new List<string>();
         page.Request += (_, r) => { if (!r.Url.StartsWith(app.BaseUrl!, StringComparison.Ordinal) && !r.Url.StartsWith("blob:") && !r.Url.StartsWith("data:")) offsite.Add(r.Url); };
 
@@ -86,9 +84,7 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         await using var app = await TestApp.StartAsync(fx, kestrel: true);
         using var playwright = await Playwright.CreateAsync();
         await using var browser = await Launch(playwright);
-        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1280, Height = 860 } });
-        var consoleErrors = new List<string>();
-        page.Console += (_, m) => { if (m.Type == "error") consoleErrors.Add($"{m.Text} ({m.Location})"); };
+        var (page, consoleErrors) = await NewPage(browser);
         await page.GotoAsync(app.BaseUrl + "/");
         await WaitFor(page, "() => document.querySelectorAll('#style option').length === 10");
         Assert.True(await page.IsHiddenAsync("#i2i-controls"));
@@ -177,6 +173,15 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
           return btoa(s);
         }
         """);
+
+    /// <summary>A 1280×860 page whose console errors are collected (the tests expect none).</summary>
+    private static async Task<(IPage Page, List<string> ConsoleErrors)> NewPage(IBrowser browser)
+    {
+        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1280, Height = 860 } });
+        var consoleErrors = new List<string>();
+        page.Console += (_, m) => { if (m.Type == "error") consoleErrors.Add($"{m.Text} ({m.Location})"); };
+        return (page, consoleErrors);
+    }
 
     private static Task<IBrowser> Launch(IPlaywright playwright) => playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
     {
