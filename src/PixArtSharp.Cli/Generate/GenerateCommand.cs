@@ -241,6 +241,15 @@ public static class GenerateCommand
         return new Plan(batches, modelInfo, files, imageInput);
     }
 
+    /// <summary>An ArgumentException from the settings' checks as a command-line message naming the flag.</summary>
+    private static string OptionText(ArgumentException e)
+    {
+        string message = e.Message;
+        int i = message.LastIndexOf(" (Parameter '", StringComparison.Ordinal);
+        if (i > 0) message = message[..i];
+        return e.ParamName is { } p ? $"--{p.Replace('_', '-')}: {message}" : message;
+    }
+
     public static ScalarType ParseDType(string dtype) => dtype.Trim().ToLowerInvariant() switch
     {
         "fp32" or "float32" => ScalarType.Float32,
@@ -276,28 +285,27 @@ public static class GenerateCommand
         };
         var dtype = ParseDType(model.DType);
 
-        // Resolve every default from the model (configs only: cheap), and warn before the display starts.
+        // One pipeline for the whole run: configs and tokenizer now, each model when its stage starts (and freed
+        // after it: T5 once every prompt is encoded; the transformer and the VAE after the last batch).
+        using var pipe = PixArtPipeline.FromPretrained(folder, new PipelineOptions { KeepLoaded = false, Variant = model.Variant, DType = dtype });
+        foreach (var w in pipe.Warnings) Warn(w);
+        if (MemoryCheck.Warning(pipe.Folder!, model.Variant, dtype, allLoaded: plan.Batches.Count > 1) is { } memory) Warn(memory);
+
+        // Resolve every default from the model (configs only: cheap) and check what only the model can tell.
         var batches = new List<Batch>();
         RgbImage? source = null;
-        using (var configs = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { KeepLoaded = false, Variant = model.Variant, DType = dtype }))
+        // Image-to-image: the source at the size the run uses (--resize-to-fit needs the model's size).
+        if (plan.Image is { } input)
         {
-            foreach (var w in configs.Warnings) Warn(w);
-            // Several batches keep the transformer and VAE loaded between them (see the load below).
-            if (MemoryCheck.Warning(configs.Folder, model.Variant, dtype, allLoaded: plan.Batches.Count > 1) is { } memory) Warn(memory);
-            // Image-to-image: the source at the size the run uses (--resize-to-fit needs the model's size).
-            if (plan.Image is { } input)
-            {
-                if (input.Warning is not null) Warn(input.Warning);
-                source = input.Fit(plan.Batches[0].Settings, configs);
-            }
-            foreach (var b in plan.Batches)
-            {
-                var s = source is null ? b.Settings : b.Settings with { Width = source.Width, Height = source.Height };
-                s.Validate(GenerationLimits.Cli);
-                var resolved = s.Resolve(configs);
-                if (source is not null) ImageInput.CheckStepsRun(resolved);
-                batches.Add(b with { Settings = resolved });
-            }
+            if (input.Warning is not null) Warn(input.Warning);
+            source = input.Fit(plan.Batches[0].Settings, pipe);
+        }
+        foreach (var b in plan.Batches)
+        {
+            var s = source is null ? b.Settings : b.Settings with { Width = source.Width, Height = source.Height };
+            s.Validate(GenerationLimits.Cli);
+            try { batches.Add(b with { Settings = s.Resolve(pipe) }); }
+            catch (ArgumentException e) { throw new UsageException(OptionText(e)); }
         }
         var first = batches[0].Settings;
         if (batches.Any(b => b.Settings.Guidance <= 1 && !string.IsNullOrEmpty(b.Settings.NegativePrompt)))
@@ -308,91 +316,30 @@ public static class GenerateCommand
                               (plan.Image is { } src
                                   ? $", image-to-image from {Path.GetFileName(src.Path)} ({src.Image.Width}x{src.Image.Height}" +
                                     $"{(source!.Width != src.Image.Width || source.Height != src.Image.Height ? $" resized to {source.Width}x{source.Height}" : "")}) " +
-                                    $"at strength {first.Strength?.ToString(CultureInfo.InvariantCulture)}: {ImageInput.StepsRun(first)} steps run"
+                                    $"at strength {first.Strength?.ToString(CultureInfo.InvariantCulture)}: {first.StepsRun()} steps run"
                                   : ""));
         using var imageTensor = source is null ? null : ImageToImage.Preprocess(source);
 
         var progress = GenerateProgress.Create(cli, a.Quiet);
-        var timings = new Dictionary<string, double>();
+        var timings = new Dictionary<string, double> { ["load"] = 0, ["encode"] = 0, ["denoise"] = 0, ["decode"] = 0, ["save"] = 0 };
         var saved = new List<Saved>();
+        string modelLabel = $"{(isLocal ? Path.GetFileName(model.Model) : model.Model)} ({model.DType})";
+        int totalSteps = batches.Sum(b => b.Settings.StepsRun()), stepsDone = 0;
+        var requests = batches.Select(b => b.Settings.ToRequest() with { Image = imageTensor, Strength = b.Settings.Strength }).ToList();
         progress.Run(() =>
         {
             ct.ThrowIfCancellationRequested();
-            // 1. Load, 2. encode all prompts with T5 and free it: T5 is by far the largest part (19 GB in fp32 for
-            //    T5-XXL) and nothing needs it afterwards. One batch loads one component at a time (T5, then the
-            //    transformer, then the VAE), so the peak is the largest of them; several batches keep the
-            //    transformer and VAE between batches.
-            bool keepLoaded = batches.Count > 1;
-            string modelLabel = $"{(isLocal ? Path.GetFileName(model.Model) : model.Model)} ({model.DType})";
-            var clock = Stopwatch.StartNew();
-            progress.Begin(Stage.Load, keepLoaded ? modelLabel : $"{modelLabel}: text encoder");
-            using var pipe = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, Variant = model.Variant, KeepLoaded = keepLoaded });
-            pipe.LoadTextEncoder();
-            progress.End(Stage.Load, clock.Elapsed);
-            timings["load"] = clock.Elapsed.TotalSeconds;
-            ct.ThrowIfCancellationRequested();
-
-            clock.Restart();
-            int promptCount = batches.Sum(b => b.Settings.Prompts.Count);
-            progress.Begin(Stage.Encode, promptCount == 1 ? "1 prompt" : $"{promptCount} prompts");
-            var embeddings = new List<(PromptEmbeddings Positive, PromptEmbeddings? Negative)>();
-            try
+            var stepClock = Stopwatch.StartNew();
+            int fileIndex = 0;
+            pipe.GenerateMany(requests, (bi, result) =>
             {
-                foreach (var b in batches)
-                {
-                    ct.ThrowIfCancellationRequested();
-                    var request = b.Settings.ToRequest();
-                    embeddings.Add(pipe.EncodePrompt(request.Prompts, request.GuidanceScale > 1, request.NegativePrompts, 1,
-                        cleanCaption: request.CleanCaption, maxSequenceLength: request.MaxSequenceLength));
-                }
-                pipe.UnloadTextEncoder();
-                GC.Collect();
-                progress.End(Stage.Encode, clock.Elapsed);
-                timings["encode"] = clock.Elapsed.TotalSeconds;
-                if (!keepLoaded)
-                {
-                    ct.ThrowIfCancellationRequested();
-                    clock.Restart();
-                    progress.Begin(Stage.Load, $"{modelLabel}: transformer");
-                    pipe.LoadTransformer();  // the VAE loads when decoding starts, after the transformer is freed
-                    progress.End(Stage.Load, clock.Elapsed);
-                    timings["load"] += clock.Elapsed.TotalSeconds;
-                }
-
-                // 3. Denoise and decode each batch, 4. save its images.
-                int totalSteps = batches.Sum(b => ImageInput.StepsRun(b.Settings)), stepsDone = 0;
-                double denoise = 0, decode = 0, save = 0;
-                int fileIndex = 0;
-                for (int bi = 0; bi < batches.Count; bi++)
+                // 4. Save each batch's images as soon as they are decoded.
+                using (result)
                 {
                     var settings = batches[bi].Settings;
-                    var (positive, negative) = embeddings[bi];
-                    var request = settings.ToRequest() with { Prompts = null, PromptEmbeds = positive, NegativePromptEmbeds = negative, Image = imageTensor, Strength = settings.Strength };
-                    string? batchLabel = batches.Count > 1 ? $"batch {bi + 1}/{batches.Count}" : null;
-                    clock.Restart();
-                    var stepClock = Stopwatch.StartNew();
-                    double denoiseThisBatch = 0;
-                    using var result = pipe.Generate(request, info =>
-                    {
-                        stepsDone++;
-                        denoise += stepClock.Elapsed.TotalSeconds;
-                        denoiseThisBatch += stepClock.Elapsed.TotalSeconds;
-                        double perStep = denoise / stepsDone;
-                        progress.Step(stepsDone, totalSteps, perStep, perStep * (totalSteps - stepsDone), batchLabel);
-                        if (info.Step == info.TotalSteps)
-                        {
-                            if (stepsDone == totalSteps) progress.End(Stage.Denoise, TimeSpan.FromSeconds(denoise));
-                            progress.Begin(Stage.Decode, batchLabel ?? "VAE");
-                        }
-                        stepClock.Restart();
-                        return !ct.IsCancellationRequested;
-                    }, ct);
-                    decode += clock.Elapsed.TotalSeconds - denoiseThisBatch;
-                    progress.End(Stage.Decode, TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds - denoiseThisBatch));
-                    ct.ThrowIfCancellationRequested();
-
-                    clock.Restart();
+                    var clock = Stopwatch.StartNew();
                     var rgb = result.ToRgb8();
+                    int before = saved.Count;
                     for (int i = 0; i < rgb.Length; i++)
                     {
                         if (batches[bi].OnlyImage is { } only && only != i) continue;
@@ -402,20 +349,37 @@ public static class GenerateCommand
                         PngWriter.WriteBytes(file, ImageFiles.EncodePng(settings, i, rgb[i], result.Width, result.Height, model));
                         saved.Add(new Saved(file, bi, i, settings.Prompts[i / settings.NumImages], settings.Seed!.Value));
                     }
-                    save += clock.Elapsed.TotalSeconds;
-                    progress.End(Stage.Save, clock.Elapsed, saved.Count == 1 ? Path.GetFileName(saved[0].File) : $"{saved.Count} images");
+                    timings["save"] += clock.Elapsed.TotalSeconds;
+                    progress.End(Stage.Save, clock.Elapsed, saved.Count - before == 1 ? Path.GetFileName(saved[^1].File) : $"{saved.Count - before} images");
                 }
-                timings["denoise"] = denoise;
-                timings["seconds_per_step"] = denoise / Math.Max(1, stepsDone);
-                timings["decode"] = decode;
-                timings["save"] = save;
-            }
-            finally
+            }, info =>
             {
-                foreach (var (p, n) in embeddings) { p.Dispose(); n?.Dispose(); }
-            }
+                stepsDone++;
+                double perStep = timings["denoise"] + stepClock.Elapsed.TotalSeconds;
+                perStep /= stepsDone;
+                progress.Step(stepsDone, totalSteps, perStep, perStep * (totalSteps - stepsDone), batches.Count > 1 ? $"batch {info.Request + 1}/{batches.Count}" : null);
+                return !ct.IsCancellationRequested;
+            }, ct, e =>
+            {
+                var stage = e.Stage switch
+                {
+                    PipelineStage.Load => Stage.Load,
+                    PipelineStage.Encode => Stage.Encode,
+                    PipelineStage.Denoise => Stage.Denoise,
+                    _ => Stage.Decode,
+                };
+                if (e.Elapsed is not { } elapsed)
+                {
+                    if (e.Stage == PipelineStage.Denoise) stepClock.Restart();
+                    else progress.Begin(stage, e.Stage == PipelineStage.Load ? $"{modelLabel}: {e.Detail}" : e.Detail);
+                    return;
+                }
+                timings[GenerateProgress.Name(stage)] += elapsed.TotalSeconds;
+                if (e.Stage != PipelineStage.Denoise || stepsDone == totalSteps) progress.End(stage, TimeSpan.FromSeconds(e.Stage == PipelineStage.Denoise ? timings["denoise"] : elapsed.TotalSeconds));
+            });
             return 0;
         });
+        timings["seconds_per_step"] = timings["denoise"] / Math.Max(1, stepsDone);
         timings["total"] = total.Elapsed.TotalSeconds;
 
         if (a.Json)

@@ -84,11 +84,11 @@ public sealed record ImageInput(string Path, string Sha256, RgbImage Image, bool
     /// (sample_size·8 squared, keeping the aspect ratio) with sides rounded down to multiples of 16; otherwise the
     /// planned size (the image's own, or a --from-png record's). Resampling is libvips' Lanczos-3.
     /// </summary>
-    public RgbImage Fit(GenerationSettings planned, PixArtAlphaPipeline model)
+    public RgbImage Fit(GenerationSettings planned, PixArtPipeline model)
     {
         var (w, h) = ResizeToFit
             ? Checked(Path, () => ImageToImage.OutputSize(Image.Width, Image.Height, resizeToFit: true, (long)model.DefaultWidth * model.DefaultHeight,
-                GenerationLimits.Cli.MaxSide, "--resize-to-fit", model.VaeScaleFactor * ImageToImage.PatchSize))
+                GenerationLimits.Cli.MaxSide, "--resize-to-fit", model.SizeMultiple))
             : (planned.Width ?? Image.Width, planned.Height ?? Image.Height);
         return ImageToImage.Resize(Image, w, h);
     }
@@ -98,31 +98,5 @@ public sealed record ImageInput(string Path, string Sha256, RgbImage Image, bool
     {
         try { return size(); }
         catch (ArgumentException e) { throw new UsageException($"--image: {path}: {e.Message}"); }
-    }
-
-    /// <summary>Refuses, before any model work, a strength that leaves DPM-Solver++ or SA-Solver no step to run.</summary>
-    public static void CheckStepsRun(GenerationSettings s)
-    {
-        if (NothingToRun(s, "--strength", "--steps") is { } problem) throw new UsageException(problem);
-    }
-
-    /// <summary>
-    /// Why these resolved settings would run no denoising step (int(steps × strength) = 0 for DPM-Solver++ and
-    /// SA-Solver), naming the settings as the caller's user knows them; null when at least one step runs.
-    /// </summary>
-    public static string? NothingToRun(GenerationSettings s, string strengthName, string stepsName)
-    {
-        if (StepsRun(s) >= 1) return null;
-        string st = s.Strength?.ToString(CultureInfo.InvariantCulture) ?? "?";
-        return $"{strengthName} {st} x {s.Steps} steps of {s.Scheduler} keeps int({(s.Steps * s.Strength)?.ToString(CultureInfo.InvariantCulture)}) = 0 steps: nothing would run. " +
-               $"Raise {strengthName} to at least {(1.0 / (s.Steps ?? 1)).ToString(CultureInfo.InvariantCulture)} or use more {stepsName}.";
-    }
-
-    /// <summary>How many denoising steps a run makes: LCM runs all; DPM-Solver++ and SA-Solver int(steps × strength).</summary>
-    public static int StepsRun(GenerationSettings s)
-    {
-        int steps = s.Steps ?? 0;
-        if (s.Strength is not { } strength || s.Scheduler == "lcm") return steps;
-        return (int)Math.Min((long)Math.Truncate(steps * strength), steps);
     }
 }

@@ -13,7 +13,7 @@ namespace PixArtSharp.Cli.Serve;
 /// </summary>
 public sealed class GenerationQueue : IDisposable
 {
-    private readonly PixArtAlphaPipeline _pipeline;
+    private readonly PixArtPipeline _pipeline;
     private readonly object _gate = new();
     private readonly LinkedList<Job> _pending = new();
     private readonly Dictionary<string, Job> _jobs = new();
@@ -31,7 +31,7 @@ public sealed class GenerationQueue : IDisposable
     public int MaxQueue { get; }
     public int MaxBatch { get; }
     public int KeepFinished { get; }
-    public PixArtAlphaPipeline Pipeline => _pipeline;
+    public PixArtPipeline Pipeline => _pipeline;
 
     public long Completed { get; private set; }
     public long Failed { get; private set; }
@@ -44,7 +44,7 @@ public sealed class GenerationQueue : IDisposable
     /// <summary>Test hook: runs on the worker before each batch (throwing from it fails the batch).</summary>
     internal Action<IReadOnlyList<Job>>? BeforeBatch { get; set; }
 
-    public GenerationQueue(PixArtAlphaPipeline pipeline, ModelInfo model, int maxQueue, int maxBatch, int keepFinished = 64)
+    public GenerationQueue(PixArtPipeline pipeline, ModelInfo model, int maxQueue, int maxBatch, int keepFinished = 64)
     {
         _pipeline = pipeline;
         Model = model;
@@ -259,9 +259,11 @@ public sealed class GenerationQueue : IDisposable
         // A single request runs exactly as `pixart generate` runs it (one generator from its seed); a batch gives
         // each request its own generator, which reproduces those draws row group by row group.
         using var sourceTensor = jobs[0].Source is { } src ? ImageToImage.Preprocess(src) : null;
-        var single = s0.ToRequest() with { Image = sourceTensor, Strength = sourceTensor is null ? null : s0.Strength };
-        var styled = jobs.Select(j => StylePresets.Apply(j.Settings.Style, j.Settings.Prompts[0], j.Settings.NegativePrompt)).ToList();
-        var generators = jobs.Count == 1 ? null : jobs.Select(j => new Generator((ulong)j.Settings.Seed!.Value)).ToList();
+        var request = GenerationSettings.ToBatchRequest(jobs.Select(j => j.Settings).ToList()) with
+        {
+            Image = sourceTensor,
+            Strength = sourceTensor is null ? null : s0.Strength,
+        };
         using var allCancelled = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
         var registrations = jobs.Select(j => j.Cancelled.Register(() =>
         {
@@ -269,13 +271,6 @@ public sealed class GenerationQueue : IDisposable
         })).ToList();
         try
         {
-            var request = jobs.Count == 1 ? single : single with
-            {
-                Prompts = styled.Select(x => x.Prompt).ToList(),
-                NegativePrompts = styled.Select(x => x.NegativePrompt).ToList(),
-                Seed = null,
-                Generators = generators,
-            };
             using var output = _pipeline.Generate(request, info =>
             {
                 foreach (var j in jobs) j.ReportStep(info.Step, info.TotalSteps);
@@ -295,7 +290,7 @@ public sealed class GenerationQueue : IDisposable
                 for (int k = 0; k < n; k++)
                 {
                     byte[] png = ImageFiles.EncodePng(job.Settings, k, rgb[b * n + k], output.Width, output.Height, Model);
-                    data.Add(new ImageData(Convert.ToBase64String(png), job.Settings.Seed!.Value, parameters, styled[b].Prompt));
+                    data.Add(new ImageData(Convert.ToBase64String(png), job.Settings.Seed!.Value, parameters, job.Settings.Styled().Prompts[0]));
                 }
                 job.Succeed(new ImagesResponse(created, data, job.Id, job.Settings, jobs.Count));
             }
@@ -303,7 +298,7 @@ public sealed class GenerationQueue : IDisposable
         finally
         {
             foreach (var r in registrations) r.Dispose();
-            foreach (var g in generators ?? []) g.Dispose();
+            foreach (var g in request.Generators ?? []) g.Dispose();
         }
     }
 

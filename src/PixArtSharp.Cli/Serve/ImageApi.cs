@@ -80,18 +80,24 @@ public sealed record ImagesRequest
         }
         catch (ArgumentException e)
         {
-            string param = e.ParamName switch
-            {
-                "prompts" => "prompt",
-                "num_images" => "n",
-                "name" => "style", // StylePresets.Find names its own argument
-                null => "",
-                var p => p,
-            };
-            if (Size is not null && param is "width" or "height") param = "size";
-            throw new ApiException(400, StripParamSuffix(e.Message), param);
+            throw BadSetting(e, this);
         }
         return settings;
+    }
+
+    /// <summary>A settings check's ArgumentException as a 400 naming the field as this API calls it.</summary>
+    public static ApiException BadSetting(ArgumentException e, ImagesRequest request)
+    {
+        string param = e.ParamName switch
+        {
+            "prompts" => "prompt",
+            "num_images" => "n",
+            "name" => "style", // StylePresets.Find names its own argument
+            null => "",
+            var p => p,
+        };
+        if (request.Size is not null && param is "width" or "height") param = "size";
+        return new ApiException(400, StripParamSuffix(e.Message), param);
     }
 
     /// <summary>ArgumentException appends " (Parameter 'x')"; the JSON error carries the parameter separately.</summary>

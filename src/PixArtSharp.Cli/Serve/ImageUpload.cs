@@ -18,7 +18,7 @@ public sealed record ImageUpload(string Sha256, RgbImage Image)
     /// per side and within the server's limits, or with <paramref name="resizeToFit"/> the model's pixel area), and no
     /// resolution binning. Every problem is a 400 naming the field.
     /// </summary>
-    public static (GenerationSettings Settings, ImageUpload Upload) Apply(string base64, bool resizeToFit, GenerationSettings settings, PixArtAlphaPipeline model)
+    public static (GenerationSettings Settings, ImageUpload Upload) Apply(string base64, bool resizeToFit, GenerationSettings settings, PixArtPipeline model)
     {
         byte[] bytes = DecodeBase64(base64);
         RgbImage image;
@@ -35,7 +35,7 @@ public sealed record ImageUpload(string Sha256, RgbImage Image)
         try
         {
             (width, height) = ImageToImage.OutputSize(image.Width, image.Height, resizeToFit, (long)model.DefaultWidth * model.DefaultHeight,
-                GenerationLimits.Server.MaxSide, "\"resize_to_fit\": true", model.VaeScaleFactor * ImageToImage.PatchSize);
+                GenerationLimits.Server.MaxSide, "\"resize_to_fit\": true", model.SizeMultiple);
         }
         catch (ArgumentException e)
         {
@@ -53,16 +53,6 @@ public sealed record ImageUpload(string Sha256, RgbImage Image)
             ResolutionBinning = false,
         };
         return (settings, new ImageUpload(settings.ImageSha256!, fitted));
-    }
-
-    /// <summary>
-    /// Refuses a strength that leaves DPM-Solver++ or SA-Solver no step to run (int(steps × strength) = 0), on the
-    /// resolved settings (the scheduler and steps are known only then).
-    /// </summary>
-    public static void CheckStepsRun(GenerationSettings resolved)
-    {
-        if (Generate.ImageInput.NothingToRun(resolved, "strength", "steps") is { } problem)
-            throw new ApiException(400, problem, "strength");
     }
 
     private static byte[] DecodeBase64(string text)

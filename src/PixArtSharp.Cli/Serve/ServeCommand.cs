@@ -97,8 +97,9 @@ public static class ServeCommand
         // The server keeps every component loaded: say so before loading them if they will not fit.
         if (Generate.MemoryCheck.Warning(ModelFolder.Open(folder), options.Variant, dtype, allLoaded: true) is { } memory)
             Console.Error.WriteLine($"pixart serve: warning: {memory}");
-        using var pipeline = PixArtAlphaPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, Variant = options.Variant, KeepLoaded = true });
+        using var pipeline = PixArtPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, Variant = options.Variant, KeepLoaded = true });
         foreach (var w in pipeline.Warnings) Console.Error.WriteLine($"pixart serve: warning: {w}");
+        pipeline.Preload();
         // Recorded in every image exactly as `pixart generate` records it, so both give the same PNG bytes.
         bool isLocal = Directory.Exists(options.Model);
         var model = new ModelInfo(

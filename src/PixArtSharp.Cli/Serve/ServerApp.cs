@@ -150,7 +150,7 @@ public static class ServerApp
     private static object ModelsList(GenerationQueue queue)
     {
         var p = queue.Pipeline;
-        var bins = AspectRatioBins.BinsForSampleSize(p.DefaultWidth / p.VaeScaleFactor);
+        var bins = p.AspectRatioBins;
         return new
         {
             @object = "list",
@@ -170,7 +170,7 @@ public static class ServerApp
                     // Each sampler's own defaults on this model (LCM 4 / 0, DPM-Solver++ 20 / 4.5, SA-Solver 25 / 3).
                     scheduler_defaults = SchedulerFactory.Names.ToDictionary(n => n, n =>
                     {
-                        using var sch = SchedulerFactory.Create(p.Folder, n);
+                        using var sch = p.CreateScheduler(n);
                         return new { steps = sch.DefaultSteps, guidance = sch.DefaultGuidance };
                     }),
                     styles = StylePresets.All.Select(s => s.Name),
@@ -205,8 +205,8 @@ public static class ServerApp
         ImageUpload? upload = null;
         if (request.Image is not null)
             (settings, upload) = ImageUpload.Apply(request.Image, request.ResizeToFit ?? false, settings, queue.Pipeline);
-        settings = settings.Resolve(queue.Pipeline);
-        if (upload is not null) ImageUpload.CheckStepsRun(settings);
+        try { settings = settings.Resolve(queue.Pipeline); }
+        catch (ArgumentException e) { throw ImagesRequest.BadSetting(e, request); }
         var job = queue.Submit(settings, upload?.Image);
         ctx.Response.Headers["X-Job-Id"] = job.Id;
 

@@ -102,10 +102,7 @@ public static class BenchRunner
         }
         ProcessStats.ResetPeak();
 
-        if (folder is not null && o.Component == BenchComponent.All)
-            RunPipeline(o, r, folder, device, height, width, StagePeak, log);
-        else
-            RunStages(o, r, folder, Dir, t5Config, tConfig, vConfig, device, lh, lw, StagePeak, log);
+        Run(o, r, folder, Dir, tConfig, vConfig, device, height, width, StagePeak, log);
 
         r.E2eSeconds = total.Elapsed.TotalSeconds;
         if (ProcessStats.PeakRssBytes is { } last) peak = Math.Max(peak, last);
@@ -128,205 +125,180 @@ public static class BenchRunner
             throw new ArgumentException("--compare-fp32 needs --model and component all (it reruns the pipeline in fp32).", nameof(o));
     }
 
-    /// <summary>The models one by one, each loaded (memory-mapped or generated), run, and freed before the next.</summary>
-    private static void RunStages(BenchOptions o, BenchResult r, ModelFolder? folder, Func<string, string> dir,
-                                  T5Config t5Config, PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig,
-                                  Device device, long lh, long lw, Action<Action<long?>> stagePeak, Action<string> log)
-    {
-        bool all = o.Component == BenchComponent.All;
-        using var scope = NewDisposeScope();
-        using var _ = no_grad();
-        double loads = 0, compute = 0;
-
-        // 1. T5: the prompt (tokenised when the folder has a tokenizer, else fixed ids) → [B, 120, 4096] fp32.
-        var (ids, mask) = PromptIds(o, folder, t5Config);
-        Tensor embeds;
-        if (all || o.Component == BenchComponent.T5)
-        {
-            var sw = Stopwatch.StartNew();
-            var t5 = folder is null
-                ? FromRandom(RandomModelWriter.T5Seed(o.Seed), o.DType, device, w => new T5EncoderModel(t5Config, w))
-                : T5EncoderModel.FromFolder(dir("text_encoder"), o.Variant, o.DType, device);
-            r.T5LoadSeconds = sw.Elapsed.TotalSeconds;
-            log($"T5 loaded in {r.T5LoadSeconds:0.0} s");
-            sw.Restart();
-            embeds = t5.forward(ids.to(device), mask.to(device));
-            r.T5Seconds = sw.Elapsed.TotalSeconds;
-            log($"T5 encode {r.T5Seconds:0.00} s");
-            t5.Dispose();
-            GC.Collect();
-            stagePeak(p => r.T5PeakRssBytes = p);
-            loads += r.T5LoadSeconds.Value;
-            compute += r.T5Seconds.Value;
-        }
-        else
-        {
-            embeds = randn([o.Batch, Tokens, t5Config.DModel], ScalarType.Float32, generator: new Generator((ulong)o.Seed)).to(device);
-        }
-
-        // 2. Transformer: the LCM loop (the scheduler from the folder, or the real LCM config), no guidance.
-        var gen = new Generator((ulong)o.Seed);
-        Tensor latents;
-        if (all || o.Component == BenchComponent.Transformer)
-        {
-            var sw = Stopwatch.StartNew();
-            var transformer = folder is null
-                ? FromRandom(RandomModelWriter.TransformerSeed(o.Seed), o.DType, device, w => new PixArtTransformer2DModel(tConfig, w))
-                : PixArtTransformer2DModel.FromFolder(dir("transformer"), o.Variant, o.DType, device);
-            r.TransformerLoadSeconds = sw.Elapsed.TotalSeconds;
-            log($"transformer loaded in {r.TransformerLoadSeconds:0.0} s");
-            using var scheduler = LCMScheduler.FromConfig(Path.Combine(dir("scheduler"), "scheduler_config.json"));
-            scheduler.SetTimesteps(o.Steps);
-            latents = randn([o.Batch, tConfig.InChannels!.Value, lh, lw], ScalarType.Float32, generator: gen).to(device);
-            var caption = embeds.to(o.DType);
-            Tensor? resolution = null, aspect = null;
-            if (tConfig.UseAdditionalConditionsResolved)
-            {
-                resolution = tensor(new float[] { lh * vConfig.VaeScaleFactor, lw * vConfig.VaeScaleFactor }, [1, 2], ScalarType.Float32, device).repeat(o.Batch, 1).to(o.DType);
-                aspect = tensor(new float[] { (float)((double)lh / lw) }, [1, 1], ScalarType.Float32, device).repeat(o.Batch, 1).to(o.DType);
-            }
-            var steps = new List<double>();
-            foreach (long t in scheduler.Timesteps)
-            {
-                using var stepScope = NewDisposeScope();
-                sw.Restart();
-                var ts = full([o.Batch], t, ScalarType.Int64, device);
-                var eps = transformer.forward(latents.to(o.DType), caption, mask.to(device), ts, resolution, aspect).to(ScalarType.Float32);
-                if (tConfig.OutChannelsResolved / 2 == tConfig.InChannels) eps = eps.chunk(2, 1)[0];
-                var (prev, denoised) = scheduler.Step(eps, t, latents, new NoiseSource([gen]));
-                denoised.Dispose();
-                latents = prev.MoveToOuterDisposeScope();
-                GemmProbe.Synchronize(device);
-                steps.Add(sw.Elapsed.TotalSeconds);
-                log($"step {steps.Count}/{o.Steps}: {steps[^1]:0.000} s");
-            }
-            r.StepSeconds = steps.ToArray();
-            transformer.Dispose();
-            GC.Collect();
-            stagePeak(p => r.TransformerPeakRssBytes = p);
-            loads += r.TransformerLoadSeconds.Value;
-            compute += steps.Sum();
-        }
-        else
-        {
-            latents = randn([o.Batch, tConfig.InChannels!.Value, lh, lw], ScalarType.Float32, generator: gen).to(device);
-        }
-
-        // 3. VAE decode of latents / scaling_factor (tiled when asked).
-        if (all || o.Component == BenchComponent.Vae)
-        {
-            var sw = Stopwatch.StartNew();
-            var vae = folder is null
-                ? FromRandom(RandomModelWriter.VaeSeed(o.Seed), o.DType, device, w => new AutoencoderKL(vConfig, w))
-                : AutoencoderKL.FromFolder(dir("vae"), o.Variant, o.DType, device);
-            r.VaeLoadSeconds = sw.Elapsed.TotalSeconds;
-            var z = latents.div(vConfig.ScalingFactor).to(o.DType);
-            sw.Restart();
-            var image = o.VaeTileLatents > 0 ? vae.DecodeTiled(z, o.VaeTileLatents) : vae.Decode(z);
-            GemmProbe.Synchronize(device);
-            r.VaeSeconds = sw.Elapsed.TotalSeconds;
-            log($"VAE decode {r.VaeSeconds:0.00} s");
-            stagePeak(p => r.VaePeakRssBytes = p);
-            if (o.VaeTileLatents > 0)
-            {
-                r.VaeTileLatents = o.VaeTileLatents;
-                if (!all)
-                {
-                    // The tolerance of tiling: the same latents decoded whole.
-                    var whole = vae.Decode(z);
-                    var diff = whole.sub(image).abs_();
-                    r.VaeTiledMaxAbsDiff = diff.max().item<float>();
-                    r.VaeTiledMeanAbsDiff = diff.mean().item<float>();
-                }
-            }
-            vae.Dispose();
-            GC.Collect();
-            loads += r.VaeLoadSeconds.Value;
-            compute += r.VaeSeconds.Value;
-        }
-        r.LoadSeconds = loads;
-        r.ComputeSeconds = compute;
-    }
-
     /// <summary>
-    /// <see cref="PixArtAlphaPipeline"/> on the folder, components loaded in turn (KeepLoaded = false): T5 loaded
-    /// and run (timed apart), freed; the transformer loaded; then <c>Generate</c> on the embeddings, its step
-    /// callback timing each step; the VAE is loaded, decodes and is freed inside Generate.
+    /// The pipeline on the folder or on seeded random weights (built from components), each model loaded when its
+    /// stage starts and freed when it ends (KeepLoaded = false). The stages run are the pipeline's own: T5 on the
+    /// prompt's token ids, then <see cref="PixArtPipeline.Generate"/> from those embeddings (its load, step and decode
+    /// events give the timings), or only the stage the component option names.
     /// </summary>
-    private static void RunPipeline(BenchOptions o, BenchResult r, ModelFolder folder, Device device, int height, int width,
-                                    Action<Action<long?>> stagePeak, Action<string> log)
+    private static void Run(BenchOptions o, BenchResult r, ModelFolder? folder, Func<string, string> dir,
+                            PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device, int height, int width,
+                            Action<Action<long?>> stagePeak, Action<string> log)
     {
-        r.Mode = "pipeline";
-        var image = GeneratePipeline(o, o.DType, r, folder, device, height, width, stagePeak, log);
-        using (image)
+        r.Mode = folder is not null && o.Component == BenchComponent.All ? "pipeline" : "stages";
+        var images = RunOnce(o, o.DType, r, folder, dir, tConfig, vConfig, device, height, width, stagePeak, log);
+        using (images)
         {
-            if (o.CompareFp32)
+            if (o.CompareFp32 && images is not null)
             {
                 log("running again in fp32 for --compare-fp32");
-                using var reference = GeneratePipeline(o, ScalarType.Float32, null, folder, device, height, width, _ => { }, _ => { });
-                using var diff = reference.sub(image).abs_();
+                using var reference = RunOnce(o, ScalarType.Float32, null, folder, dir, tConfig, vConfig, device, height, width, _ => { }, _ => { });
+                using var diff = reference!.sub(images).abs_();
                 r.Fp32ImageMaxAbsDiff = diff.max().item<float>();
                 r.Fp32ImageMeanAbsDiff = diff.mean().item<float>();
             }
         }
     }
 
-    private static Tensor GeneratePipeline(BenchOptions o, ScalarType dtype, BenchResult? r, ModelFolder folder, Device device,
-                                           int height, int width, Action<Action<long?>> stagePeak, Action<string> log)
+    /// <summary>The pipeline for this run: the folder's, or the real configs with seeded random weights.</summary>
+    private static PixArtPipeline Build(BenchOptions o, ScalarType dtype, ModelFolder? folder, Func<string, string> dir,
+                                        PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device)
     {
-        using var pipe = PixArtAlphaPipeline.FromPretrained(folder.Root,
-            new PipelineOptions { DType = dtype, Device = device, Variant = o.Variant, KeepLoaded = false });
-        var prompts = Enumerable.Repeat(o.Prompt, o.Batch).ToList();
-        bool cfg = pipe.DefaultGuidance > 1.0;
-
-        var sw = Stopwatch.StartNew();
-        pipe.LoadTextEncoder();
-        double t5Load = sw.Elapsed.TotalSeconds;
-        sw.Restart();
-        var (positive, negative) = pipe.EncodePrompt(prompts, cfg);
-        double t5 = sw.Elapsed.TotalSeconds;
-        pipe.UnloadTextEncoder();
-        GC.Collect();
-        log($"T5 loaded in {t5Load:0.0} s, encode {t5:0.00} s");
-        if (r != null) stagePeak(p => r.T5PeakRssBytes = p);
-
-        sw.Restart();
-        pipe.LoadTransformer();
-        double tLoad = sw.Elapsed.TotalSeconds;
-
-        var stepEnds = new List<double>();
-        var gen = Stopwatch.StartNew();
-        using var output = pipe.Generate(new GenerationRequest
+        var options = new PipelineOptions { DType = dtype, Device = device, Variant = o.Variant, KeepLoaded = false, VaeTileLatents = o.VaeTileLatents };
+        if (folder is not null) return PixArtPipeline.FromPretrained(folder.Root, options);
+        var t5Config = T5Config.Load(Path.Combine(dir("text_encoder"), "config.json"));
+        var configs = ModelFolder.Open(Path.GetDirectoryName(dir("scheduler"))!);
+        return new PixArtAlphaPipeline(new PipelineComponents
         {
-            PromptEmbeds = positive,
-            NegativePromptEmbeds = negative,
-            NumInferenceSteps = o.Steps,
-            Height = height,
-            Width = width,
-            UseResolutionBinning = false,
-            Seed = o.Seed,
-        }, step =>
+            TransformerConfig = tConfig,
+            VaeScaleFactor = vConfig.VaeScaleFactor,
+            VaeScalingFactor = vConfig.ScalingFactor,
+            LoadTextEncoder = () => FromRandom(RandomModelWriter.T5Seed(o.Seed), dtype, device, w => new T5EncoderModel(t5Config, w)),
+            LoadTransformer = () => FromRandom(RandomModelWriter.TransformerSeed(o.Seed), dtype, device, w => new PixArtTransformer2DModel(tConfig, w)),
+            LoadVae = () => FromRandom(RandomModelWriter.VaeSeed(o.Seed), dtype, device, w => new AutoencoderKL(vConfig, w)),
+            CreateScheduler = name => SchedulerFactory.Create(configs, name),
+        }, options);
+    }
+
+    /// <summary>One timed run; returns the images (component all) or null.</summary>
+    private static Tensor? RunOnce(BenchOptions o, ScalarType dtype, BenchResult? r, ModelFolder? folder, Func<string, string> dir,
+                                   PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device, int height, int width,
+                                   Action<Action<long?>> stagePeak, Action<string> log)
+    {
+        bool all = o.Component == BenchComponent.All;
+        using var pipe = Build(o, dtype, folder, dir, tConfig, vConfig, device);
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        double loads = 0, compute = 0;
+        var t5Config = T5Config.Load(Path.Combine(dir("text_encoder"), "config.json"));
+
+        // 1. T5: the prompt's ids (the folder's tokenizer, else fixed ids) → [B, 120, 4096] fp32.
+        var (ids, mask) = PromptIds(o, folder, t5Config);
+        Tensor embeds;
+        if (all || o.Component == BenchComponent.T5)
         {
-            stepEnds.Add(gen.Elapsed.TotalSeconds);
-            log($"step {step.Step}/{step.TotalSteps}: {stepEnds[^1] - (stepEnds.Count > 1 ? stepEnds[^2] : 0):0.000} s");
-            if (step.Step == step.TotalSteps && r != null) stagePeak(p => r.TransformerPeakRssBytes = p);
-            return true;
-        });
-        double genSeconds = gen.Elapsed.TotalSeconds;
+            var sw = Stopwatch.StartNew();
+            pipe.LoadTextEncoder();
+            double load = sw.Elapsed.TotalSeconds;
+            log($"T5 loaded in {load:0.0} s");
+            sw.Restart();
+            embeds = pipe.EncodeTokens(ids, mask);
+            GemmProbe.Synchronize(device);
+            double t5 = sw.Elapsed.TotalSeconds;
+            log($"T5 encode {t5:0.00} s");
+            pipe.UnloadTextEncoder();
+            GC.Collect();
+            if (r != null)
+            {
+                r.T5LoadSeconds = load;
+                r.T5Seconds = t5;
+                stagePeak(p => r.T5PeakRssBytes = p);
+            }
+            loads += load;
+            compute += t5;
+        }
+        else
+        {
+            embeds = randn([o.Batch, Tokens, t5Config.DModel], ScalarType.Float32, generator: new Generator((ulong)o.Seed)).to(device);
+        }
+
+        // 2. Transformer: the pipeline's own loop (its scheduler: LCM for the real configs), latents out.
+        long lh = height / vConfig.VaeScaleFactor, lw = width / vConfig.VaeScaleFactor;
+        Tensor latents;
+        if (all || o.Component == BenchComponent.Transformer)
+        {
+            var steps = new List<double>();
+            var stepClock = Stopwatch.StartNew();
+            double transformerLoad = 0;
+            using var output = pipe.Generate(new GenerationRequest
+            {
+                PromptEmbeds = new PromptEmbeddings(embeds, mask.to(device)),
+                NumInferenceSteps = o.Steps,
+                GuidanceScale = 0,
+                Height = height,
+                Width = width,
+                UseResolutionBinning = false,
+                Seed = o.Seed,
+                OutputType = OutputType.Latent,
+            }, step =>
+            {
+                GemmProbe.Synchronize(device);
+                steps.Add(stepClock.Elapsed.TotalSeconds);
+                log($"step {step.Step}/{step.TotalSteps}: {steps[^1]:0.000} s");
+                stepClock.Restart();
+                return true;
+            }, onStage: e =>
+            {
+                if (e.Stage == PipelineStage.Load && e.Elapsed is { } t) transformerLoad += t.TotalSeconds;
+                if (e.Stage == PipelineStage.Denoise && e.Elapsed is null) stepClock.Restart();
+            });
+            latents = output.Latents.clone();
+            GC.Collect();
+            log($"transformer loaded in {transformerLoad:0.0} s");
+            if (r != null)
+            {
+                r.TransformerLoadSeconds = transformerLoad;
+                r.StepSeconds = steps.ToArray();
+                stagePeak(p => r.TransformerPeakRssBytes = p);
+            }
+            loads += transformerLoad;
+            compute += steps.Sum();
+        }
+        else
+        {
+            latents = randn([o.Batch, tConfig.InChannels!.Value, lh, lw], ScalarType.Float32, generator: new Generator((ulong)o.Seed)).to(device);
+        }
+
+        // 3. VAE decode of latents / scaling_factor (in tiles when asked), the pipeline's stage 8.
+        Tensor? images = null;
+        if (all || o.Component == BenchComponent.Vae)
+        {
+            double vaeLoad = 0, decode = 0;
+            var image = pipe.Decode(latents, e =>
+            {
+                if (e.Elapsed is not { } t) return;
+                if (e.Stage == PipelineStage.Load) vaeLoad = t.TotalSeconds;
+                if (e.Stage == PipelineStage.Decode) { GemmProbe.Synchronize(device); decode = t.TotalSeconds; }
+            });
+            log($"VAE decode {decode:0.00} s");
+            if (r != null)
+            {
+                r.VaeLoadSeconds = vaeLoad;
+                r.VaeSeconds = decode;
+                stagePeak(p => r.VaePeakRssBytes = p);
+            }
+            if (o.VaeTileLatents > 0 && r != null)
+            {
+                r.VaeTileLatents = o.VaeTileLatents;
+                if (!all)
+                {
+                    // The tolerance of tiling: the same latents decoded whole.
+                    using var whole = Build(o with { VaeTileLatents = 0 }, dtype, folder, dir, tConfig, vConfig, device);
+                    var diff = whole.Decode(latents).sub(image).abs_();
+                    r.VaeTiledMaxAbsDiff = diff.max().item<float>();
+                    r.VaeTiledMeanAbsDiff = diff.mean().item<float>();
+                }
+            }
+            loads += vaeLoad;
+            compute += decode;
+            if (all) images = image.div(2).add(0.5).clamp(0, 1).permute(0, 2, 3, 1).contiguous().DetachFromDisposeScope();
+        }
         if (r != null)
         {
-            stagePeak(p => r.VaePeakRssBytes = p);
-            r.T5LoadSeconds = t5Load;
-            r.TransformerLoadSeconds = tLoad;
-            r.LoadSeconds = t5Load + tLoad;
-            r.T5Seconds = t5;
-            r.StepSeconds = stepEnds.Select((e, i) => e - (i > 0 ? stepEnds[i - 1] : 0)).ToArray();
-            r.VaeSeconds = genSeconds - stepEnds[^1];
-            r.ComputeSeconds = t5 + genSeconds;
+            r.LoadSeconds = loads;
+            r.ComputeSeconds = compute;
         }
-        positive.Dispose();
-        negative?.Dispose();
-        return output.Images!.clone().DetachFromDisposeScope();
+        return images;
     }
 
     /// <summary>A model on seeded random weights, as <see cref="RandomModelWriter"/> writes them.</summary>

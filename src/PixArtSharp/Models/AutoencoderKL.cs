@@ -10,7 +10,7 @@ namespace PixArtSharp.Models;
 /// named as the checkpoint keys (<c>encoder.*</c>, <c>decoder.*</c>, <c>quant_conv</c>, <c>post_quant_conv</c>).
 /// Weights may be held in bf16; every public result is returned in fp32.
 /// </summary>
-public sealed class AutoencoderKL : IDisposable
+public sealed class AutoencoderKL : IVae
 {
     public const string WeightStem = "diffusion_pytorch_model";
 
@@ -25,6 +25,10 @@ public sealed class AutoencoderKL : IDisposable
     public Device Device { get; }
     /// <summary>Pixels per latent along each side (8 for the SD VAE).</summary>
     public int VaeScaleFactor => Config.VaeScaleFactor;
+    /// <inheritdoc/>
+    public double ScalingFactor => Config.ScalingFactor;
+    /// <inheritdoc/>
+    public int LatentChannels => Config.LatentChannels;
 
     /// <summary>
     /// Builds the VAE from weights at the root of <paramref name="w"/> (keys <c>encoder.…</c>, <c>decoder.…</c>).
@@ -64,6 +68,8 @@ public sealed class AutoencoderKL : IDisposable
         }
         return vae;
     }
+
+    Tensor IVae.Decode(Tensor latents) => Decode(latents);
 
     /// <summary>
     /// <c>vae.decode(latents).sample</c>: post_quant_conv, then the decoder. Does not divide by
@@ -118,6 +124,15 @@ public sealed class AutoencoderKL : IDisposable
     {
         var (mean, logvar) = EncodeMoments(image);
         return new LatentDist(mean, logvar);
+    }
+
+    /// <summary><c>latent_dist.sample(generator)</c> = mean + std · randn(mean.shape): one draw from <paramref name="noise"/>.</summary>
+    public Tensor EncodeLatents(Tensor image, Schedulers.NoiseSource noise)
+    {
+        using var scope = NewDisposeScope();
+        using var dist = Encode(image);
+        var sample = noise.Randn(dist.mean.shape, ScalarType.Float32, dist.mean.device);
+        return (dist.mean + dist.std * sample).MoveToOuterDisposeScope();
     }
 
     /// <summary>

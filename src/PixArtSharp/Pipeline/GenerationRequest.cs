@@ -23,7 +23,8 @@ public sealed record GenerationRequest
     public int? Width { get; init; }
     public bool UseResolutionBinning { get; init; } = true;
     public bool CleanCaption { get; init; } = true;
-    public int MaxSequenceLength { get; init; } = 120;
+    /// <summary>T5 tokens per prompt; null = the pipeline's default (α 120, Σ 300).</summary>
+    public int? MaxSequenceLength { get; init; }
     /// <summary>Seeds a CPU generator exactly as torch.Generator('cpu').manual_seed(seed). Ignored if Generator is set.</summary>
     public long? Seed { get; init; }
     public Generator? Generator { get; init; }
@@ -70,7 +71,15 @@ public sealed record PromptEmbeddings(Tensor Embeds, Tensor AttentionMask) : IDi
 }
 
 /// <summary>What the per-step callback sees. Return false from the callback to cancel.</summary>
-public sealed record StepInfo(int Step, int TotalSteps, long Timestep, Tensor Latents);
+/// <param name="Step">1-based step of this request.</param>
+/// <param name="TotalSteps">Steps this request runs.</param>
+/// <param name="Timestep">The step's timestep.</param>
+/// <param name="Latents">The latents after the step (valid during the callback only).</param>
+public sealed record StepInfo(int Step, int TotalSteps, long Timestep, Tensor Latents)
+{
+    /// <summary>Which request of a <see cref="PixArtPipeline.GenerateMany"/> call this step belongs to (0 for Generate).</summary>
+    public int Request { get; init; }
+}
 
 /// <summary>Images (N, H, W, 3) in [0, 1] unless latents were asked for, and always the final latents.</summary>
 public sealed record PipelineOutput(Tensor? Images, Tensor Latents, int Height, int Width, long? Seed) : IDisposable

@@ -26,6 +26,10 @@ public sealed record GenerationSettings
     /// <summary>One of <see cref="StylePresets"/> (PixArt demo presets); applied to every prompt.</summary>
     [JsonPropertyName("style")] public string? Style { get; init; }
     [JsonPropertyName("steps")] public int? Steps { get; init; }
+    /// <summary>Custom timesteps (diffusers' <c>timesteps=[...]</c>, e.g. [400] for one-step DMD); Steps is then their count.</summary>
+    [JsonPropertyName("timesteps")] public IReadOnlyList<int>? Timesteps { get; init; }
+    /// <summary>T5 tokens per prompt (null = the pipeline's: α 120, Σ 300).</summary>
+    [JsonPropertyName("max_sequence_length")] public int? MaxSequenceLength { get; init; }
     [JsonPropertyName("guidance")] public double? Guidance { get; init; }
     [JsonPropertyName("seed")] public long? Seed { get; init; }
     [JsonPropertyName("width")] public int? Width { get; init; }
@@ -71,14 +75,30 @@ public sealed record GenerationSettings
             throw new ArgumentException($"guidance must be between 0 and {limits.MaxGuidance}, got {g.ToString(CultureInfo.InvariantCulture)}.", "guidance");
         if (Seed is < 0)
             throw new ArgumentException($"seed must be ≥ 0, got {Seed}.", "seed");
+        // Multiples depend on the model and on binning (diffusers bins first: 180 is fine with binning on); Resolve
+        // checks them against the pipeline.
         foreach (var (v, name) in new[] { (Width, "width"), (Height, "height") })
         {
             if (v is not { } side) continue;
             if (side < limits.MinSide || side > limits.MaxSide)
                 throw new ArgumentException($"{name} must be between {limits.MinSide} and {limits.MaxSide} pixels, got {side}.", name);
-            if (side % 8 != 0)
-                throw new ArgumentException($"{name} must be a multiple of 8 (the VAE downsamples by 8), got {side}; try {Math.Max(8, side / 8 * 8)}.", name);
         }
+        if (Timesteps is { } ts)
+        {
+            if (ts.Count == 0 || ts.Count > limits.MaxSteps)
+                throw new ArgumentException($"timesteps must list 1 to {limits.MaxSteps} timesteps, got {ts.Count}.", "timesteps");
+            for (int i = 0; i < ts.Count; i++)
+            {
+                if (ts[i] < 0 || ts[i] > 999)
+                    throw new ArgumentException($"timesteps must be between 0 and 999, got {ts[i]}.", "timesteps");
+                if (i > 0 && ts[i] >= ts[i - 1])
+                    throw new ArgumentException($"timesteps must be in descending order, got {string.Join(",", ts)}.", "timesteps");
+            }
+            if (Steps is { } n && n != ts.Count)
+                throw new ArgumentException($"steps ({n}) and timesteps ({ts.Count} entries) disagree: give one of the two.", "timesteps");
+        }
+        if (MaxSequenceLength is { } msl && (msl < 1 || msl > 4096))
+            throw new ArgumentException($"max_sequence_length must be between 1 and 4096 tokens, got {msl}.", "max_sequence_length");
         if (NumImages < 1 || NumImages > limits.MaxImages)
             throw new ArgumentException($"num_images must be between 1 and {limits.MaxImages}, got {NumImages}.", "num_images");
         if (Prompts.Count * NumImages > limits.MaxImages)
@@ -90,43 +110,98 @@ public sealed record GenerationSettings
     }
 
     /// <summary>
-    /// Fills every default from the model: steps and guidance from the scheduler (LCM 4/0, DPM-Solver++ 20/4.5,
-    /// SA-Solver 25/3), size from sample_size × 8, a random seed when none is given, and the scheduler name.
+    /// Fills every default from the pipeline: steps and guidance from the scheduler (LCM 4/0, DPM-Solver++ 20/4.5,
+    /// SA-Solver 25/3), size from sample_size × vae_scale_factor, the max sequence length (α 120, Σ 300), a random seed
+    /// when none is given, and the scheduler name — and checks what only the model can tell: that the size runs
+    /// (multiples of the VAE factor × patch without binning), that custom timesteps are accepted, that an
+    /// image-to-image strength leaves a step to run. Throws ArgumentException naming the field.
     /// </summary>
-    public GenerationSettings Resolve(PixArtAlphaPipeline pipeline)
+    public GenerationSettings Resolve(PixArtPipeline pipeline)
     {
-        using var scheduler = Scheduler is null ? null : Schedulers.SchedulerFactory.Create(pipeline.Folder, Scheduler);
-        var s = scheduler ?? pipeline.Scheduler;
-        return this with
+        ArgumentNullException.ThrowIfNull(pipeline);
+        using var s = pipeline.CreateScheduler(Scheduler);
+        if (Timesteps is not null && !s.AcceptsCustomTimesteps)
+            throw new ArgumentException($"The {SchedulerName(s.ClassName)} scheduler does not take custom timesteps; use --steps, or a scheduler that does (lcm, dpm-solver, ddpm).", "timesteps");
+        var resolved = this with
         {
             Style = Style is null ? null : StylePresets.Find(Style).Name,
-            Steps = Steps ?? s.DefaultSteps,
+            Steps = Timesteps?.Count ?? Steps ?? s.DefaultSteps,
             Guidance = Guidance ?? s.DefaultGuidance,
             Width = Width ?? pipeline.DefaultWidth,
             Height = Height ?? pipeline.DefaultHeight,
+            MaxSequenceLength = MaxSequenceLength ?? pipeline.DefaultMaxSequenceLength,
             Seed = Seed ?? Random.Shared.NextInt64(0, 1L << 53), // within JSON's exact integers
             Scheduler = SchedulerName(s.ClassName),
         };
+        if (pipeline.SizeProblem(resolved.Height!.Value, resolved.Width!.Value, resolved.ResolutionBinning && resolved.Strength is null) is { } problem)
+            throw new ArgumentException(problem, resolved.Width % pipeline.SizeMultiple != 0 ? "width" : "height");
+        if (resolved.NothingToRun() is { } nothing)
+            throw new ArgumentException(nothing, "strength");
+        return resolved;
+    }
+
+    /// <summary>How many denoising steps a resolved run makes: LCM runs all; DPM-Solver++ and SA-Solver int(steps × strength).</summary>
+    public int StepsRun()
+    {
+        int steps = Steps ?? 0;
+        if (Strength is not { } strength || Scheduler == "lcm") return steps;
+        return (int)Math.Min((long)Math.Truncate(steps * strength), steps);
+    }
+
+    /// <summary>Why these resolved settings would run no denoising step (int(steps × strength) = 0); null when one runs.</summary>
+    public string? NothingToRun()
+    {
+        if (StepsRun() >= 1) return null;
+        string st = Strength?.ToString(CultureInfo.InvariantCulture) ?? "?";
+        return $"strength {st} x {Steps} steps of {Scheduler} keeps int({(Steps * Strength)?.ToString(CultureInfo.InvariantCulture)}) = 0 steps: nothing would run. " +
+               $"Raise strength to at least {(1.0 / (Steps ?? 1)).ToString(CultureInfo.InvariantCulture)} or use more steps.";
+    }
+
+    /// <summary>Each prompt and the negative prompt with the style applied: the one place styles are applied.</summary>
+    public (IReadOnlyList<string> Prompts, string NegativePrompt) Styled()
+    {
+        var styled = Prompts.Select(p => StylePresets.Apply(Style, p, NegativePrompt)).ToList();
+        // apply_style gives the same negative for every prompt, so one negative prompt serves the batch.
+        return (styled.Select(x => x.Prompt).ToList(), styled.Count > 0 ? styled[0].NegativePrompt : StylePresets.Apply(Style, "", NegativePrompt).NegativePrompt);
     }
 
     /// <summary>The pipeline request for these (resolved) settings: style applied, one generator seeded with Seed.</summary>
     public GenerationRequest ToRequest()
     {
-        var styled = Prompts.Select(p => StylePresets.Apply(Style, p, NegativePrompt)).ToList();
+        var (prompts, negative) = Styled();
         return new GenerationRequest
         {
-            Prompts = styled.Select(x => x.Prompt).ToList(),
-            // apply_style gives the same negative for every prompt, so one negative prompt serves the batch.
-            NegativePrompts = [styled[0].NegativePrompt],
-            NumInferenceSteps = Steps,
+            Prompts = prompts,
+            NegativePrompts = [negative],
+            NumInferenceSteps = Timesteps is null ? Steps : null,
+            Timesteps = Timesteps,
             GuidanceScale = Guidance,
             NumImagesPerPrompt = NumImages,
             Height = Height,
             Width = Width,
-            UseResolutionBinning = ResolutionBinning,
+            UseResolutionBinning = ResolutionBinning && Strength is null,
             CleanCaption = CleanCaption,
+            MaxSequenceLength = MaxSequenceLength,
             Seed = Seed,
             Scheduler = Scheduler,
+        };
+    }
+
+    /// <summary>
+    /// One pipeline request for several compatible one-prompt settings (the server's batch): each keeps its own styled
+    /// prompt, negative prompt and seed (one generator per request), so each gets exactly the images it gets alone.
+    /// </summary>
+    public static GenerationRequest ToBatchRequest(IReadOnlyList<GenerationSettings> batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        if (batch.Count == 1) return batch[0].ToRequest();
+        var styled = batch.Select(s => s.Styled()).ToList();
+        return batch[0].ToRequest() with
+        {
+            Prompts = styled.SelectMany(x => x.Prompts).ToList(),
+            NegativePrompts = styled.Select(x => x.NegativePrompt).ToList(),
+            Seed = null,
+            Generators = batch.Select(s => new TorchSharp.torch.Generator((ulong)s.Seed!.Value)).ToList(),
         };
     }
 
@@ -136,6 +211,7 @@ public sealed record GenerationSettings
         "lcm" => "LCM",
         "dpm-solver" => "DPM++ 2M",
         "sa-solver" => "SA-Solver",
+        "ddpm" => "DDPM",
         _ => scheduler ?? "default",
     };
 
@@ -144,6 +220,7 @@ public sealed record GenerationSettings
         "LCMScheduler" => "lcm",
         "DPMSolverMultistepScheduler" => "dpm-solver",
         "SASolverScheduler" => "sa-solver",
+        "DDPMScheduler" => "ddpm",
         _ => className,
     };
 
@@ -153,13 +230,14 @@ public sealed record GenerationSettings
     /// </summary>
     public string ToParametersText(int promptIndex, string model, string? modelRevision, string version)
     {
-        var (prompt, negative) = StylePresets.Apply(Style, Prompts[promptIndex], NegativePrompt);
+        var (prompts, negative) = Styled();
+        string prompt = prompts[promptIndex];
         var sb = new StringBuilder();
         sb.Append(prompt).Append('\n');
         if (negative.Length > 0) sb.Append("Negative prompt: ").Append(negative).Append('\n');
         var pairs = new List<string>
         {
-            $"Steps: {Steps}",
+            Timesteps is null ? $"Steps: {Steps}" : $"Steps: {Steps}, Timesteps: {string.Join(" ", Timesteps)}",
             $"Sampler: {SamplerLabel(Scheduler)}",
             $"CFG scale: {Guidance?.ToString(CultureInfo.InvariantCulture)}",
             $"Seed: {Seed}",

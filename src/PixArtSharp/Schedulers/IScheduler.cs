@@ -23,6 +23,11 @@ public interface IScheduler : IDisposable
     void SetBeginIndex(int beginIndex = 0);
     /// <summary>x_t → x_{t−1} (diffusers' <c>step(...).prev_sample</c>). Stochastic schedulers draw from <paramref name="noise"/>.</summary>
     Tensor Step(Tensor modelOutput, long timestep, Tensor sample, NoiseSource? noise);
+    /// <summary>
+    /// The last <see cref="Step"/>'s <c>pred_original_sample</c> (x₀), for schedulers whose step output has one
+    /// (DDPM); null for the others. It lives in the dispose scope of that Step call.
+    /// </summary>
+    Tensor? PredOriginalSample => null;
     Tensor AddNoise(Tensor originalSamples, Tensor noise, Tensor timesteps);
 }
 

@@ -160,7 +160,8 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
             ["generate", "a cat", "--no-such-flag"],
             ["generate", "--model", CliRunner.TinyLcm],                                   // no prompt
             ["generate", "a cat", "--steps", "0", "--model", CliRunner.TinyLcm],
-            ["generate", "a cat", "--height", "65", "--model", CliRunner.TinyLcm],
+            ["generate", "a cat", "--height", "65", "--no-resolution-binning", "--model", CliRunner.TinyLcm],
+            ["generate", "a cat", "--height", "24", "--width", "24", "--no-resolution-binning", "--model", CliRunner.TinyLcm],
             ["generate", "a cat", "--scheduler", "euler", "--model", CliRunner.TinyLcm],
             ["generate", "a cat", "--style", "Watercolour", "--model", CliRunner.TinyLcm],
             ["generate", "a cat", "--seed", "many"],

@@ -1,0 +1,107 @@
+using System.Text.Json.Serialization;
+using PixArtSharp.Loading;
+using PixArtSharp.Models;
+using PixArtSharp.Schedulers;
+using PixArtSharp.Text;
+using static TorchSharp.torch;
+
+namespace PixArtSharp.Pipeline;
+
+/// <summary>
+/// The parts a pipeline is built from, as diffusers' <c>__init__(tokenizer, text_encoder, vae, transformer,
+/// scheduler)</c> takes them: what must be known up front (the tokenizer, the transformer's config, the VAE's scale
+/// factors, how to make a scheduler) and how to make each model when its stage first needs it. Made from a model
+/// folder (with optional components from elsewhere, <see cref="PipelineOptions.TextEncoder"/> …), or by hand (the
+/// bench's seeded random weights).
+/// </summary>
+public sealed class PipelineComponents
+{
+    /// <summary>The model folder, when the components come from one.</summary>
+    public ModelFolder? Folder { get; init; }
+    /// <summary>The T5 tokenizer, or null for a pipeline that only takes prompt embeddings.</summary>
+    public T5Tokenizer? Tokenizer { get; init; }
+    /// <summary>The transformer's config.</summary>
+    public required PixArtTransformerConfig TransformerConfig { get; init; }
+    /// <summary>2^(len(block_out_channels) − 1) of the VAE's config.</summary>
+    public required int VaeScaleFactor { get; init; }
+    /// <summary>The VAE config's <c>scaling_factor</c>.</summary>
+    public required double VaeScalingFactor { get; init; }
+    /// <summary>Makes the T5 encoder.</summary>
+    public required Func<T5EncoderModel> LoadTextEncoder { get; init; }
+    /// <summary>Makes the transformer.</summary>
+    public required Func<PixArtTransformer2DModel> LoadTransformer { get; init; }
+    /// <summary>Makes the VAE.</summary>
+    public required Func<IVae> LoadVae { get; init; }
+    /// <summary>Makes a fresh scheduler: the model's (null) or the one named ("lcm", "dpm-solver", "sa-solver", "ddpm").</summary>
+    public required Func<string?, IScheduler> CreateScheduler { get; init; }
+    /// <summary>Load-time remarks for the user (e.g. a component without the requested variant).</summary>
+    public IReadOnlyList<string> Warnings { get; init; } = [];
+
+    /// <summary>
+    /// The components of a diffusers folder, each from its sub-folder unless <paramref name="options"/> names one from
+    /// elsewhere. Reads configs and the tokenizer now; the models load when asked.
+    /// </summary>
+    public static PipelineComponents FromFolder(ModelFolder folder, PipelineOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(folder);
+        ArgumentNullException.ThrowIfNull(options);
+        var device = options.Device ?? CPU;
+        string textEncoderDir = ComponentDir(folder, "text_encoder", options.TextEncoder);
+        string transformerDir = ComponentDir(folder, "transformer", options.Transformer);
+        string vaeDir = ComponentDir(folder, "vae", options.Vae);
+        var transformerConfig = PixArtTransformerConfig.Load(Path.Combine(transformerDir, "config.json"));
+        var vae = VaeConfigHead.Load(Path.Combine(vaeDir, "config.json"));
+        return new PipelineComponents
+        {
+            Folder = folder,
+            Tokenizer = T5Tokenizer.FromModelFolder(folder.ComponentDir("tokenizer")),
+            TransformerConfig = transformerConfig,
+            VaeScaleFactor = vae.ScaleFactor,
+            VaeScalingFactor = vae.ScalingFactor,
+            LoadTextEncoder = () => T5EncoderModel.FromFolder(textEncoderDir, options.Variant, options.DType, device),
+            LoadTransformer = () => PixArtTransformer2DModel.FromFolder(transformerDir, options.Variant, options.DType, device),
+            LoadVae = () => vae.ClassName switch
+            {
+                "AutoencoderKL" or null => AutoencoderKL.FromFolder(vaeDir, options.Variant, options.DType, device),
+                var other => throw new WeightFileException($"{Path.Combine(vaeDir, "config.json")}: _class_name '{other}' is not a VAE PixArtSharp implements (AutoencoderKL)."),
+            },
+            CreateScheduler = name => SchedulerFactory.Create(folder, name),
+            Warnings = folder.VariantFallbacks(options.Variant),
+        };
+    }
+
+    /// <summary>
+    /// A component's folder: the model folder's <paramref name="component"/>/ sub-folder, or <paramref name="other"/>
+    /// — a folder holding the component's config.json itself, or a pipeline folder with that sub-folder.
+    /// </summary>
+    public static string ComponentDir(ModelFolder folder, string component, string? other)
+    {
+        if (other is null) return folder.ComponentDir(component);
+        string full = Path.GetFullPath(other);
+        if (File.Exists(Path.Combine(full, "config.json"))) return full;
+        if (File.Exists(Path.Combine(full, component, "config.json"))) return Path.Combine(full, component);
+        throw new ModelNotFoundException(
+            $"The {component} given ({other}) is not a {component} folder: it has neither config.json nor {component}/config.json. " +
+            $"Give the folder that holds the {component}'s config.json and weights, or a pipeline folder with a {component}/ inside.");
+    }
+
+    /// <summary>The keys of a VAE config the pipeline needs before the VAE loads (AutoencoderKL and AutoencoderTiny share them).</summary>
+    internal sealed class VaeConfigHead
+    {
+        [JsonPropertyName("_class_name")] public string? ClassName { get; set; }
+        public int[] BlockOutChannels { get; set; } = [64];
+        public double ScalingFactor { get; set; } = 0.18215;
+
+        public int ScaleFactor => 1 << (BlockOutChannels.Length - 1);
+
+        public static VaeConfigHead Load(string path)
+        {
+            var c = ConfigJson.Load<VaeConfigHead>(path);
+            if (c.BlockOutChannels.Length is < 1 or > 8)
+                throw new WeightFileException($"{path}: block_out_channels has {c.BlockOutChannels.Length} entries; a VAE has 1 to 8 levels.");
+            if (!double.IsFinite(c.ScalingFactor) || c.ScalingFactor <= 0)
+                throw new WeightFileException($"{path}: scaling_factor must be a positive number, got {c.ScalingFactor}.");
+            return c;
+        }
+    }
+}

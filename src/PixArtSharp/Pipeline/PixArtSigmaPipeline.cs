@@ -1,0 +1,31 @@
+namespace PixArtSharp.Pipeline;
+
+/// <summary>
+/// diffusers 0.29.2's <c>PixArtSigmaPipeline</c>: PixArt-Σ (512, 1024 and 2K models, the SDXL VAE). It differs from
+/// <see cref="PixArtAlphaPipeline"/> in <c>__call__</c> only: <c>max_sequence_length</c> defaults to 300, no
+/// micro-conditions are built (<c>added_cond_kwargs</c> is None: the transformer's config decides), the 2048 bins
+/// join for sample_size 256, and there is no one-step branch.
+/// </summary>
+public sealed class PixArtSigmaPipeline : PixArtPipeline
+{
+    /// <summary>Builds the pipeline from its components (diffusers' <c>__init__</c>).</summary>
+    public PixArtSigmaPipeline(PipelineComponents components, PipelineOptions options) : base(components, options) { }
+
+    /// <inheritdoc/>
+    public override string ClassName => "PixArtSigmaPipeline";
+    /// <inheritdoc/>
+    public override int DefaultMaxSequenceLength => 300;
+    /// <inheritdoc/>
+    public override IReadOnlyList<AspectRatioBin> AspectRatioBins => TransformerConfig.SampleSize switch
+    {
+        256 => Pipeline.AspectRatioBins.AspectRatio2048Bin,
+        128 => Pipeline.AspectRatioBins.AspectRatio1024Bin,
+        64 => Pipeline.AspectRatioBins.AspectRatio512Bin,
+        32 => Pipeline.AspectRatioBins.AspectRatio256Bin,
+        var s => throw new ArgumentException($"Invalid sample size {s}: PixArtSigmaPipeline's resolution binning needs sample_size 256, 128, 64 or 32; turn binning off.", "use_resolution_binning"),
+    };
+    /// <inheritdoc/>
+    protected override bool PreparesMicroConditions => false;
+    /// <inheritdoc/>
+    protected override bool HasOneStepBranch => false;
+}
