@@ -3,10 +3,21 @@ using static TorchSharp.torch;
 
 namespace PixArtSharp.Schedulers;
 
+/// <summary>diffusers' <c>DDPMSchedulerOutput</c>; disposing it frees both tensors.</summary>
+public sealed record DDPMSchedulerOutput(Tensor PrevSample, Tensor PredOriginalSample) : IDisposable
+{
+    public void Dispose()
+    {
+        PrevSample.Dispose();
+        PredOriginalSample.Dispose();
+    }
+}
+
 /// <summary>
 /// Port of diffusers v0.29.2 <c>DDPMScheduler</c> (denoising diffusion probabilistic models, arXiv 2006.11239), as
 /// one-step DMD PixArt models ship it (PixArt-α DMD: <c>timesteps=[400]</c>, guidance 1, one step; diffusers'
-/// pipeline then returns <c>step(...).pred_original_sample</c>, see <see cref="StepWithOutput"/>).
+/// pipeline then returns <c>step(...).pred_original_sample</c>: <see cref="PredOriginalSample"/> after <see cref="Step"/>,
+/// or <see cref="StepWithOutput"/>).
 /// Tables are float32 on the CPU and every per-step scalar is a 0-dim float32 tensor computed with the same torch
 /// ops as diffusers; <see cref="NoiseSchedule"/> builds the betas (no second copy of the schedules here).
 /// <para>
@@ -171,11 +182,17 @@ public sealed class DDPMScheduler : IScheduler
         return timestep - Config.NumTrainTimesteps / n;
     }
 
-    /// <summary>x_t → x_{t−1} (prev_sample only).</summary>
+    /// <summary>
+    /// The last <see cref="Step"/>'s pred_original_sample (x̂₀, clipped/thresholded as configured). It belongs to
+    /// the dispose scope that call ran in, like the returned prev_sample; null before the first step.
+    /// </summary>
+    public Tensor? PredOriginalSample { get; private set; }
+
+    /// <summary>x_t → x_{t−1} (prev_sample); x̂₀ is kept in <see cref="PredOriginalSample"/>.</summary>
     public Tensor Step(Tensor modelOutput, long timestep, Tensor sample, NoiseSource? noise)
     {
         var output = StepWithOutput(modelOutput, timestep, sample, noise);
-        output.PredOriginalSample?.Dispose();
+        PredOriginalSample = output.PredOriginalSample;
         return output.PrevSample;
     }
 
@@ -186,7 +203,7 @@ public sealed class DDPMScheduler : IScheduler
     /// </summary>
     /// <param name="modelOutput">[B, C, …] predicted noise / sample / v; [B, 2C, …] with the variance channels for
     /// variance_type "learned" or "learned_range"</param>
-    public SchedulerStepOutput StepWithOutput(Tensor modelOutput, long timestep, Tensor sample, NoiseSource? noise)
+    public DDPMSchedulerOutput StepWithOutput(Tensor modelOutput, long timestep, Tensor sample, NoiseSource? noise)
     {
         if (timestep < 0 || timestep >= Config.NumTrainTimesteps)
             throw new ArgumentException($"Timestep {timestep} is outside [0, {Config.NumTrainTimesteps}).", nameof(timestep));
@@ -246,7 +263,7 @@ public sealed class DDPMScheduler : IScheduler
             };
             prevSample = prevSample + added;
         }
-        return new SchedulerStepOutput(prevSample.MoveToOuterDisposeScope(), predOriginal.MoveToOuterDisposeScope());
+        return new DDPMSchedulerOutput(prevSample.MoveToOuterDisposeScope(), predOriginal.MoveToOuterDisposeScope());
     }
 
     /// <summary>diffusers' <c>_get_variance</c>: β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t)·β_t clamped at 1e-20, or its variants.</summary>

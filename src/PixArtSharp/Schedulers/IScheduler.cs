@@ -24,23 +24,11 @@ public interface IScheduler : IDisposable
     /// <summary>x_t → x_{t−1} (diffusers' <c>step(...).prev_sample</c>). Stochastic schedulers draw from <paramref name="noise"/>.</summary>
     Tensor Step(Tensor modelOutput, long timestep, Tensor sample, NoiseSource? noise);
     /// <summary>
-    /// diffusers' full <c>step(...)</c> output: prev_sample and, where the scheduler's output has one (DDPM),
-    /// <c>pred_original_sample</c> (the x₀ prediction). diffusers' PixArt pipelines return
-    /// <c>pred_original_sample</c> after a one-step run (DMD). Schedulers without it give null.
+    /// The last <see cref="Step"/>'s <c>pred_original_sample</c> (x₀), for schedulers whose step output has one
+    /// (DDPM); null for the others. It lives in the dispose scope of that Step call.
     /// </summary>
-    SchedulerStepOutput StepWithOutput(Tensor modelOutput, long timestep, Tensor sample, NoiseSource? noise) =>
-        new(Step(modelOutput, timestep, sample, noise), null);
+    Tensor? PredOriginalSample => null;
     Tensor AddNoise(Tensor originalSamples, Tensor noise, Tensor timesteps);
-}
-
-/// <summary>A scheduler step's results; disposing it frees both tensors.</summary>
-public sealed record SchedulerStepOutput(Tensor PrevSample, Tensor? PredOriginalSample) : IDisposable
-{
-    public void Dispose()
-    {
-        PrevSample.Dispose();
-        PredOriginalSample?.Dispose();
-    }
 }
 
 /// <summary>Builds the scheduler a model folder names, or the one the user asks for.</summary>

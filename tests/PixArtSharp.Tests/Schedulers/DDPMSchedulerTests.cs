@@ -150,12 +150,19 @@ public class DDPMSchedulerTests(ITestOutputHelper output)
         torch.randn([1, 4, 8, 8], generator: replay).Dispose();
         Assert.Equal(0.0, Compare.MaxAbsDiff(torch.randn([4], generator: replay), torch.randn([4], generator: gen)));
 
-        // Through IScheduler.Step (prev_sample only) the result is the same.
+        // Through IScheduler.Step (what the pipeline calls) the result is the same, and x̂₀ is PredOriginalSample.
         IScheduler i = s;
         using var gen2 = new Generator(15);
         torch.randn([1, 4, 8, 8], generator: gen2).Dispose();
-        using var p2 = i.Step(r["step.0.noise_pred"], 400, r["step.0.transformer_input"], NoiseSource.Of(gen2));
-        Assert.Equal(0.0, Compare.MaxAbsDiff(outp.PrevSample, p2));
+        using (torch.NewDisposeScope())
+        {
+            var p2 = i.Step(r["step.0.noise_pred"], 400, r["step.0.transformer_input"], NoiseSource.Of(gen2));
+            Assert.Equal(0.0, Compare.MaxAbsDiff(outp.PrevSample, p2));
+            Assert.NotNull(i.PredOriginalSample);
+            Assert.Equal(0.0, Compare.MaxAbsDiff(r["final_latents"], i.PredOriginalSample!));
+        }
+        using var lcm = SchedulerFixtures.Lcm();
+        Assert.Null(((IScheduler)lcm).PredOriginalSample);   // schedulers without x̂₀ in their output
     }
 
     /// <summary>
