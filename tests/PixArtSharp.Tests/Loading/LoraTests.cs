@@ -144,6 +144,21 @@ public class LoraTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void MergesInFloat32ThenCastsToTheComputeDtype()
+    {
+        using var peft = LoraAdapter.Load(PeftDir);
+        using var fp32 = Sigma((peft, 1.0));
+        using var bf16 = PixArtTransformer2DModel.FromFolder(SigmaTransformer, dtype: ScalarType.BFloat16, loras: [(peft, 1.0)]);
+        var (a, b) = (Linears(fp32), Linears(bf16));
+        foreach (var name in TargetedLinears())
+        {
+            Assert.Equal(ScalarType.BFloat16, b[name].weight.dtype);
+            using var expected = a[name].weight.to(ScalarType.BFloat16);
+            Assert.Equal(0.0, Compare.MaxAbsDiff(expected, b[name].weight));
+        }
+    }
+
+    [Fact]
     public void SeveralAdaptersAddUp()
     {
         using var peft = LoraAdapter.Load(PeftDir);
