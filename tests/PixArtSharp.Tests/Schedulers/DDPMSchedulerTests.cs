@@ -139,8 +139,8 @@ public class DDPMSchedulerTests(ITestOutputHelper output)
 
         using var outp = s.StepWithOutput(r["step.0.noise_pred"], 400, r["step.0.transformer_input"], NoiseSource.Of(gen));
         Assert.NotNull(outp.PredOriginalSample);
-        double x0 = Compare.Close(r["step.0.pred_original_sample"], outp.PredOriginalSample!, 1e-5, "step.0.pred_original_sample");
-        double fin = Compare.Close(r["final_latents"], outp.PredOriginalSample!, 1e-5, "final_latents");
+        double x0 = Compare.Close(r["step.0.pred_original_sample"], outp.PredOriginalSample, 1e-5, "step.0.pred_original_sample");
+        double fin = Compare.Close(r["final_latents"], outp.PredOriginalSample, 1e-5, "final_latents");
         double prev = Compare.Close(r["step.0.latents_out"], outp.PrevSample, 1e-5, "step.0.latents_out");
         output.WriteLine($"dmd one step: pred_original_sample {x0:E3}, final_latents {fin:E3}, prev_sample {prev:E3} (max |ref| {Compare.MaxAbs(r["final_latents"]):F2})");
 
@@ -202,11 +202,11 @@ public class DDPMSchedulerTests(ITestOutputHelper output)
         double tilde = (1 - ap) / (1 - a) * betaT;
         double sigma = variance switch { "fixed_large" => Math.Sqrt(betaT), "fixed_small_log" => Math.Sqrt(tilde), _ => Math.Sqrt(tilde) };
         using var expectedPrev = Math.Sqrt(ap) * betaT / (1 - a) * x0 + Math.Sqrt(alphaT) * (1 - ap) / (1 - a) * xd + sigma * z.to(ScalarType.Float64);
-        double e0 = Compare.Close(x0, outp.PredOriginalSample!, 2e-5 * Math.Max(1, Compare.MaxAbs(x0)), "pred_original_sample");
+        double e0 = Compare.Close(x0, outp.PredOriginalSample, 2e-5 * Math.Max(1, Compare.MaxAbs(x0)), "pred_original_sample");
         double e1 = Compare.Close(expectedPrev, outp.PrevSample, 2e-5 * Math.Max(1, Compare.MaxAbs(expectedPrev)), "prev_sample");
         output.WriteLine($"{prediction}/{variance}/clip={clip}: x0 {e0:E3}, prev {e1:E3}");
         x0.Dispose();
-        if (clip) Assert.True(Compare.MaxAbs(outp.PredOriginalSample!) <= 1.5);
+        if (clip) Assert.True(Compare.MaxAbs(outp.PredOriginalSample) <= 1.5);
     }
 
     [Fact]
@@ -235,6 +235,23 @@ public class DDPMSchedulerTests(ITestOutputHelper output)
 
         var e = Assert.Throws<ArgumentException>(() => s.Step(eps, 250, x, null));
         Assert.Contains("needs the model's variance channels", e.Message);
+    }
+
+    [Fact]
+    public void ThresholdingReplacesClipping()
+    {
+        using var s = FromJson("""{"thresholding": true, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 3.0, "clip_sample": true}""");
+        s.SetTimesteps(5);
+        using var g = new Generator(11);
+        using var x = torch.randn([2, 4, 3, 3], generator: g) * 4;
+        using var m = torch.randn([2, 4, 3, 3], generator: g);
+        using var outp = s.StepWithOutput(m, s.Timesteps[0], x, NoiseSource.Of(g));
+        double a = s.AlphasCumprod[s.Timesteps[0]].item<float>();
+        using var raw = (x - (float)Math.Sqrt(1 - a) * m) / (float)Math.Sqrt(a);
+        using var expected = NoiseSchedule.ThresholdSample(raw, 0.9, 3.0);
+        Compare.Close(expected, outp.PredOriginalSample, 1e-5, "thresholded x0");
+        Assert.True(Compare.MaxAbs(outp.PredOriginalSample) <= 1.0 + 1e-6);   // x/s with |x| ≤ s
+        Assert.True(Compare.MaxAbs(raw) > 1.5);                                // so it did something
     }
 
     [Fact]
