@@ -13,8 +13,11 @@ namespace PixArtSharp.Loading;
 public sealed class Weights : IDisposable
 {
     private sealed class Source(string description, Func<string, bool> contains, Func<string, long[]?> shapeOf,
-                                Func<string, long[], Tensor> load, IEnumerable<string> keys, Action dispose)
+                                Func<string, long[], Tensor> load, IEnumerable<string> keys, Action dispose,
+                                Action<IReadOnlySet<string>>? checkUsed = null)
     {
+        /// <summary>An extra check run by <see cref="CheckAllUsed"/> with the keys the model asked for.</summary>
+        public readonly Action<IReadOnlySet<string>>? CheckUsed = checkUsed;
         public readonly string Description = description;
         public readonly Func<string, bool> Contains = contains;
         public readonly Func<string, long[]?> ShapeOf = shapeOf;
@@ -132,6 +135,41 @@ public sealed class Weights : IDisposable
         return new Weights(source, "", dtype, device ?? CPU);
     }
 
+    /// <summary>
+    /// These weights with additions: when the model asks for a key <paramref name="addTo"/> names, it gets
+    /// <c>merge(stored tensor as a float32 copy)</c> — never a write into the memory-mapped file — then cast to the
+    /// held dtype as any other weight. <see cref="CheckAllUsed"/> also runs <paramref name="checkUsed"/> with the keys the
+    /// model asked for (e.g. every adapter delta must have been merged). Only for the root (unprefixed) weights.
+    /// The result shares this object's files: dispose this one after it; disposing the result frees nothing of this.
+    /// </summary>
+    /// <param name="addTo">key → function that receives the stored weight as a fresh float32 CPU tensor (its own, to
+    /// modify in place) and returns the merged float32 tensor</param>
+    public Weights WithMerged(IReadOnlyDictionary<string, Func<Tensor, Tensor>> addTo, string description,
+                              Action<IReadOnlySet<string>>? checkUsed = null, Action? dispose = null)
+    {
+        if (_prefix.Length != 0) throw new InvalidOperationException("WithMerged applies to the root weights, not to a Sub.");
+        var inner = _source;
+        var source = new Source(
+            $"{inner.Description} + {description}", inner.Contains, inner.ShapeOf,
+            (name, shape) =>
+            {
+                var raw = inner.Load(name, shape);
+                if (!addTo.TryGetValue(name, out var merge)) return raw;
+                using var scope = NewDisposeScope();
+                Tensor own;
+                using (raw) own = raw.to(ScalarType.Float32, CPU, copy: true);   // a copy, whatever the file's dtype
+                return merge(own).MoveToOuterDisposeScope();
+            },
+            inner.Keys, dispose ?? (() => { }), checkUsed);
+        return new Weights(source, "", DType, Device);
+    }
+
+    /// <summary>The stored keys (the root's; for <see cref="Random"/>: those generated so far).</summary>
+    public IEnumerable<string> StoredKeys => _source.Keys;
+
+    /// <summary>The stored shape of <paramref name="key"/> (a root key), or null when unknown or absent.</summary>
+    public long[]? StoredShape(string key) => _source.Contains(key) ? _source.ShapeOf(key) : null;
+
     public Weights Sub(string name) => new(_source, Join(name), DType, Device);
 
     public bool Contains(string name) => _source.Contains(Join(name));
@@ -166,6 +204,7 @@ public sealed class Weights : IDisposable
         var unused = _source.Keys.Where(k => !_source.Used.Contains(k)).OrderBy(k => k, StringComparer.Ordinal).ToList();
         if (unused.Count > 0)
             throw new WeightFileException($"{_source.Description}: {unused.Count} weight(s) do not belong to the model the config describes, e.g. '{string.Join("', '", unused.Take(5))}'. The config.json does not fit these weights.");
+        _source.CheckUsed?.Invoke(_source.Used);
     }
 
     public IReadOnlyCollection<string> UsedKeys => _source.Used;

@@ -1,4 +1,5 @@
 using PixArtSharp.Loading;
+using PixArtSharp.Loading.Lora;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -213,13 +214,18 @@ public sealed class PixArtTransformer2DModel : IDisposable
     }
 
     /// <summary>
-    /// Loads <c>transformerDir/config.json</c> and <c>diffusion_pytorch_model[.variant].safetensors</c> (or its shards).
+    /// Loads <c>transformerDir/config.json</c> and <c>diffusion_pytorch_model[.variant].safetensors</c> (or its shards),
+    /// with LoRA adapters merged into the weights when <paramref name="loras"/> names any (see <see cref="LoraMerge"/>;
+    /// the adapters can be disposed once this returns).
     /// </summary>
-    public static PixArtTransformer2DModel FromFolder(string transformerDir, string? variant = null, ScalarType dtype = ScalarType.Float32, Device? device = null)
+    public static PixArtTransformer2DModel FromFolder(string transformerDir, string? variant = null, ScalarType dtype = ScalarType.Float32, Device? device = null,
+                                                      IReadOnlyList<(LoraAdapter Adapter, double Scale)>? loras = null)
     {
         var config = PixArtTransformerConfig.Load(Path.Combine(transformerDir, "config.json"));
         using var w = ModelFolder.OpenWeights(transformerDir, WeightStem, variant, dtype, device);
-        return new PixArtTransformer2DModel(config, w);
+        if (loras is not { Count: > 0 }) return new PixArtTransformer2DModel(config, w);
+        using var merged = LoraMerge.Apply(w, loras);
+        return new PixArtTransformer2DModel(config, merged);
     }
 
     /// <summary>

@@ -35,11 +35,11 @@ public interface IScheduler : IDisposable
 public static class SchedulerFactory
 {
     /// <summary>Names accepted by <see cref="Create"/>'s override (and the CLI's --scheduler).</summary>
-    public static readonly IReadOnlyList<string> Names = ["lcm", "dpm-solver", "sa-solver"];
+    public static readonly IReadOnlyList<string> Names = ["lcm", "dpm-solver", "sa-solver", "ddpm"];
 
     /// <summary>
     /// The scheduler for <paramref name="folder"/>: the class in model_index.json built from scheduler_config.json,
-    /// or <paramref name="overrideName"/> ("lcm", "dpm-solver", "sa-solver") built from the same config file
+    /// or <paramref name="overrideName"/> ("lcm", "dpm-solver", "sa-solver", "ddpm") built from the same config file
     /// the way diffusers' <c>from_config</c> does (unknown keys ignored, missing ones defaulted).
     /// </summary>
     public static IScheduler Create(ModelFolder folder, string? overrideName = null)
@@ -51,9 +51,10 @@ public static class SchedulerFactory
             "LCMScheduler" => "lcm",
             "DPMSolverMultistepScheduler" => "dpm-solver",
             "SASolverScheduler" => "sa-solver",
+            "DDPMScheduler" => "ddpm",
             var other => throw new WeightFileException(
                 $"{folder.Root}: model_index.json names scheduler class '{other}', which PixArtSharp does not implement. " +
-                "Choose one with --scheduler lcm, dpm-solver or sa-solver."),
+                "Choose one with --scheduler lcm, dpm-solver, sa-solver or ddpm."),
         };
         return name switch
         {
@@ -61,6 +62,7 @@ public static class SchedulerFactory
             "dpm-solver" or "dpm" or "dpmsolver" => DPMSolverMultistepScheduler.FromConfig(configPath),
             // PixArt's demo: SASolverScheduler.from_config(dpm_config, algorithm_type='data_prediction', tau_func=…, orders 2/2).
             "sa-solver" or "sa" or "sasolver" => SASolverScheduler.FromConfigFile(configPath),
+            "ddpm" => DDPMScheduler.FromConfig(configPath),
             _ => throw new ArgumentException($"Unknown scheduler '{overrideName}'. Choose one of: {string.Join(", ", Names)}.", nameof(overrideName)),
         };
     }

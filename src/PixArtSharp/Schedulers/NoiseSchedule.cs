@@ -38,6 +38,18 @@ public static class NoiseSchedule
         }
     }
 
+    /// <summary>
+    /// GeoDiff's sigmoid schedule (DDPMScheduler only): sigmoid(linspace(−6, 6, T)) · (β_end − β_start) + β_start, float32.
+    /// </summary>
+    public static Tensor SigmoidBetas(double betaStart, double betaEnd, int numTrainTimesteps)
+    {
+        if (numTrainTimesteps < 1)
+            throw new ArgumentException($"num_train_timesteps must be positive, got {numTrainTimesteps}.", nameof(numTrainTimesteps));
+        using var scope = torch.NewDisposeScope();
+        var x = torch.tensor(TorchLinspaceFloat32(-6, 6, numTrainTimesteps));
+        return (torch.sigmoid(x) * (betaEnd - betaStart) + betaStart).MoveToOuterDisposeScope();
+    }
+
     /// <summary>Glide cosine schedule: betas from ᾱ(t) = cos²((t+0.008)/1.008·π/2), computed in float64, stored as float32.</summary>
     public static Tensor BetasForAlphaBar(int numDiffusionTimesteps, double maxBeta = 0.999, string alphaTransformType = "cosine")
     {

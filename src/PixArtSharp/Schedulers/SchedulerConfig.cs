@@ -6,7 +6,7 @@ using PixArtSharp.Loading;
 namespace PixArtSharp.Schedulers;
 
 /// <summary>
-/// <c>scheduler/scheduler_config.json</c> for <see cref="LCMScheduler"/> and <see cref="DPMSolverMultistepScheduler"/>
+/// <c>scheduler/scheduler_config.json</c> for <see cref="LCMScheduler"/>, <see cref="DPMSolverMultistepScheduler"/> and <see cref="DDPMScheduler"/>
 /// (diffusers v0.29.2 <c>__init__</c> arguments). Missing keys take diffusers' defaults. Where the two schedulers'
 /// defaults differ (beta_start, beta_end, beta_schedule, timestep_spacing) the property is nullable and each
 /// scheduler applies its own default (see the <c>…For…</c> helpers). Keys of other schedulers are ignored.
@@ -36,7 +36,10 @@ public sealed partial class SchedulerConfig
 
     // ---- LCMScheduler ----
     public int OriginalInferenceSteps { get; set; } = 50;
-    public bool ClipSample { get; set; }
+    /// <summary>LCM default false, DDPM default true: the JSON value as read (null when absent), see <see cref="ClipSampleFor"/>.</summary>
+    [JsonPropertyName("clip_sample")] public bool? ClipSampleSetting { get; set; }
+    /// <summary>clip_sample with LCM's default (false) when the file does not say.</summary>
+    [JsonIgnore] public bool ClipSample { get => ClipSampleSetting ?? false; set => ClipSampleSetting = value; }
     public double ClipSampleRange { get; set; } = 1.0;
     public bool SetAlphaToOne { get; set; } = true;
     /// <summary>Absent from the real PixArt-LCM config; diffusers' default 10.0 then applies.</summary>
@@ -85,5 +88,7 @@ public sealed partial class SchedulerConfig
     internal double BetaStartFor(bool lcm) => BetaStart ?? (lcm ? 0.00085 : 0.0001);
     internal double BetaEndFor(bool lcm) => BetaEnd ?? (lcm ? 0.012 : 0.02);
     internal string BetaScheduleFor(bool lcm) => BetaSchedule ?? (lcm ? "scaled_linear" : "linear");
+    /// <summary>clip_sample as the file gives it, else the scheduler's default (DDPM: true; LCM: false).</summary>
+    internal bool ClipSampleFor(bool ddpm) => ClipSampleSetting ?? ddpm;
     internal string TimestepSpacingFor(bool lcm) => TimestepSpacing ?? (lcm ? "leading" : "linspace");
 }
