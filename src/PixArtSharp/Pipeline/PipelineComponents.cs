@@ -1,5 +1,6 @@
 using System.Text.Json.Serialization;
 using PixArtSharp.Loading;
+using PixArtSharp.Loading.Lora;
 using PixArtSharp.Models;
 using PixArtSharp.Schedulers;
 using PixArtSharp.Text;
@@ -51,6 +52,8 @@ public sealed class PipelineComponents
         string vaeDir = ComponentDir(folder, "vae", options.Vae);
         var transformerConfig = PixArtTransformerConfig.Load(Path.Combine(transformerDir, "config.json"));
         var vae = VaeConfigHead.Load(Path.Combine(vaeDir, "config.json"));
+        var loras = options.Loras ?? [];
+        if (loras.Count > 0) CheckLoras(transformerDir, options);
         return new PipelineComponents
         {
             Folder = folder,
@@ -59,7 +62,12 @@ public sealed class PipelineComponents
             VaeScaleFactor = vae.ScaleFactor,
             VaeScalingFactor = vae.ScalingFactor,
             LoadTextEncoder = () => T5EncoderModel.FromFolder(textEncoderDir, options.Variant, options.DType, device),
-            LoadTransformer = () => PixArtTransformer2DModel.FromFolder(transformerDir, options.Variant, options.DType, device),
+            LoadTransformer = () =>
+            {
+                var adapters = LoraAdapter.LoadAll(loras);
+                try { return PixArtTransformer2DModel.FromFolder(transformerDir, options.Variant, options.DType, device, loras: adapters); }
+                finally { foreach (var (a, _) in adapters) a.Dispose(); }
+            },
             LoadVae = () => vae.ClassName switch
             {
                 "AutoencoderKL" or null => AutoencoderKL.FromFolder(vaeDir, options.Variant, options.DType, device),
@@ -68,6 +76,21 @@ public sealed class PipelineComponents
             CreateScheduler = name => SchedulerFactory.Create(folder, name),
             Warnings = folder.VariantFallbacks(options.Variant),
         };
+    }
+
+    /// <summary>
+    /// Reads the adapters and matches them against the transformer's stored weight names and shapes (headers only),
+    /// so a bad adapter is refused before any model work.
+    /// </summary>
+    private static void CheckLoras(string transformerDir, PipelineOptions options)
+    {
+        var adapters = LoraAdapter.LoadAll(options.Loras!);
+        try
+        {
+            using var w = ModelFolder.OpenWeights(transformerDir, PixArtTransformer2DModel.WeightStem, options.Variant, options.DType);
+            using var merged = LoraMerge.Apply(w, adapters);
+        }
+        finally { foreach (var (a, _) in adapters) a.Dispose(); }
     }
 
     /// <summary>

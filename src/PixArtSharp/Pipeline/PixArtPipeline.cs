@@ -35,6 +35,11 @@ public sealed record PipelineOptions
     public string? Transformer { get; init; }
     /// <summary>A <c>vae</c> from elsewhere (a component folder, or a pipeline folder with <c>vae/</c>).</summary>
     public string? Vae { get; init; }
+    /// <summary>
+    /// LoRA adapters merged into the transformer's weights when it loads (PEFT folders or kohya files, each with its
+    /// scale; several add up). They are checked against the transformer when the pipeline is built.
+    /// </summary>
+    public IReadOnlyList<Loading.Lora.LoraSpec>? Loras { get; init; }
     /// <summary>Decode in overlapping tiles of this many latents per side (0 = whole; see AutoencoderKL.DecodeTiled).</summary>
     public int VaeTileLatents { get; init; }
 }

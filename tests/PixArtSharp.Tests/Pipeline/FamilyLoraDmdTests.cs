@@ -1,9 +1,7 @@
 using PixArtSharp.Pipeline;
 using PixArtSharp.Tests.Support;
 using Xunit.Abstractions;
-#if PIXART_SIGMA_LORA
 using PixArtSharp.Loading.Lora;
-#endif
 
 namespace PixArtSharp.Tests.Pipeline;
 
@@ -37,15 +35,7 @@ public class FamilyLoraDmdTests(ITestOutputHelper output)
         output.WriteLine($"dmd_one_step: final_latents max|Δ| {latentErr:E3} (max|ref| {Compare.MaxAbs(r["final_latents"]):F1}), images max|Δ| {imageErr:E3}");
     }
 
-#if PIXART_SIGMA_LORA
-    // Needs main's PixArtSigmaPipeline and a LoRA option on the pipeline. The call these tests expect:
-    //   PixArtPipeline.FromPretrained(folder, new PipelineOptions { Loras = [new LoraSpec(path, scale)] })
-    // where the options' transformer loader does
-    //   using var adapters = LoraAdapter.LoadAll(options.Loras)  (dispose each adapter after loading)
-    //   PixArtTransformer2DModel.FromFolder(transformerDir, options.Variant, options.DType, device, loras: adapters)
-    // Remove the #if (or define PIXART_SIGMA_LORA) and the Skip once that exists.
-
-    [Theory(Skip = "needs the Σ pipeline on main")]
+    [Theory]
     [InlineData("lora_peft_scale1", "peft")]
     [InlineData("lora_peft_scale1", "kohya.safetensors")]
     [InlineData("lora_scale_half", "peft")]
@@ -61,5 +51,4 @@ public class FamilyLoraDmdTests(ITestOutputHelper output)
         double imageErr = Compare.Close(r["images"], result.Images!, 1e-4, $"{name}/{adapter} images");
         output.WriteLine($"{name} ({adapter}): final_latents max|Δ| {latentErr:E3} (max|ref| {Compare.MaxAbs(r["final_latents"]):F1}), images max|Δ| {imageErr:E3}");
     }
-#endif
 }

@@ -53,6 +53,7 @@ public class PipelineFixtureTests(TinyPipelines fixture, ITestOutputHelper outpu
             Width = call.TryGetProperty("width", out var w) ? w.GetInt32() : null,
             UseResolutionBinning = !call.TryGetProperty("use_resolution_binning", out var b) || b.GetBoolean(),
             CleanCaption = !call.TryGetProperty("clean_caption", out var cc) || cc.GetBoolean(),
+            MaxSequenceLength = call.TryGetProperty("max_sequence_length", out var msl) ? msl.GetInt32() : null,
             Seed = seed,
         };
     }
