@@ -33,6 +33,15 @@ public static class GenerateCommand
         public string? Revision { get; init; }
         public string? Variant { get; init; }
         public int? Steps { get; init; }
+        /// <summary>--timesteps 400 or 999,499: diffusers' custom timesteps (one-step DMD: 400).</summary>
+        public string? Timesteps { get; init; }
+        public int? MaxSequenceLength { get; init; }
+        /// <summary>--lora PATH[:SCALE], repeatable.</summary>
+        public IReadOnlyList<string> Loras { get; init; } = [];
+        /// <summary>Components from elsewhere: a Hub id (org/name[/subfolder]) or a folder.</summary>
+        public string? TextEncoder { get; init; }
+        public string? Transformer { get; init; }
+        public string? Vae { get; init; }
         public double? Guidance { get; init; }
         public long? Seed { get; init; }
         public int? Height { get; init; }
@@ -77,6 +86,12 @@ public static class GenerateCommand
         var revision = new Option<string?>("--revision") { Description = "Hub branch, tag or commit [default: main]." };
         var variant = new Option<string?>("--variant") { Description = "Weights variant, e.g. fp16 (components without it load their default weights)." };
         var steps = new Option<int?>("--steps") { Description = "Denoising steps [default: from the scheduler: LCM 4, DPM-Solver 20, SA-Solver 25]." };
+        var timesteps = new Option<string?>("--timesteps") { HelpName = "T[,T…]", Description = "Custom descending timesteps instead of --steps, as diffusers' timesteps=[…] (one-step DMD models: --timesteps 400 --guidance 1)." };
+        var maxSeq = new Option<int?>("--max-sequence-length") { Description = "T5 tokens per prompt [default: the pipeline's: PixArt-α 120, PixArt-Σ 300]." };
+        var lora = new Option<string[]>("--lora") { HelpName = "PATH[:SCALE]", Arity = ArgumentArity.ZeroOrMore, AllowMultipleArgumentsPerToken = false, Description = "A LoRA adapter merged into the transformer: a PEFT folder (adapter_config.json + adapter_model.safetensors) or a kohya .safetensors file, with an optional scale [default: 1]. Repeatable; adapters add up." };
+        var textEncoder = new Option<string?>("--text-encoder") { HelpName = "ID|DIR", Description = "The T5 text encoder from elsewhere: a folder, or a Hub id (org/name, org/name/subfolder)." };
+        var transformer = new Option<string?>("--transformer") { HelpName = "ID|DIR", Description = "The transformer from elsewhere (e.g. PixArt-alpha/PixArt-Sigma-XL-2-2K-MS with a 1024 pipeline's other parts): a folder or a Hub id." };
+        var vae = new Option<string?>("--vae") { HelpName = "ID|DIR", Description = "The VAE from elsewhere: a folder or a Hub id (org/name, org/name/subfolder)." };
         var guidance = new Option<double?>("--guidance", "-g") { Description = "Classifier-free guidance scale; 1 or less disables it [default: LCM 0, DPM-Solver 4.5, SA-Solver 3]." };
         var seed = new Option<long?>("--seed", "-s") { Description = "Random seed (torch.Generator('cpu').manual_seed) [default: random, printed and recorded in the PNG]." };
         var height = new Option<int?>("--height", "-H") { Description = "Image height in pixels, a multiple of 8 [default: from the model, 1024 for the XL models]." };
@@ -112,7 +127,7 @@ public static class GenerateCommand
             "  pixart generate --from-png pixart-42.png --steps 8\n" +
             "  pixart generate \"a watercolor painting\" --image photo.jpg --strength 0.6 --resize-to-fit")
         {
-            prompts, promptsFile, batchSize, negative, model, revision, variant, steps, guidance, seed, height, width, numImages,
+            prompts, promptsFile, batchSize, negative, model, revision, variant, steps, timesteps, maxSeq, lora, textEncoder, transformer, vae, guidance, seed, height, width, numImages,
             noBinning, noClean, scheduler, dtype, threads, output, style, fromPng, quiet, json, image, strength, resizeToFit,
         };
 
@@ -128,6 +143,12 @@ public static class GenerateCommand
                 Revision = parseResult.GetValue(revision),
                 Variant = parseResult.GetValue(variant),
                 Steps = parseResult.GetValue(steps),
+                Timesteps = parseResult.GetValue(timesteps),
+                MaxSequenceLength = parseResult.GetValue(maxSeq),
+                Loras = parseResult.GetValue(lora) ?? [],
+                TextEncoder = parseResult.GetValue(textEncoder),
+                Transformer = parseResult.GetValue(transformer),
+                Vae = parseResult.GetValue(vae),
                 Guidance = parseResult.GetValue(guidance),
                 Seed = parseResult.GetValue(seed),
                 Height = parseResult.GetValue(height),
@@ -192,7 +213,9 @@ public static class GenerateCommand
             Prompts = prompts ?? settings.Prompts,
             NegativePrompt = a.NegativePrompt ?? settings.NegativePrompt,
             Style = a.Style ?? settings.Style,
-            Steps = a.Steps ?? settings.Steps,
+            Steps = a.Timesteps is not null ? null : a.Steps ?? settings.Steps,
+            Timesteps = a.Timesteps is not null ? ParseTimesteps(a.Timesteps) : a.Steps is not null ? null : settings.Timesteps,
+            MaxSequenceLength = a.MaxSequenceLength ?? settings.MaxSequenceLength,
             Guidance = a.Guidance ?? settings.Guidance,
             Height = a.Height ?? settings.Height,
             Width = a.Width ?? settings.Width,
@@ -230,8 +253,18 @@ public static class GenerateCommand
             a.Model ?? recorded?.Model ?? DefaultModel,
             a.Revision ?? (modelGiven ? null : recorded?.ModelRevision),
             a.Variant ?? (modelGiven ? null : recorded?.Variant),
-            a.DType ?? recorded?.DType ?? "fp32");
+            a.DType ?? recorded?.DType ?? "fp32")
+        {
+            // Adapters and components are local files or other repos: never taken from a PNG someone sent, only
+            // from the command line (a --from-png run that needs them says so below).
+            TextEncoder = a.TextEncoder,
+            Transformer = a.Transformer,
+            Vae = a.Vae,
+        };
         ParseDType(modelInfo.DType);
+        foreach (var l in a.Loras) ParseLora(l);
+        if (recorded is not null && a.Loras.Count == 0 && recorded.Loras is { Count: > 0 } recordedLoras)
+            throw new UsageException($"--from-png: {a.FromPng} was made with LoRA {string.Join("; ", recordedLoras)}; give the adapter(s) again with --lora PATH[:SCALE] (paths are never taken from an image).");
 
         string defaultName = a.FromPng is not null
             ? $"{Path.GetFileNameWithoutExtension(a.FromPng)}-repro.png"
@@ -239,6 +272,30 @@ public static class GenerateCommand
         string outputPath = OutputNaming.Normalize(a.Output, defaultName);
         var files = OutputNaming.Paths(outputPath, batches.Sum(b => b.ImageCount));
         return new Plan(batches, modelInfo, files, imageInput);
+    }
+
+    /// <summary>--timesteps "999,499" → [999, 499].</summary>
+    public static IReadOnlyList<int> ParseTimesteps(string text)
+    {
+        var parts = text.Split([',', ' '], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var list = new List<int>(parts.Length);
+        foreach (var p in parts)
+            list.Add(int.TryParse(p, NumberStyles.Integer, CultureInfo.InvariantCulture, out int t)
+                ? t : throw new UsageException($"--timesteps takes whole numbers separated by commas (e.g. 400, or 999,749,499,249), got '{text}'."));
+        if (list.Count == 0) throw new UsageException("--timesteps needs at least one timestep, e.g. --timesteps 400.");
+        return list;
+    }
+
+    /// <summary>--lora PATH[:SCALE] → a LoRA spec (a trailing ":number" is the scale; paths may hold ':' otherwise).</summary>
+    public static Loading.Lora.LoraSpec ParseLora(string text)
+    {
+        int colon = text.LastIndexOf(':');
+        if (colon > 0 && double.TryParse(text[(colon + 1)..], NumberStyles.Float, CultureInfo.InvariantCulture, out double scale))
+        {
+            if (!double.IsFinite(scale)) throw new UsageException($"--lora {text}: the scale must be a finite number.");
+            return new Loading.Lora.LoraSpec(text[..colon], scale);
+        }
+        return new Loading.Lora.LoraSpec(text, 1.0);
     }
 
     /// <summary>An ArgumentException from the settings' checks as a command-line message naming the flag.</summary>
@@ -284,10 +341,29 @@ public static class GenerateCommand
             ModelRevision = isLocal ? null : Path.GetFileName(Path.TrimEndingDirectorySeparator(folder)),
         };
         var dtype = ParseDType(model.DType);
+        async Task<string?> Component(string? arg, string name) => arg is null ? null : await DownloadView.RunAsync(cli, a.Quiet, progress =>
+            ModelLocator.ResolveComponentAsync(arg, name, null, model.Variant, progress, HubSettings.FromEnvironment(), ct)).ConfigureAwait(false);
+        var loras = a.Loras.Select(ParseLora).ToList();
+        var options = new PipelineOptions
+        {
+            KeepLoaded = false,
+            Variant = model.Variant,
+            DType = dtype,
+            TextEncoder = await Component(a.TextEncoder, "text_encoder").ConfigureAwait(false),
+            Transformer = await Component(a.Transformer, "transformer").ConfigureAwait(false),
+            Vae = await Component(a.Vae, "vae").ConfigureAwait(false),
+            Loras = loras,
+        };
+        if (loras.Count > 0)
+        {
+            var adapters = Loading.Lora.LoraAdapter.LoadAll(loras);
+            model = model with { Loras = adapters.Select(x => x.Adapter.Describe(x.Scale)).ToList() };
+            foreach (var (adapter, _) in adapters) adapter.Dispose();
+        }
 
         // One pipeline for the whole run: configs and tokenizer now, each model when its stage starts (and freed
         // after it: T5 once every prompt is encoded; the transformer and the VAE after the last batch).
-        using var pipe = PixArtPipeline.FromPretrained(folder, new PipelineOptions { KeepLoaded = false, Variant = model.Variant, DType = dtype });
+        using var pipe = PixArtPipeline.FromPretrained(folder, options);
         foreach (var w in pipe.Warnings) Warn(w);
         if (MemoryCheck.Warning(pipe.Folder!, model.Variant, dtype, allLoaded: plan.Batches.Count > 1) is { } memory) Warn(memory);
 

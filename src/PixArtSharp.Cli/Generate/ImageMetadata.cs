@@ -38,7 +38,10 @@ public static class ImageMetadata
                 (string?)node["model"] ?? GenerateCommand.DefaultModel,
                 (string?)node["model_revision"],
                 (string?)node["variant"],
-                (string?)node["dtype"] ?? "fp32");
+                (string?)node["dtype"] ?? "fp32")
+            {
+                Loras = node["loras"] is JsonArray l ? l.Select(x => (string?)x ?? "").ToList() : null,
+            };
             return (settings, model, (int?)node["image_index"] ?? 0);
         }
         catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)

@@ -8,7 +8,17 @@ namespace PixArtSharp.Imaging;
 /// <param name="ModelRevision">The Hub commit the files came from; null for a local folder.</param>
 /// <param name="Variant">The weights variant (e.g. fp16), or null.</param>
 /// <param name="DType">fp32, bf16 or fp16.</param>
-public sealed record ModelInfo(string Model, string? ModelRevision, string? Variant, string DType);
+public sealed record ModelInfo(string Model, string? ModelRevision, string? Variant, string DType)
+{
+    /// <summary>Components from elsewhere, as the user named them (<c>--text-encoder</c>, <c>--transformer</c>, <c>--vae</c>).</summary>
+    public string? TextEncoder { get; init; }
+    /// <summary>The transformer given with <c>--transformer</c>, as the user named it.</summary>
+    public string? Transformer { get; init; }
+    /// <summary>The VAE given with <c>--vae</c>, as the user named it.</summary>
+    public string? Vae { get; init; }
+    /// <summary>Each LoRA adapter as "name (short sha256) × scale".</summary>
+    public IReadOnlyList<string>? Loras { get; init; }
+}
 
 /// <summary>
 /// The one place that turns a generated image into PNG bytes, so <c>pixart generate</c> and <c>pixart serve</c> give
@@ -26,7 +36,7 @@ public static class ImageFiles
 
     /// <summary>How the A1111 text names a model: a Hub id as it is, a local folder by its folder name.</summary>
     public static string ModelLabel(string model) =>
-        Directory.Exists(model) ? Path.GetFileName(Path.TrimEndingDirectorySeparator(model)) : model;
+        Directory.Exists(model) || File.Exists(model) ? Path.GetFileName(Path.TrimEndingDirectorySeparator(model)) : model;
 
     /// <param name="settings">The resolved settings of the batch the image belongs to.</param>
     /// <param name="imageIndex">The image's index in the batch (prompt-major: prompt = index / num_images).</param>
@@ -39,11 +49,21 @@ public static class ImageFiles
         if (imageIndex < 0 || imageIndex >= settings.Prompts.Count * settings.NumImages)
             throw new ArgumentOutOfRangeException(nameof(imageIndex), imageIndex, $"The batch has {settings.Prompts.Count * settings.NumImages} images.");
         string parameters = settings.ToParametersText(imageIndex / settings.NumImages, ModelLabel(model.Model), model.ModelRevision, Version);
+        var extra = new List<string>();
+        if (model.Transformer is not null) extra.Add($"Transformer: {ModelLabel(model.Transformer)}");
+        if (model.TextEncoder is not null) extra.Add($"Text encoder: {ModelLabel(model.TextEncoder)}");
+        if (model.Vae is not null) extra.Add($"VAE: {ModelLabel(model.Vae)}");
+        if (model.Loras is { Count: > 0 } l) extra.Add($"LoRA: {string.Join("; ", l)}");
+        if (extra.Count > 0) parameters += ", " + string.Join(", ", extra);
         var json = JsonNode.Parse(settings.ToJson())!.AsObject();
         json["model"] = model.Model;
         if (model.ModelRevision is not null) json["model_revision"] = model.ModelRevision;
         if (model.Variant is not null) json["variant"] = model.Variant;
         json["dtype"] = model.DType;
+        if (model.TextEncoder is not null) json["text_encoder"] = model.TextEncoder;
+        if (model.Transformer is not null) json["transformer"] = model.Transformer;
+        if (model.Vae is not null) json["vae"] = model.Vae;
+        if (model.Loras is { Count: > 0 } loras) json["loras"] = new JsonArray(loras.Select(l => (JsonNode)l).ToArray());
         json["image_index"] = imageIndex;
         json["version"] = Version;
         return [(ParametersKey, parameters), (SettingsKey, json.ToJsonString(GenerationSettings.JsonOptions))];

@@ -40,7 +40,7 @@ public static class CliRunner
     /// <summary>The fixture's images rounded as diffusers' numpy_to_pil: (x*255).round(), as HWC bytes per image.</summary>
     public static byte[][] ExpectedRgb8(string fixture)
     {
-        using var r = new Reference("expected/pipeline/" + fixture);
+        using var r = new Reference(fixture.Contains('/') ? fixture : "expected/pipeline/" + fixture);
         using var images = r["images"];
         using var bytes = images.mul(255).round().clamp(0, 255).to(ScalarType.Byte);
         return Enumerable.Range(0, (int)bytes.shape[0]).Select(i => { using var b = bytes[i].contiguous(); return b.data<byte>().ToArray(); }).ToArray();
