@@ -262,7 +262,7 @@ public static class GenerateCommand
             Vae = a.Vae,
         };
         ParseDType(modelInfo.DType);
-        foreach (var l in a.Loras) ParseLora(l);
+        foreach (var l in a.Loras) PipelineSetup.ParseLora(l);
         if (recorded is not null && a.Loras.Count == 0 && recorded.Loras is { Count: > 0 } recordedLoras)
             throw new UsageException($"--from-png: {a.FromPng} was made with LoRA {string.Join("; ", recordedLoras)}; give the adapter(s) again with --lora PATH[:SCALE] (paths are never taken from an image).");
 
@@ -284,18 +284,6 @@ public static class GenerateCommand
                 ? t : throw new UsageException($"--timesteps takes whole numbers separated by commas (e.g. 400, or 999,749,499,249), got '{text}'."));
         if (list.Count == 0) throw new UsageException("--timesteps needs at least one timestep, e.g. --timesteps 400.");
         return list;
-    }
-
-    /// <summary>--lora PATH[:SCALE] → a LoRA spec (a trailing ":number" is the scale; paths may hold ':' otherwise).</summary>
-    public static Loading.Lora.LoraSpec ParseLora(string text)
-    {
-        int colon = text.LastIndexOf(':');
-        if (colon > 0 && double.TryParse(text[(colon + 1)..], NumberStyles.Float, CultureInfo.InvariantCulture, out double scale))
-        {
-            if (!double.IsFinite(scale)) throw new UsageException($"--lora {text}: the scale must be a finite number.");
-            return new Loading.Lora.LoraSpec(text[..colon], scale);
-        }
-        return new Loading.Lora.LoraSpec(text, 1.0);
     }
 
     /// <summary>An ArgumentException from the settings' checks as a command-line message naming the flag.</summary>
@@ -330,36 +318,12 @@ public static class GenerateCommand
         TorchRuntime.EnsureLoaded();
         if (a.Threads is { } n) TorchRuntime.SetThreads(n);
 
-        // Model: a local folder as it is, a Hub id through the cache (downloading what is missing).
-        string folder = await DownloadView.RunAsync(cli, a.Quiet, progress =>
-            ModelLocator.ResolveAsync(plan.Model.Model, plan.Model.ModelRevision, plan.Model.Variant, progress, HubSettings.FromEnvironment(), ct)).ConfigureAwait(false);
+        // Model: a local folder as it is, a Hub id through the cache (downloading what is missing); components and
+        // adapters from elsewhere.
+        var dtype = ParseDType(plan.Model.DType);
+        var (folder, options, model) = await PipelineSetup.ResolveAsync(cli, a.Quiet, plan.Model,
+            new PipelineOptions { KeepLoaded = false, DType = dtype }, a.Loras, ct).ConfigureAwait(false);
         bool isLocal = Directory.Exists(plan.Model.Model);
-        var model = plan.Model with
-        {
-            Model = isLocal ? Path.GetFullPath(plan.Model.Model) : plan.Model.Model,
-            // The snapshot folder is named after the commit: record that, not "main", so --from-png gets the same files.
-            ModelRevision = isLocal ? null : Path.GetFileName(Path.TrimEndingDirectorySeparator(folder)),
-        };
-        var dtype = ParseDType(model.DType);
-        async Task<string?> Component(string? arg, string name) => arg is null ? null : await DownloadView.RunAsync(cli, a.Quiet, progress =>
-            ModelLocator.ResolveComponentAsync(arg, name, null, model.Variant, progress, HubSettings.FromEnvironment(), ct)).ConfigureAwait(false);
-        var loras = a.Loras.Select(ParseLora).ToList();
-        var options = new PipelineOptions
-        {
-            KeepLoaded = false,
-            Variant = model.Variant,
-            DType = dtype,
-            TextEncoder = await Component(a.TextEncoder, "text_encoder").ConfigureAwait(false),
-            Transformer = await Component(a.Transformer, "transformer").ConfigureAwait(false),
-            Vae = await Component(a.Vae, "vae").ConfigureAwait(false),
-            Loras = loras,
-        };
-        if (loras.Count > 0)
-        {
-            var adapters = Loading.Lora.LoraAdapter.LoadAll(loras);
-            model = model with { Loras = adapters.Select(x => x.Adapter.Describe(x.Scale)).ToList() };
-            foreach (var (adapter, _) in adapters) adapter.Dispose();
-        }
 
         // One pipeline for the whole run: configs and tokenizer now, each model when its stage starts (and freed
         // after it: T5 once every prompt is encoded; the transformer and the VAE after the last batch).

@@ -19,6 +19,10 @@ public sealed record ImagesRequest
     /// <summary>OpenAI's "WIDTHxHEIGHT"; an alternative to width and height.</summary>
     [JsonPropertyName("size")] public string? Size { get; init; }
     [JsonPropertyName("steps")] public int? Steps { get; init; }
+    /// <summary>Custom descending timesteps, as diffusers' <c>timesteps=[…]</c> (one-step DMD: [400]).</summary>
+    [JsonPropertyName("timesteps")] public int[]? Timesteps { get; init; }
+    /// <summary>T5 tokens per prompt (default: the pipeline's, α 120, Σ 300).</summary>
+    [JsonPropertyName("max_sequence_length")] public int? MaxSequenceLength { get; init; }
     [JsonPropertyName("guidance")] public double? Guidance { get; init; }
     [JsonPropertyName("seed")] public long? Seed { get; init; }
     [JsonPropertyName("style")] public string? Style { get; init; }
@@ -65,6 +69,8 @@ public sealed record ImagesRequest
             NegativePrompt = NegativePrompt ?? "",
             Style = Style,
             Steps = Steps,
+            Timesteps = Timesteps,
+            MaxSequenceLength = MaxSequenceLength,
             Guidance = Guidance,
             Seed = Seed,
             Width = width,
@@ -128,7 +134,7 @@ public sealed record ImagesRequest
         {
             string path = e.Path is { Length: > 2 } p ? p.TrimStart('$', '.') : "";
             string what = e.Message.Contains("could not be mapped", StringComparison.Ordinal)
-                ? $"Unknown field '{ExtractQuoted(e.Message) ?? path}'. Known fields: prompt, negative_prompt, n, width, height, size, steps, guidance, seed, style, scheduler, resolution_binning, image, strength, resize_to_fit, response_format."
+                ? $"Unknown field '{ExtractQuoted(e.Message) ?? path}'. Known fields: prompt, negative_prompt, n, width, height, size, steps, timesteps, max_sequence_length, guidance, seed, style, scheduler, resolution_binning, image, strength, resize_to_fit, response_format."
                 : path.Length > 0 ? $"The field '{path}' has the wrong type or is malformed JSON." : "The request body is not a valid JSON object.";
             throw new ApiException(400, what, ExtractQuoted(e.Message) ?? path);
         }

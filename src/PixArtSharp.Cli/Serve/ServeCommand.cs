@@ -21,6 +21,10 @@ public static class ServeCommand
         };
         var revision = new Option<string?>("--revision") { Description = "Hub branch, tag or commit [default: main]" };
         var variant = new Option<string?>("--variant") { Description = "Weights variant such as fp16 (components without it load their default weights, with a warning)" };
+        var lora = new Option<string[]>("--lora") { HelpName = "PATH[:SCALE]", Description = "A LoRA adapter merged into the transformer at start-up (PEFT folder or kohya file, optional scale); repeatable. Requests cannot name files." };
+        var textEncoder = new Option<string?>("--text-encoder") { HelpName = "ID|DIR", Description = "The T5 text encoder from elsewhere (a folder or a Hub id)" };
+        var transformer = new Option<string?>("--transformer") { HelpName = "ID|DIR", Description = "The transformer from elsewhere (a folder or a Hub id)" };
+        var vae = new Option<string?>("--vae") { HelpName = "ID|DIR", Description = "The VAE from elsewhere (a folder or a Hub id)" };
         var host = new Option<string>("--host")
         {
             Description = "Address to listen on; the default serves this machine only. Use --token when opening it up",
@@ -51,7 +55,7 @@ public static class ServeCommand
 
         var cmd = new Command("serve", "Serve an HTTP API (OpenAI-like images endpoint) and a web page, batching concurrent requests")
         {
-            model, revision, variant, host, port, token, maxQueue, maxBatch, dtype, threads,
+            model, revision, variant, lora, textEncoder, transformer, vae, host, port, token, maxQueue, maxBatch, dtype, threads,
         };
         // Errors become one "error: …" line and pixart's exit codes (2 bad arguments, 3 model not found, …).
         cmd.SetAction(CliApp.Guard(async (parse, _, ct) =>
@@ -61,6 +65,10 @@ public static class ServeCommand
                 Model = parse.GetValue(model)!,
                 Revision = parse.GetValue(revision),
                 Variant = parse.GetValue(variant),
+                Loras = parse.GetValue(lora) ?? [],
+                TextEncoder = parse.GetValue(textEncoder),
+                Transformer = parse.GetValue(transformer),
+                Vae = parse.GetValue(vae),
                 Host = parse.GetValue(host)!,
                 Port = parse.GetValue(port),
                 Token = parse.GetValue(token) ?? NullIfEmpty(Environment.GetEnvironmentVariable("PIXART_TOKEN")),
@@ -92,21 +100,16 @@ public static class ServeCommand
         TorchRuntime.EnsureLoaded();
         if (threads is { } t) TorchRuntime.SetThreads(t);
 
-        string folder = await ModelLocator.ResolveAsync(options.Model, options.Revision, options.Variant, settings: HubSettings.FromEnvironment(), ct: ct);
+        var (folder, pipelineOptions, model) = await PipelineSetup.ResolveAsync(new CliOutput(Console.Out, Console.Error, ErrIsTerminal: false), quiet: true,
+            new ModelInfo(options.Model, options.Revision, options.Variant, DTypeName(dtype)) { TextEncoder = options.TextEncoder, Transformer = options.Transformer, Vae = options.Vae },
+            new PipelineOptions { DType = dtype, KeepLoaded = true }, options.Loras, ct);
         Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeName(dtype)}) …");
         // The server keeps every component loaded: say so before loading them if they will not fit.
         if (Generate.MemoryCheck.Warning(ModelFolder.Open(folder), options.Variant, dtype, allLoaded: true) is { } memory)
             Console.Error.WriteLine($"pixart serve: warning: {memory}");
-        using var pipeline = PixArtPipeline.FromPretrained(folder, new PipelineOptions { DType = dtype, Variant = options.Variant, KeepLoaded = true });
+        using var pipeline = PixArtPipeline.FromPretrained(folder, pipelineOptions);
         foreach (var w in pipeline.Warnings) Console.Error.WriteLine($"pixart serve: warning: {w}");
         pipeline.Preload();
-        // Recorded in every image exactly as `pixart generate` records it, so both give the same PNG bytes.
-        bool isLocal = Directory.Exists(options.Model);
-        var model = new ModelInfo(
-            isLocal ? Path.GetFullPath(options.Model) : options.Model,
-            isLocal ? null : Path.GetFileName(Path.TrimEndingDirectorySeparator(folder)), // the snapshot's commit
-            options.Variant,
-            DTypeName(dtype));
         using var queue = new GenerationQueue(pipeline, model, options.MaxQueue, options.MaxBatch, options.KeepFinished);
         await using var app = ServerApp.Build(options, queue);
         await app.StartAsync(ct);

@@ -9,6 +9,14 @@ public sealed record ServeOptions
     public string? Revision { get; init; }
     /// <summary>Weights variant, e.g. fp16.</summary>
     public string? Variant { get; init; }
+    /// <summary>Components from elsewhere (folders or Hub ids), as for <c>pixart generate</c>.</summary>
+    public string? TextEncoder { get; init; }
+    /// <summary>The transformer from elsewhere.</summary>
+    public string? Transformer { get; init; }
+    /// <summary>The VAE from elsewhere.</summary>
+    public string? Vae { get; init; }
+    /// <summary>LoRA adapters (PATH[:SCALE]), fixed at start-up: requests never name files.</summary>
+    public IReadOnlyList<string> Loras { get; init; } = [];
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>0 picks a free port (tests).</summary>
     public int Port { get; init; } = 7860;

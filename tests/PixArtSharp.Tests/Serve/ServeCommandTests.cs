@@ -11,7 +11,7 @@ public sealed class ServeCommandTests
     {
         var cmd = ServeCommand.Create();
         Assert.Equal("serve", cmd.Name);
-        Assert.Equal(["--model", "--revision", "--variant", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--threads"],
+        Assert.Equal(["--model", "--revision", "--variant", "--lora", "--text-encoder", "--transformer", "--vae", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--threads"],
             cmd.Options.Select(o => o.Name).Where(n => n.StartsWith("--", StringComparison.Ordinal) && n != "--help"));
         var parse = cmd.Parse([]);
         Assert.Empty(parse.Errors);

@@ -1,0 +1,62 @@
+using PixArtSharp.Cli.Download;
+using PixArtSharp.Hub;
+using PixArtSharp.Imaging;
+using PixArtSharp.Loading.Lora;
+using PixArtSharp.Pipeline;
+
+namespace PixArtSharp.Cli;
+
+/// <summary>
+/// The model side of a command, shared by <c>pixart generate</c> and <c>pixart serve</c>: the model folder (local or
+/// through the Hub cache), components from elsewhere (<c>--text-encoder</c>, <c>--transformer</c>, <c>--vae</c>), LoRA
+/// adapters (<c>--lora PATH[:SCALE]</c>) — turned into the pipeline's options and the record every image carries.
+/// </summary>
+public static class PipelineSetup
+{
+    /// <summary>Resolves (downloading what is missing) and returns the folder, the pipeline options and the image record.</summary>
+    public static async Task<(string Folder, PipelineOptions Options, ModelInfo Model)> ResolveAsync(
+        CliOutput cli, bool quiet, ModelInfo model, PipelineOptions options, IReadOnlyList<string> loraArgs, CancellationToken ct)
+    {
+        var hub = HubSettings.FromEnvironment();
+        string folder = await DownloadView.RunAsync(cli, quiet, progress =>
+            ModelLocator.ResolveAsync(model.Model, model.ModelRevision, model.Variant, progress, hub, ct)).ConfigureAwait(false);
+        bool isLocal = Directory.Exists(model.Model);
+        model = model with
+        {
+            Model = isLocal ? Path.GetFullPath(model.Model) : model.Model,
+            // The snapshot folder is named after the commit: record that, not "main", so --from-png gets the same files.
+            ModelRevision = isLocal ? null : Path.GetFileName(Path.TrimEndingDirectorySeparator(folder)),
+        };
+        async Task<string?> Component(string? arg, string name) => arg is null ? null : await DownloadView.RunAsync(cli, quiet, progress =>
+            ModelLocator.ResolveComponentAsync(arg, name, null, model.Variant, progress, hub, ct)).ConfigureAwait(false);
+        var loras = loraArgs.Select(ParseLora).ToList();
+        options = options with
+        {
+            Variant = model.Variant,
+            TextEncoder = await Component(model.TextEncoder, "text_encoder").ConfigureAwait(false),
+            Transformer = await Component(model.Transformer, "transformer").ConfigureAwait(false),
+            Vae = await Component(model.Vae, "vae").ConfigureAwait(false),
+            Loras = loras,
+        };
+        if (loras.Count > 0)
+        {
+            // Each adapter is recorded by name, a short hash of its weights and its scale (never its path).
+            var adapters = LoraAdapter.LoadAll(loras);
+            try { model = model with { Loras = adapters.Select(x => x.Adapter.Describe(x.Scale)).ToList() }; }
+            finally { foreach (var (adapter, _) in adapters) adapter.Dispose(); }
+        }
+        return (folder, options, model);
+    }
+
+    /// <summary>--lora PATH[:SCALE] → a LoRA spec (a trailing ":number" is the scale; paths may hold ':' otherwise).</summary>
+    public static LoraSpec ParseLora(string text)
+    {
+        int colon = text.LastIndexOf(':');
+        if (colon > 0 && double.TryParse(text[(colon + 1)..], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double scale))
+        {
+            if (!double.IsFinite(scale)) throw new UsageException($"--lora {text}: the scale must be a finite number.");
+            return new LoraSpec(text[..colon], scale);
+        }
+        return new LoraSpec(text, 1.0);
+    }
+}
