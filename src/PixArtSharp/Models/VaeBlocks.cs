@@ -50,15 +50,16 @@ public static class VaeActivation
 public sealed class VaeConv2d : IDisposable
 {
     public readonly Tensor weight;
-    public readonly Tensor bias;
+    /// <summary>Null for a conv built with <c>bias: false</c> (AutoencoderTiny's strided and upsampling convs).</summary>
+    public readonly Tensor? bias;
     private readonly long _stride, _padding;
     private readonly bool _fp32;
 
-    public VaeConv2d(Weights w, long inChannels, long outChannels, long kernel, long stride = 1, long padding = 0)
+    public VaeConv2d(Weights w, long inChannels, long outChannels, long kernel, long stride = 1, long padding = 0, bool bias = true)
     {
         _fp32 = w.DType == ScalarType.BFloat16 && kernel > 1 && outChannels % 16 != 0;
         weight = _fp32 ? w.GetFloat32("weight", outChannels, inChannels, kernel, kernel) : w.Get("weight", outChannels, inChannels, kernel, kernel);
-        bias = _fp32 ? w.GetFloat32("bias", outChannels) : w.Get("bias", outChannels);
+        if (bias) this.bias = _fp32 ? w.GetFloat32("bias", outChannels) : w.Get("bias", outChannels);
         _stride = stride;
         _padding = padding;
     }
@@ -74,7 +75,7 @@ public sealed class VaeConv2d : IDisposable
         return y.to(x.dtype).MoveToOuterDisposeScope();
     }
 
-    public void Dispose() { weight.Dispose(); bias.Dispose(); }
+    public void Dispose() { weight.Dispose(); bias?.Dispose(); }
 }
 
 /// <summary>diffusers <c>ResnetBlock2D</c> without time embedding: norm1 → act → conv1 → norm2 → act → conv2, + shortcut.</summary>
