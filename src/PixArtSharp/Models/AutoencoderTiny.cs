@@ -251,7 +251,22 @@ public sealed class AutoencoderTinyBlock : ITinyLayer
 /// </summary>
 internal static class TinySequential
 {
+    /// <summary>
+    /// Runs the layers on <paramref name="x"/> laid out channels-last (NHWC strides, NCHW shape). libtorch's
+    /// oneDNN convolutions run natively in that layout and keep it for their output (the ReLUs, adds and the nearest
+    /// upsampling keep it too), where an NCHW input is reordered before and after every conv. Measured on the real
+    /// TAESD decoder at 1024 px, process CPU time per decode: bf16 6.1 s → 1.9 s (the AMX bf16 kernels need it), fp32
+    /// 6.1 s → 4.3 s. The result is returned contiguous (NCHW) again, as callers expect.
+    /// </summary>
     public static Tensor Run(ITinyLayer[] layers, Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var nhwc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
+        var y = RunLayers(layers, nhwc);
+        return y.contiguous().MoveToOuterDisposeScope();
+    }
+
+    private static Tensor RunLayers(ITinyLayer[] layers, Tensor x)
     {
         Tensor h = x;
         foreach (var layer in layers)
