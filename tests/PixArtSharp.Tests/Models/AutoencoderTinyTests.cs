@@ -64,8 +64,11 @@ public class AutoencoderTinyTests(ITestOutputHelper output)
         Assert.Equal(w.UsedKeys.Count, vae.NamedParameters().Count());
         Assert.Contains("decoder.layers.18.bias", w.UsedKeys);              // 64 → 3, the last conv
         Assert.Contains("encoder.layers.14.weight", w.UsedKeys);            // 64 → 4
-        Assert.True(((TinyConv)vae.decoder.layers[18]).conv.RunsInFloat32); // the defective bf16 case: 3 outputs
-        Assert.True(((TinyConv)vae.encoder.layers[14]).conv.RunsInFloat32);
+        // The bf16-defective shapes (3 and 4 outputs) run padded to 16 outputs; the others as they are.
+        Assert.True(((TinyConv)vae.decoder.layers[18]).conv.RunsPadded);
+        Assert.True(((TinyConv)vae.encoder.layers[14]).conv.RunsPadded);
+        Assert.False(((TinyConv)vae.decoder.layers[16]).conv.RunsPadded);
+        Assert.Equal([3L, 64, 3, 3], ((TinyConv)vae.decoder.layers[18]).conv.weight.shape);
         using var latents = torch.randn(1, 4, 3, 5);
         using var img = vae.Decode(latents);
         Assert.Equal([1L, 3, 24, 40], img.shape);
@@ -74,6 +77,43 @@ public class AutoencoderTinyTests(ITestOutputHelper output)
         using var image = torch.rand(1, 3, 24, 40).mul_(2).sub_(1);
         using var enc = vae.Encode(image);
         Assert.Equal([1L, 4, 3, 5], enc.shape);
+    }
+
+    /// <summary>
+    /// The real architecture in bf16 (64 channels: the channels-last AMX/oneDNN kernels, the padded last convs)
+    /// against fp32 compute with the same bf16-rounded weights, on seeded random weights at 128 px. Measured:
+    /// decode max |Δ| 0.95 % of the largest output value, encode 1.2 % of the largest latent; bound 4 %.
+    /// </summary>
+    [Fact]
+    public void RealSizeBf16ComputeStaysCloseToFp32()
+    {
+        var c = AutoencoderTinyConfig.Load(Fixtures.Path("taesd", "real-config.json"));
+        var raw = new Dictionary<string, Tensor>();
+        try
+        {
+            using (var wr = Weights.Random(21, ScalarType.Float32, std: 0.05, created: (k, t) => raw[k] = t.to(ScalarType.BFloat16).to(ScalarType.Float32).DetachFromDisposeScope()))
+            using (new AutoencoderTiny(c, wr)) { }
+            using var w32 = Weights.FromTensors(raw, ScalarType.Float32);
+            using var w16 = Weights.FromTensors(raw, ScalarType.BFloat16);
+            using var vae32 = new AutoencoderTiny(c, w32);
+            using var vae16 = new AutoencoderTiny(c, w16);
+            using var g = new Generator(8);
+            using var latents = torch.randn([1, 4, 16, 16], generator: g).mul_(2);
+            using var d32 = vae32.Decode(latents);
+            using var d16 = vae16.Decode(latents);
+            double rel = Compare.MaxAbsDiff(d32, d16) / Compare.MaxAbs(d32);
+            using var image = torch.rand([1, 3, 128, 128], generator: g).mul_(2).sub_(1);
+            using var e32 = vae32.Encode(image);
+            using var e16 = vae16.Encode(image);
+            double relE = Compare.MaxAbsDiff(e32, e16) / Compare.MaxAbs(e32);
+            output.WriteLine($"real size bf16 vs fp32 (same weights): decode max|Δ|/max|ref| {rel:E2} (max|ref| {Compare.MaxAbs(d32):F2}), encode {relE:E2} (max|ref| {Compare.MaxAbs(e32):F2})");
+            Assert.True(rel < 0.04, $"decode rel {rel}");
+            Assert.True(relE < 0.04, $"encode rel {relE}");
+        }
+        finally
+        {
+            foreach (var t in raw.Values) t.Dispose();
+        }
     }
 
     [Theory]
@@ -154,8 +194,9 @@ public class AutoencoderTinyTests(ITestOutputHelper output)
     // ---- reduced precision ----
 
     /// <summary>
-    /// bf16 weights and activations, fp32 output. Measured on this fixture: decode.sample max |Δ| 1.58e-2 against
-    /// the fp32 reference (values in [−1.25, 1.10]), encode.latents 1.40e-2 (values in [−3.2, 1.4]). Bounds ≈ 2×.
+    /// bf16 weights and activations, fp32 output. Measured on this fixture: decode.sample max |Δ| 1.91e-2 against
+    /// the fp32 reference (values in [−1.25, 1.10]), encode.latents 1.92e-2 (values in [−3.2, 1.4]); with the last
+    /// convs in fp32 (VaeConv2d's fp32 route) instead of bf16 padded to 16 outputs it was 1.58e-2 and 1.40e-2. Bounds ≈ 2×.
     /// </summary>
     [Fact]
     public void Bf16DecodeAndEncodeStayClose()
@@ -167,12 +208,12 @@ public class AutoencoderTinyTests(ITestOutputHelper output)
         using var sample = vae.Decode(latents);
         Assert.Equal(ScalarType.Float32, sample.dtype);
         using var expected = r["decode.sample"];
-        output.WriteLine($"bf16 decode.sample: max |Δ| {Compare.Close(expected, sample, 0.03, "bf16 decode.sample"):E3}");
+        output.WriteLine($"bf16 decode.sample: max |Δ| {Compare.Close(expected, sample, 0.04, "bf16 decode.sample"):E3}");
         using var image = r["encode.image"];
         using var enc = vae.Encode(image);
         Assert.Equal(ScalarType.Float32, enc.dtype);
         using var el = r["encode.latents"];
-        output.WriteLine($"bf16 encode.latents: max |Δ| {Compare.Close(el, enc, 0.03, "bf16 encode.latents"):E3}");
+        output.WriteLine($"bf16 encode.latents: max |Δ| {Compare.Close(el, enc, 0.04, "bf16 encode.latents"):E3}");
     }
 
     // ---- folder layouts ----
