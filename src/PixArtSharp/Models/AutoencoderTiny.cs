@@ -1,4 +1,5 @@
 using PixArtSharp.Loading;
+using PixArtSharp.Schedulers;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -26,6 +27,10 @@ public sealed class AutoencoderTiny : IDisposable
     public Device Device { get; }
     /// <summary>Pixels per latent along each side (8 for TAESD), as diffusers' pipelines compute it.</summary>
     public int VaeScaleFactor => Config.VaeScaleFactor;
+    /// <summary><c>scaling_factor</c>: 1.0 for TAESD, so the pipeline decodes <c>latents / 1.0</c> (the latents as they are).</summary>
+    public double ScalingFactor => Config.ScalingFactor;
+    /// <summary>Latent channels (4).</summary>
+    public int LatentChannels => Config.LatentChannels;
 
     /// <summary>
     /// Builds the model from weights at the root of <paramref name="w"/> (keys <c>encoder.layers.…</c>,
@@ -80,6 +85,9 @@ public sealed class AutoencoderTiny : IDisposable
         return vae;
     }
 
+    /// <summary><c>vae.decode(latents).sample</c>; see <see cref="Decode(Tensor, Action{string, Tensor}?)"/>.</summary>
+    public Tensor Decode(Tensor latents) => Decode(latents, null);
+
     /// <summary>
     /// <c>vae.decode(latents).sample</c>: (B,latent,h,w) → fp32 (B,out,8h,8w) in [−1, 1] (DecoderTiny's [0, 1] output
     /// mapped by ·2 − 1; values may overshoot slightly, the pipeline clamps). Latents go in unscaled — TAESD's
@@ -87,7 +95,7 @@ public sealed class AutoencoderTiny : IDisposable
     /// </summary>
     /// <param name="trace">Optional; sees <c>decoder.first_clamp</c> (tanh(x/3)·3). The tensor belongs to this call's
     /// dispose scope: keep it with <c>t.clone().DetachFromDisposeScope()</c>.</param>
-    public Tensor Decode(Tensor latents, Action<string, Tensor>? trace = null)
+    public Tensor Decode(Tensor latents, Action<string, Tensor>? trace)
     {
         CheckInput(latents, Config.LatentChannels, nameof(latents), "latent");
         using var scope = NewDisposeScope();
@@ -116,6 +124,13 @@ public sealed class AutoencoderTiny : IDisposable
         var x = encoder.forward(image.to(ScalarType.Float32, Device), DType);
         return x.MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// Image-to-image's <c>retrieve_latents(vae.encode(image), generator)</c> for TAESD: its output has no
+    /// <c>latent_dist</c>, so diffusers returns <c>encode(image).latents</c> as they are and draws nothing from the
+    /// generator; <paramref name="noise"/> is left untouched (the add_noise draw that follows is its first).
+    /// </summary>
+    public Tensor EncodeLatents(Tensor image, NoiseSource? noise) => Encode(image);
 
     /// <summary>diffusers' <c>scale_latents</c>: raw latents → [0, 1], x / (2·latent_magnitude) + latent_shift, clamped.</summary>
     public Tensor ScaleLatents(Tensor x)

@@ -29,6 +29,8 @@ public class AutoencoderTinyTests(ITestOutputHelper output)
         Assert.Equal([2, 2, 2, 1], c.NumDecoderBlocks);
         Assert.Equal(1.0, c.ScalingFactor);
         Assert.Equal(8, vae.VaeScaleFactor);
+        Assert.Equal(1.0, vae.ScalingFactor);
+        Assert.Equal(4, vae.LatentChannels);
         // The model's parameters are exactly the file's tensors, by key and value (FromFolder also ran CheckAllUsed).
         using var st = SafeTensorsFile.Open(Path.Combine(TinyDir, "diffusion_pytorch_model.safetensors"));
         var mine = vae.NamedParameters().ToDictionary(p => p.Key, p => p.Tensor);
@@ -171,6 +173,17 @@ public class AutoencoderTinyTests(ITestOutputHelper output)
         using var expected = r["encode.latents"];
         Assert.Equal(ScalarType.Float32, latents.dtype);
         output.WriteLine($"encode.latents: max |Δ| {Compare.Close(expected, latents, Atol, "encode.latents"):E2}");
+
+        // Image-to-image's retrieve_latents: the same latents, and no draw from the generator (its next normal is
+        // the one a fresh generator of the same seed gives first).
+        using var gen = new Generator(77);
+        var noise = new PixArtSharp.Schedulers.NoiseSource([gen]);
+        using var retrieved = _vae32.Value.EncodeLatents(image, noise);
+        Assert.Equal(0.0, Compare.MaxAbsDiff(latents, retrieved));
+        using var next = noise.Randn([8], ScalarType.Float32, CPU);
+        using var fresh = new Generator(77);
+        using var first = torch.randn([8], ScalarType.Float32, generator: fresh);
+        Assert.Equal(0.0, Compare.MaxAbsDiff(first, next));
     }
 
     [Fact]
