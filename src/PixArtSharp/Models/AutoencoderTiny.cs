@@ -14,7 +14,7 @@ namespace PixArtSharp.Models;
 /// <c>decoder.layers.N…</c>). Weights may be held in bf16; every public result is returned in fp32.
 /// <para>Decoding is tiling- and slicing-free, as diffusers' <c>decode</c> with both disabled (its defaults).</para>
 /// </summary>
-public sealed class AutoencoderTiny : IDisposable
+public sealed class AutoencoderTiny : IVae
 {
     public const string WeightStem = "diffusion_pytorch_model";
 

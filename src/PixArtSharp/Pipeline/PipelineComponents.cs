@@ -60,7 +60,7 @@ public sealed class PipelineComponents
             Tokenizer = T5Tokenizer.FromModelFolder(folder.ComponentDir("tokenizer")),
             TransformerConfig = transformerConfig,
             VaeScaleFactor = vae.ScaleFactor,
-            VaeScalingFactor = vae.ScalingFactor,
+            VaeScalingFactor = vae.Scaling,
             LoadTextEncoder = () => T5EncoderModel.FromFolder(textEncoderDir, options.Variant, options.DType, device),
             LoadTransformer = () =>
             {
@@ -71,7 +71,8 @@ public sealed class PipelineComponents
             LoadVae = () => vae.ClassName switch
             {
                 "AutoencoderKL" or null => AutoencoderKL.FromFolder(vaeDir, options.Variant, options.DType, device),
-                var other => throw new WeightFileException($"{Path.Combine(vaeDir, "config.json")}: _class_name '{other}' is not a VAE PixArtSharp implements (AutoencoderKL)."),
+                "AutoencoderTiny" => AutoencoderTiny.FromFolder(vaeDir, options.Variant, options.DType, device),
+                var other => throw new WeightFileException($"{Path.Combine(vaeDir, "config.json")}: _class_name '{other}' is not a VAE PixArtSharp implements (AutoencoderKL, AutoencoderTiny)."),
             },
             CreateScheduler = name => SchedulerFactory.Create(folder, name),
             Warnings = folder.VariantFallbacks(options.Variant),
@@ -112,18 +113,23 @@ public sealed class PipelineComponents
     internal sealed class VaeConfigHead
     {
         [JsonPropertyName("_class_name")] public string? ClassName { get; set; }
-        public int[] BlockOutChannels { get; set; } = [64];
-        public double ScalingFactor { get; set; } = 0.18215;
+        public int[]? BlockOutChannels { get; set; }
+        /// <summary>AutoencoderTiny's, when block_out_channels is absent (diffusers writes both).</summary>
+        public int[]? DecoderBlockOutChannels { get; set; }
+        public double? ScalingFactor { get; set; }
 
-        public int ScaleFactor => 1 << (BlockOutChannels.Length - 1);
+        private int[] Levels => BlockOutChannels ?? DecoderBlockOutChannels ?? (ClassName == "AutoencoderTiny" ? [64, 64, 64, 64] : [64]);
+        public int ScaleFactor => 1 << (Levels.Length - 1);
+        /// <summary>The config's, or the class default (AutoencoderKL 0.18215, AutoencoderTiny 1.0).</summary>
+        public double Scaling => ScalingFactor ?? (ClassName == "AutoencoderTiny" ? 1.0 : 0.18215);
 
         public static VaeConfigHead Load(string path)
         {
             var c = ConfigJson.Load<VaeConfigHead>(path);
-            if (c.BlockOutChannels.Length is < 1 or > 8)
-                throw new WeightFileException($"{path}: block_out_channels has {c.BlockOutChannels.Length} entries; a VAE has 1 to 8 levels.");
-            if (!double.IsFinite(c.ScalingFactor) || c.ScalingFactor <= 0)
-                throw new WeightFileException($"{path}: scaling_factor must be a positive number, got {c.ScalingFactor}.");
+            if (c.Levels.Length is < 1 or > 8)
+                throw new WeightFileException($"{path}: block_out_channels has {c.Levels.Length} entries; a VAE has 1 to 8 levels.");
+            if (!double.IsFinite(c.Scaling) || c.Scaling <= 0)
+                throw new WeightFileException($"{path}: scaling_factor must be a positive number, got {c.Scaling}.");
             return c;
         }
     }

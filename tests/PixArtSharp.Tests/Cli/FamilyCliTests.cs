@@ -61,6 +61,27 @@ public sealed class FamilyCliTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void TaesdAsTheVaeMatchesDiffusers()
+    {
+        using var r = new Reference("taesd/lcm_taesd");
+        var call = r.Json.GetProperty("call");
+        string gen = call.GetProperty("generator").GetString()!;
+        int at = gen.IndexOf("manual_seed(", StringComparison.Ordinal) + 12;
+        int h = call.GetProperty("height").GetInt32(), w = call.GetProperty("width").GetInt32();
+        string png = _tmp.Path("taesd.png");
+        var result = CliRunner.Run(["generate", call.GetProperty("prompt").GetString()!, "--vae", Fixtures.Path("taesd", "tiny-taesd"),
+            "--steps", call.GetProperty("num_inference_steps").GetInt32().ToString(), "--guidance", "0", "-H", h.ToString(), "-W", w.ToString(),
+            "--no-resolution-binning", "--seed", gen[at..gen.IndexOf(')', at)], "--model", Fixtures.Path("tiny-pixart-lcm"), "-o", png]);
+        output.WriteLine(result.ToString());
+        Assert.Equal(0, result.ExitCode);
+        var expected = CliRunner.ExpectedRgb8("taesd/lcm_taesd")[0];
+        var (max, differing) = CliRunner.ComparePixels(png, expected, w, h);
+        output.WriteLine($"lcm_taesd via --vae: max pixel |Δ| {max}, {differing} differ");
+        Assert.True(max <= 1 && differing <= expected.Length / 100, $"max {max}, {differing} differ");
+        Assert.Contains("VAE: tiny-taesd", PngReader.ReadTextChunks(png)[0].Text);
+    }
+
+    [Fact]
     public void ABadAdapterIsOneClearErrorBeforeAnyModelWork()
     {
         string bogus = _tmp.WriteText("bogus.safetensors", "not a safetensors file");

@@ -24,7 +24,7 @@ public class TaesdPipelineTests(ITestOutputHelper output)
     /// tiny-taesd and whose model_index.json says so (["diffusers", "AutoencoderTiny"]), as a Hub pipeline shipping a
     /// TAESD would. Today the pipeline reads every vae/ as an AutoencoderKL config and refuses it.
     /// </summary>
-    [Fact(Skip = "needs the pipeline's vae component override; the lead enables it")]
+    [Fact]
     public void PipelineWithTaesdVaeMatchesDiffusers()
     {
         using var dir = new TempDir();
@@ -44,6 +44,20 @@ public class TaesdPipelineTests(ITestOutputHelper output)
         double latentErr = Compare.CloseRelative(refLatents, result.Latents, 5e-6, "lcm_taesd final_latents");
         double imageErr = Compare.Close(refImages, result.Images!, 1e-4, "lcm_taesd images");
         output.WriteLine($"lcm_taesd via the pipeline: final_latents max|Δ| {latentErr:E3}, images max|Δ| {imageErr:E3}");
+    }
+
+    /// <summary>The case as the fixture made it: tiny-pixart-lcm with <c>PipelineOptions.Vae</c> = tiny-taesd (<c>--vae DIR</c>).</summary>
+    [Fact]
+    public void VaeFromElsewhereMatchesDiffusers()
+    {
+        using var r = new Reference(Case);
+        using var pipe = PixArtPipeline.FromPretrained(Fixtures.Path("tiny-pixart-lcm"), new PipelineOptions { Vae = Fixtures.Path("taesd", "tiny-taesd") });
+        Assert.Equal(1.0, pipe.VaeScalingFactor);
+        using var result = pipe.Generate(PipelineFixtureTests.RequestFromCall(r.Json.GetProperty("call")));
+        double latentErr = Compare.CloseRelative(r["final_latents"], result.Latents, 5e-6, "lcm_taesd final_latents");
+        double imageErr = Compare.Close(r["images"], result.Images!, 1e-4, "lcm_taesd images");
+        Assert.IsType<PixArtSharp.Models.AutoencoderTiny>(pipe.LoadVae());
+        output.WriteLine($"lcm_taesd with PipelineOptions.Vae: final_latents max|Δ| {latentErr:E3}, images max|Δ| {imageErr:E3}");
     }
 
     /// <summary>
