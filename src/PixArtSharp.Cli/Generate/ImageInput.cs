@@ -12,9 +12,6 @@ namespace PixArtSharp.Cli.Generate;
 /// </summary>
 public sealed record ImageInput(string Path, string Sha256, RgbImage Image, bool ResizeToFit, string? Warning)
 {
-    /// <summary>Sides must be multiples of this: VAE factor 8 × patch 2 (every PixArt model).</summary>
-    public const int Multiple = 8 * ImageToImage.PatchSize;
-
     /// <summary>Reads the file once: its bytes give the sha256 and the pixels. Any failure is an ImageReadException (exit code 2).</summary>
     public static (string Sha256, RgbImage Image) Read(string path)
     {
@@ -57,14 +54,12 @@ public sealed record ImageInput(string Path, string Sha256, RgbImage Image, bool
             : null;
 
         // The size: --resize-to-fit decides it once the model's size is known (Fit); a --from-png record keeps its
-        // size (it may come from an earlier --resize-to-fit); otherwise the image's own size, which must fit.
+        // size (it may come from an earlier --resize-to-fit); otherwise the image's own size, which must fit the
+        // model's multiple (checked by Fit, which knows the model).
         int? width = null, height = null;
         if (!a.ResizeToFit)
-        {
-            var (w0, h0) = recordedSha is not null && settings.Width is { } rw && settings.Height is { } rh
+            (width, height) = recordedSha is not null && settings.Width is { } rw && settings.Height is { } rh
                 ? (rw, rh) : (image.Width, image.Height);
-            (width, height) = Checked(a.Image, () => ImageToImage.OutputSize(w0, h0, resizeToFit: false, maxPixels: 0, GenerationLimits.Cli.MaxSide, "--resize-to-fit", Multiple));
-        }
 
         double strength = a.Strength ?? settings.Strength ?? ImageToImage.DefaultStrength;
         settings = settings with
@@ -89,7 +84,8 @@ public sealed record ImageInput(string Path, string Sha256, RgbImage Image, bool
         var (w, h) = ResizeToFit
             ? Checked(Path, () => ImageToImage.OutputSize(Image.Width, Image.Height, resizeToFit: true, (long)model.DefaultWidth * model.DefaultHeight,
                 GenerationLimits.Cli.MaxSide, "--resize-to-fit", model.SizeMultiple))
-            : (planned.Width ?? Image.Width, planned.Height ?? Image.Height);
+            : Checked(Path, () => ImageToImage.OutputSize(planned.Width ?? Image.Width, planned.Height ?? Image.Height, resizeToFit: false, maxPixels: 0,
+                GenerationLimits.Cli.MaxSide, "--resize-to-fit", model.SizeMultiple));
         return ImageToImage.Resize(Image, w, h);
     }
 

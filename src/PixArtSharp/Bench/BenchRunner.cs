@@ -154,7 +154,7 @@ public static class BenchRunner
     private static PixArtPipeline Build(BenchOptions o, ScalarType dtype, ModelFolder? folder, Func<string, string> dir,
                                         PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device)
     {
-        var options = new PipelineOptions { DType = dtype, Device = device, Variant = o.Variant, KeepLoaded = false, VaeTileLatents = o.VaeTileLatents };
+        var options = new PipelineOptions { DType = dtype, Device = device, Variant = o.Variant, KeepLoaded = false, VaeTileLatents = o.VaeTileLatents switch { > 0 => o.VaeTileLatents, 0 => null, _ => 0 } };
         if (folder is not null) return PixArtPipeline.FromPretrained(folder.Root, options);
         var t5Config = T5Config.Load(Path.Combine(dir("text_encoder"), "config.json"));
         var configs = ModelFolder.Open(Path.GetDirectoryName(dir("scheduler"))!);
@@ -283,7 +283,7 @@ public static class BenchRunner
                 if (!all)
                 {
                     // The tolerance of tiling: the same latents decoded whole.
-                    using var whole = Build(o with { VaeTileLatents = 0 }, dtype, folder, dir, tConfig, vConfig, device);
+                    using var whole = Build(o with { VaeTileLatents = -1 /* whole, never automatic tiles */ }, dtype, folder, dir, tConfig, vConfig, device);
                     var diff = whole.Decode(latents).sub(image).abs_();
                     r.VaeTiledMaxAbsDiff = diff.max().item<float>();
                     r.VaeTiledMeanAbsDiff = diff.mean().item<float>();

@@ -40,8 +40,12 @@ public sealed record PipelineOptions
     /// scale; several add up). They are checked against the transformer when the pipeline is built.
     /// </summary>
     public IReadOnlyList<Loading.Lora.LoraSpec>? Loras { get; init; }
-    /// <summary>Decode in overlapping tiles of this many latents per side (0 = whole; see AutoencoderKL.DecodeTiled).</summary>
-    public int VaeTileLatents { get; init; }
+    /// <summary>
+    /// Decode in overlapping tiles of this many latents per side (see AutoencoderKL.DecodeTiled); 0 = always whole;
+    /// null (the default) = whole unless the decode would not fit in the memory available, then tiles of 128 latents
+    /// (1024 px, diffusers' tile size for the SD and SDXL VAEs).
+    /// </summary>
+    public int? VaeTileLatents { get; init; }
 }
 
 /// <summary>What a stage event reports: the stage, and its time once it has ended.</summary>
@@ -561,9 +565,24 @@ public abstract class PixArtPipeline : IDisposable
         var clock = Stopwatch.StartNew();
         using var scope = NewDisposeScope();
         var z = latents.to(ScalarType.Float32, Device).div(vae.ScalingFactor).to(Options.DType);
-        var image = (Options.VaeTileLatents > 0 && vae is AutoencoderKL kl ? kl.DecodeTiled(z, Options.VaeTileLatents) : vae.Decode(z)).to(ScalarType.Float32);
+        int tile = Options.VaeTileLatents ?? AutoTile(z.shape[2], z.shape[3], Options.DType, Device.type == DeviceType.CPU ? Bench.ProcessStats.MemAvailableBytes : null);
+        var image = (tile > 0 && vae is AutoencoderKL kl ? kl.DecodeTiled(z, tile) : vae.Decode(z)).to(ScalarType.Float32);
         onStage?.Invoke(new StageEvent(PipelineStage.Decode, "", clock.Elapsed));
         return image.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The tile size (latents per side) an automatic decode uses: 0 (whole) when the SD/SDXL VAE's decode of one
+    /// h×w latent fits in <paramref name="availableBytes"/> with a quarter to spare, else 128. The estimate is the
+    /// measured peak of a whole decode (pixart bench, bf16 3.3 GiB and fp32 5.0 GiB at 1024×1024), proportional to the
+    /// pixel count: ≈ 3.5 KB (bf16/fp16) or 5.4 KB (fp32) per output pixel. The VAE decodes one image at a time.
+    /// </summary>
+    public static int AutoTile(long latentHeight, long latentWidth, ScalarType dtype, long? availableBytes)
+    {
+        if (availableBytes is not { } available) return 0;
+        double perPixel = dtype == ScalarType.Float32 ? 5.4e3 : 3.5e3;
+        double estimate = perPixel * latentHeight * 8 * latentWidth * 8;
+        return estimate * 1.25 <= available || (latentHeight <= 128 && latentWidth <= 128) ? 0 : 128;
     }
 
     /// <summary>A fresh scheduler: the pipeline's (null) or the one named ("lcm", "dpm-solver", "sa-solver", "ddpm").</summary>
