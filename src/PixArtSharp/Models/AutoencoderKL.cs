@@ -44,10 +44,19 @@ public sealed class AutoencoderKL : IVae
         DType = w.DType;
         Device = w.Device;
         long lat = config.LatentChannels;
-        encoder = new VaeEncoder(w.Sub("encoder"), config);
-        decoder = new VaeDecoder(w.Sub("decoder"), config);
-        if (config.UseQuantConv) quant_conv = new VaeConv2d(w.Sub("quant_conv"), 2 * lat, 2 * lat, 1);
-        if (config.UsePostQuantConv) post_quant_conv = new VaeConv2d(w.Sub("post_quant_conv"), lat, lat, 1);
+        // A part that fails to load (a missing or mis-shaped weight) frees the parts already built.
+        try
+        {
+            encoder = new VaeEncoder(w.Sub("encoder"), config);
+            decoder = new VaeDecoder(w.Sub("decoder"), config);
+            if (config.UseQuantConv) quant_conv = new VaeConv2d(w.Sub("quant_conv"), 2 * lat, 2 * lat, 1);
+            if (config.UsePostQuantConv) post_quant_conv = new VaeConv2d(w.Sub("post_quant_conv"), lat, lat, 1);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
     }
 
     /// <summary>Loads <c>config.json</c> and <c>diffusion_pytorch_model[.variant].safetensors</c> from a diffusers <c>vae</c> folder.</summary>
@@ -225,8 +234,9 @@ public sealed class AutoencoderKL : IVae
 
     public void Dispose()
     {
-        encoder.Dispose();
-        decoder.Dispose();
+        // (Null-checked: a constructor that failed part-way disposes what it built.)
+        encoder?.Dispose();
+        decoder?.Dispose();
         quant_conv?.Dispose();
         post_quant_conv?.Dispose();
     }
