@@ -148,7 +148,7 @@ public sealed class PixArtTransformerBlock : IDisposable
 /// embeddings + timestep (+ resolution and aspect ratio micro-conditions for the 1024 models) → noise prediction
 /// and learned variance [B, 8, H, W].
 /// </summary>
-public sealed class PixArtTransformer2DModel : IDisposable
+public sealed class PixArtTransformer2DModel : IDisposable, IMovableModel
 {
     public const string WeightStem = "diffusion_pytorch_model";
 
@@ -165,6 +165,12 @@ public sealed class PixArtTransformer2DModel : IDisposable
     /// <summary>The dtype everything but the fixed tables is computed in (the weights' dtype).</summary>
     public ScalarType DType { get; }
     public Device Device { get; }
+
+    /// <summary>
+    /// Moves every weight to <paramref name="device"/>, disposing the old tensors (nn.Module.to(device)): the step
+    /// model CPU offload takes before and after this component's stage (<see cref="OffloadPolicy"/>).
+    /// </summary>
+    public void MoveTo(Device device) => ModuleTensors.MoveTo(this, device);
     public bool UseAdditionalConditions { get; }
     public long InnerDim { get; }
     public long PatchSize { get; }

@@ -30,7 +30,7 @@ namespace PixArtSharp.Models;
 /// The T5 encoder stack: token embedding (<c>shared</c>), <c>encoder.block.{i}</c>, <c>encoder.final_layer_norm</c>.
 /// <see cref="forward"/> returns <c>last_hidden_state</c> [B, L, d_model] in fp32.
 /// </summary>
-public sealed class T5EncoderModel : IDisposable
+public sealed class T5EncoderModel : IDisposable, IMovableModel
 {
     public readonly T5Config config;
     /// <summary><c>shared.weight</c> [vocab, d_model]: the token embedding table (nn.Embedding).</summary>
@@ -91,6 +91,12 @@ public sealed class T5EncoderModel : IDisposable
     }
 
     public Device device => shared.device;
+
+    /// <summary>
+    /// Moves every weight to <paramref name="device"/>, disposing the old tensors (nn.Module.to(device)): the step
+    /// model CPU offload takes before and after this component's stage (<see cref="OffloadPolicy"/>).
+    /// </summary>
+    public void MoveTo(Device device) => ModuleTensors.MoveTo(this, device);
     public ScalarType dtype => shared.dtype;
 
     /// <summary>last_hidden_state [B, L, d_model] fp32.</summary>
