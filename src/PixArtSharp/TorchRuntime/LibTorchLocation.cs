@@ -283,10 +283,11 @@ public sealed partial record LibTorchLocation(LibTorchSource Source, string Dire
         throw new TorchUnavailableException($"Could not relaunch the process to load the libtorch at {Directory} (execve failed, errno {Marshal.GetLastPInvokeError()}). Start it with LD_LIBRARY_PATH={LibraryPath(null)} instead.");
     }
 
+    // LPStr is UTF-8 on Unix.
     [DllImport("libc", SetLastError = true)]
     private static extern int execve([MarshalAs(UnmanagedType.LPUTF8Str)] string path,
-        [MarshalAs(UnmanagedType.LPArray, ArraySubType = UnmanagedType.LPUTF8Str)] string?[] argv,
-        [MarshalAs(UnmanagedType.LPArray, ArraySubType = UnmanagedType.LPUTF8Str)] string?[] envp);
+        [MarshalAs(UnmanagedType.LPArray, ArraySubType = UnmanagedType.LPStr)] string?[] argv,
+        [MarshalAs(UnmanagedType.LPArray, ArraySubType = UnmanagedType.LPStr)] string?[] envp);
 
     [GeneratedRegex(@"__version__\s*=\s*['""]([^'""]+)['""]")]
     private static partial Regex PyVersion();
