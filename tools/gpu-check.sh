@@ -24,9 +24,14 @@ if [[ $step == pack ]]; then
   rm -f "$PACK"/app/libtorch*.so "$PACK"/app/libc10*.so "$PACK"/app/libgomp*.so* "$PACK"/app/libshm.so \
         "$PACK"/app/lib{jitbackend_test,torchbind_test,aoti_custom_ops,nnapi_backend,backend_with_compiler}.so "$PACK"/app/*.deps.json
   DOTNET_DIR=$(dirname "$(readlink -f "$(command -v dotnet)")")
-  ( cd "$DOTNET_DIR" && tar -cJf "$PACK/dotnet-runtime.tar.xz" dotnet host shared/Microsoft.NETCore.App shared/Microsoft.AspNetCore.App \
-      --exclude='*/createdump' --exclude='*libmscordbi.so' --exclude='*libmscordaccore.so' )
-  cp -r ../shared/fixtures/tiny-pixart ../shared/fixtures/tiny-pixart-lcm "$PACK/" 2>/dev/null || cp -r shared/fixtures/tiny-pixart shared/fixtures/tiny-pixart-lcm "$PACK/"
+  rm -rf "$PACK"/app/{cs,de,es,fr,it,ja,ko,pl,pt-BR,ru,tr,zh-Hans,zh-Hant}   # satellite resources
+  # The runtime less what pixart never loads (debugger, dump tool, XML, DataContract, VisualBasic): the device
+  # machine takes at most 64 MiB along.
+  ( cd "$DOTNET_DIR" && tar --exclude='*/createdump' --exclude='*libmscordbi.so' --exclude='*libmscordaccore.so' \
+      --exclude='*System.Private.Xml*' --exclude='*System.Xml*' --exclude='*DataContract*' --exclude='*VisualBasic*' \
+      -cJf "$PACK/dotnet-runtime.tar.xz" dotnet host shared/Microsoft.NETCore.App shared/Microsoft.AspNetCore.App )
+  FIX=$ROOT/../shared/fixtures; [[ -d $FIX ]] || FIX=$ROOT/shared/fixtures
+  cp -r "$FIX/tiny-pixart" "$FIX/tiny-pixart-lcm" "$PACK/"
   du -sh "$PACK"
   exit 0
 fi

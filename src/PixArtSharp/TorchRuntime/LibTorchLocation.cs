@@ -188,7 +188,8 @@ public sealed partial record LibTorchLocation(LibTorchSource Source, string Dire
     /// Which libtorch a process that will run on <paramref name="device"/> should load: <c>PIXART_LIBTORCH</c> when
     /// set (any device); else, for <c>auto</c> and <c>cuda</c> in a build without bundled CUDA natives, python3's torch
     /// when it has CUDA and is a tested version — asked only when an NVIDIA driver is present (auto) or CUDA was
-    /// asked for (cuda), so a CPU machine never pays for the look-up; else null (the bundled natives).
+    /// asked for (cuda), so a CPU machine never pays for the look-up; else null (the bundled natives). An app
+    /// published without any libtorch natives takes python3's torch for every device.
     /// <paramref name="note"/> says why a python3 torch that was found is not used.
     /// </summary>
     public static LibTorchLocation? Choose(DeviceSpec device, out string? note)
@@ -196,11 +197,13 @@ public sealed partial record LibTorchLocation(LibTorchSource Source, string Dire
         note = null;
         if (FromEnvironment() is { } env) return env;
         if (System.Environment.GetEnvironmentVariable(EnvVar)?.Trim().Equals("bundled", StringComparison.OrdinalIgnoreCase) == true) return null;
-        if (device.Kind == DeviceKind.Cpu || BundledHasCuda()) return null;
-        if (device.Kind == DeviceKind.Auto && !NvidiaDriverPresent()) return null;
+        // An app published without libtorch natives (tools/gpu-check.sh pack) has python3's torch as its only libtorch.
+        bool bundled = BundledDirectories().Any(d => File.Exists(Path.Combine(d, "libtorch_cpu.so")));
+        if (bundled && (device.Kind == DeviceKind.Cpu || BundledHasCuda())) return null;
+        if (bundled && device.Kind == DeviceKind.Auto && !NvidiaDriverPresent()) return null;
         if (PythonTorchLib is not { } lib) { note = "python3 has no torch package"; return null; }
         var found = Inspect(lib, LibTorchSource.Python);
-        if (!found.HasCuda) { note = $"python3's torch at {found.Directory} has no CUDA (libtorch_cuda.so)"; return null; }
+        if (bundled && !found.HasCuda) { note = $"python3's torch at {found.Directory} has no CUDA (libtorch_cuda.so)"; return null; }
         if (!IsTested(found.Version) && System.Environment.GetEnvironmentVariable(AllowUntestedEnvVar) != "1")
         {
             note = $"python3's torch {found.Version ?? "(unknown version)"} at {found.Directory} is not a tested version (tested: {string.Join(", ", TestedVersions.Select(t => t.Version))})";

@@ -264,7 +264,8 @@ public static partial class TorchRuntime
         else if (all.Contains("GLIBC_", StringComparison.Ordinal))
             hint = "The system C library is older than libtorch needs: use a Linux distribution with glibc 2.28 or newer.";
         else if (all.Contains("libtorch", StringComparison.OrdinalIgnoreCase) && (all.Contains("cannot open shared object", StringComparison.Ordinal) || all.Contains("No such file", StringComparison.Ordinal)))
-            hint = "A libtorch native file is missing from the output folder: run `dotnet build` again (the libtorch-cpu-linux-x64 package must be restored).";
+            hint = "A libtorch native file is missing from the output folder: run `dotnet build` again (the libtorch-cpu-linux-x64 package must be restored), " +
+                   $"or use an installed PyTorch: {LibTorchLocation.EnvVar}=<site-packages>/torch/lib.";
         else
             hint = "Check that the libtorch-cpu-linux-x64 package was restored and that this is a 64-bit Linux x64 machine; `dotnet build` again.";
 
