@@ -16,13 +16,19 @@ namespace PixArtSharp.Models;
 /// </summary>
 public static class ModuleTensors
 {
-    /// <summary>Moves every tensor of <paramref name="model"/> to <paramref name="device"/>; returns the bytes the moved tensors hold.</summary>
-    public static long MoveTo(object model, Device device)
+    /// <summary>
+    /// Moves every tensor of <paramref name="model"/> to <paramref name="device"/>; returns the bytes the moved tensors
+    /// hold. Sub-modules in <paramref name="except"/> are left where they are (sequential offload moves the blocks
+    /// one at a time and the rest of the model for the whole stage).
+    /// </summary>
+    public static long MoveTo(object model, Device device, IReadOnlySet<object>? except = null)
     {
         var moved = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
         try
         {
-            Walk(model, new HashSet<object>(ReferenceEqualityComparer.Instance), (t, _) =>
+            var visited = new HashSet<object>(ReferenceEqualityComparer.Instance);
+            if (except is not null) visited.UnionWith(except);
+            Walk(model, visited, (t, _) =>
             {
                 if (!moved.TryGetValue(t, out var n))
                 {

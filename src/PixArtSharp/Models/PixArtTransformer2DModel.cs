@@ -148,7 +148,7 @@ public sealed class PixArtTransformerBlock : IDisposable
 /// embeddings + timestep (+ resolution and aspect ratio micro-conditions for the 1024 models) → noise prediction
 /// and learned variance [B, 8, H, W].
 /// </summary>
-public sealed class PixArtTransformer2DModel : IDisposable, IMovableModel
+public sealed class PixArtTransformer2DModel : IDisposable, ISequentialModel
 {
     public const string WeightStem = "diffusion_pytorch_model";
 
@@ -171,6 +171,11 @@ public sealed class PixArtTransformer2DModel : IDisposable, IMovableModel
     /// model CPU offload takes before and after this component's stage (<see cref="OffloadPolicy"/>).
     /// </summary>
     public void MoveTo(Device device) => ModuleTensors.MoveTo(this, device);
+
+    /// <summary>The transformer blocks (sequential offload moves them one at a time).</summary>
+    public IReadOnlyList<object> OffloadBlocks => transformer_blocks;
+    /// <summary>Around each block's forward (sequential offload, set by OffloadPolicy.Stage); null otherwise.</summary>
+    public BlockScope? OnBlock { get; set; }
     public bool UseAdditionalConditions { get; }
     public long InnerDim { get; }
     public long PatchSize { get; }
@@ -269,7 +274,8 @@ public sealed class PixArtTransformer2DModel : IDisposable, IMovableModel
         // 2. Blocks
         for (int i = 0; i < transformer_blocks.Length; i++)
         {
-            var next = transformer_blocks[i].forward(x, caption, bias, t6);
+            Tensor next;
+            using (OnBlock?.Invoke(transformer_blocks[i])) next = transformer_blocks[i].forward(x, caption, bias, t6);   // sequential offload: block i on the device
             x.Dispose();
             x = next;
             trace?.Invoke($"block.{i}.output", x);

@@ -10,6 +10,18 @@ public interface IMovableModel
     void MoveTo(Device device);
 }
 
+/// <summary>Called by a model's forward pass around each of its blocks; the handle returned is disposed after the block (sequential offload).</summary>
+public delegate IDisposable? BlockScope(object block);
+
+/// <summary>A model whose forward pass runs a list of blocks that sequential offload moves one at a time (T5EncoderModel, PixArtTransformer2DModel).</summary>
+public interface ISequentialModel : IMovableModel
+{
+    /// <summary>The blocks, in the order the forward pass runs them.</summary>
+    IReadOnlyList<object> OffloadBlocks { get; }
+    /// <summary>Set by <see cref="OffloadPolicy.Stage"/> for sequential offload; null otherwise.</summary>
+    BlockScope? OnBlock { get; set; }
+}
+
 /// <summary>Where the pipeline's components live between their stages (the model card's CPU offload; <c>--offload</c>).</summary>
 public enum OffloadMode
 {
@@ -23,9 +35,11 @@ public enum OffloadMode
     /// </summary>
     Model,
     /// <summary>
-    /// Layer by layer: each block's weights move to the GPU just before it runs and back after, as diffusers'
-    /// <c>enable_sequential_cpu_offload</c> — for GPUs smaller than T5-XXL, much slower. Not implemented yet: the
-    /// models' forward passes need a per-block hook.
+    /// Block by block: for T5 and the transformer, everything but the blocks (embeddings, norms, projections) moves
+    /// to the GPU for the stage and each block's weights move just before it runs and back after it, as diffusers'
+    /// <c>enable_sequential_cpu_offload</c> (which goes down to each layer) — for GPUs smaller than T5-XXL; every
+    /// step copies the whole transformer over the bus, so it is much slower. The VAE (84 M parameters, its
+    /// activations dominate) moves whole, as with <see cref="Model"/>.
     /// </summary>
     Sequential,
 }
@@ -43,8 +57,6 @@ public sealed class OffloadPolicy
 
     public OffloadPolicy(OffloadMode mode, Device executionDevice)
     {
-        if (mode == OffloadMode.Sequential)
-            throw new ArgumentException("--offload sequential is not implemented yet: use --offload model (each component on the GPU for its stage only) or none.", "--offload");
         Mode = mode;
         ExecutionDevice = executionDevice;
     }
@@ -66,24 +78,37 @@ public sealed class OffloadPolicy
 
     /// <summary>
     /// Brackets one stage: with Model offload, moves <paramref name="component"/> to the execution device now and back
-    /// to the CPU when the returned handle is disposed (<c>using (policy.Stage(vae)) { … decode … }</c>); without
-    /// offload, does nothing. Results computed inside stay on the execution device.
+    /// to the CPU when the returned handle is disposed (<c>using (policy.Stage(vae)) { … decode … }</c>); with
+    /// Sequential, moves all but its blocks now and each block around its forward (<see cref="ISequentialModel"/>);
+    /// without offload, does nothing. Results computed inside stay on the execution device.
     /// </summary>
     public IDisposable Stage(IMovableModel component)
     {
         if (Mode == OffloadMode.None) return NoOp.Instance;
+        if (Mode == OffloadMode.Sequential && component is ISequentialModel seq)
+        {
+            var blocks = new HashSet<object>(seq.OffloadBlocks, ReferenceEqualityComparer.Instance);
+            Models.ModuleTensors.MoveTo(seq, ExecutionDevice, blocks);
+            var device = ExecutionDevice;
+            seq.OnBlock = block =>
+            {
+                Models.ModuleTensors.MoveTo(block, device);
+                return new Undo(() => Models.ModuleTensors.MoveTo(block, CPU));
+            };
+            return new Undo(() =>
+            {
+                seq.OnBlock = null;
+                Models.ModuleTensors.MoveTo(seq, CPU, blocks);
+            });
+        }
         component.MoveTo(ExecutionDevice);
-        return new MoveBack(component);
+        return new Undo(() => component.MoveTo(CPU));
     }
 
-    private sealed class MoveBack(IMovableModel component) : IDisposable
+    private sealed class Undo(Action undo) : IDisposable
     {
-        private IMovableModel? _component = component;
-        public void Dispose()
-        {
-            var c = Interlocked.Exchange(ref _component, null);
-            c?.MoveTo(CPU);
-        }
+        private Action? _undo = undo;
+        public void Dispose() => Interlocked.Exchange(ref _undo, null)?.Invoke();
     }
 
     private sealed class NoOp : IDisposable

@@ -14,6 +14,37 @@ namespace PixArtSharp.Tests.Runtime;
 public class OffloadTests
 {
     private static readonly OffloadPolicy Policy = new(OffloadMode.Model, CPU);
+    private static readonly OffloadPolicy Sequential = new(OffloadMode.Sequential, CPU);
+
+    /// <summary>
+    /// Runs <paramref name="run"/> in a sequential-offload stage, counting the blocks moved and checking that, while a
+    /// block runs, its weights are fresh tensors (moved for it) and the trunk's were moved once for the stage.
+    /// </summary>
+    private static Tensor RunSequential(ISequentialModel model, Func<Tensor> run, out int blockMoves)
+    {
+        var blockTensors = new HashSet<Tensor>(model.OffloadBlocks.SelectMany(ModuleTensors.Enumerate), ReferenceEqualityComparer.Instance);
+        var trunkBefore = ModuleTensors.Enumerate(model).Where(t => !blockTensors.Contains(t)).ToList();
+        Assert.NotEmpty(trunkBefore);
+        int moves = 0;
+        Tensor result;
+        using (Sequential.Stage(model))
+        {
+            Assert.All(trunkBefore, t => Assert.True(t.IsInvalid, "the trunk was not moved for the stage"));
+            var inner = model.OnBlock!;
+            model.OnBlock = block =>
+            {
+                var before = ModuleTensors.Enumerate(block);
+                var handle = inner(block);
+                Assert.All(before, t => Assert.True(t.IsInvalid, "a block was not moved before its forward"));
+                moves++;
+                return handle;
+            };
+            result = run();
+        }
+        Assert.Null(model.OnBlock);
+        blockMoves = moves;
+        return result;
+    }
 
     private static void AssertBitIdentical(Tensor expected, Tensor actual)
     {
@@ -65,6 +96,11 @@ public class OffloadTests
         using var afterStage = Run();
         AssertBitIdentical(reference, afterStage);
         Assert.Equal(DeviceType.CPU, model.Device.type);
+        using var sequential = RunSequential(model, Run, out int moves);
+        AssertBitIdentical(reference, sequential);
+        Assert.Equal(model.transformer_blocks.Length, moves);
+        using var afterSequential = Run();
+        AssertBitIdentical(reference, afterSequential);
         using var expected = r["same_masks.output"];
         Compare.Close(expected, afterStage, 1e-5, "transformer output after offload");
     }
@@ -89,6 +125,11 @@ public class OffloadTests
         using var afterMove = Run();
         AssertBitIdentical(reference, afterMove);
         using (Policy.Stage(model)) { using var inStage = Run(); AssertBitIdentical(reference, inStage); }
+        using var sequential = RunSequential(model, Run, out int moves);
+        AssertBitIdentical(reference, sequential);
+        Assert.Equal(model.encoder.block.Length + 1, moves);   // block 0 also for the position bias
+        using var afterSequential = Run();
+        AssertBitIdentical(reference, afterSequential);
         using var expectedOut = r["last_hidden_state"];
         Compare.Close(expectedOut, reference, 1e-5, "t5 output");
     }
@@ -105,6 +146,7 @@ public class OffloadTests
         using var afterMove = vae.Decode(latents);
         AssertBitIdentical(reference, afterMove);
         using (Policy.Stage(vae)) { using var inStage = vae.Decode(latents); AssertBitIdentical(reference, inStage); }
+        using (Sequential.Stage(vae)) { using var inStage = vae.Decode(latents); AssertBitIdentical(reference, inStage); }   // moves whole
         using var expected = r["decode.sample"];
         Compare.Close(expected, reference, 1e-4, "vae decode");
     }
