@@ -43,15 +43,16 @@ mkdir -p "$OUT"
 export DOTNET_ROOT=/tmp/pixart-dotnet
 mkdir -p "$DOTNET_ROOT" && tar -xJf "$PACK/dotnet-runtime.tar.xz" -C "$DOTNET_ROOT"
 export PATH=$DOTNET_ROOT:$PATH DOTNET_CLI_TELEMETRY_OPTOUT=1
-TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
+# PIXART_LIBTORCH given: that libtorch (a dry run on a build machine can point it at the NuGet CPU libtorch).
+TORCH_LIB=${PIXART_LIBTORCH:-$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")}
 export PIXART_LIBTORCH=$TORCH_LIB
 {
   echo "date: $(date -u +%FT%TZ)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" || echo "no python3 torch; libtorch: $TORCH_LIB"
 } | tee "$OUT/machine.txt"
 APP=$PACK/app
-run() { local name=$1; shift; echo "+ $*" | tee -a "$OUT/commands.txt"; ( /usr/bin/time -v "$@" ) >"$OUT/$name.out" 2>"$OUT/$name.err" || echo "FAILED ($?): $name" | tee -a "$OUT/failures.txt"; }
+run() { local name=$1; shift; echo "+ $*" | tee -a "$OUT/commands.txt"; local t0=$SECONDS; "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" || echo "FAILED ($?): $name" | tee -a "$OUT/failures.txt"; echo "$name: $((SECONDS - t0)) s" >>"$OUT/durations.txt"; }
 
 # 1. The runtime as the library sees it (libtorch from PIXART_LIBTORCH, CUDA devices, dtype auto).
 run probe-cuda dotnet "$APP/PixArtSharp.TorchProbe.dll" cuda
@@ -102,12 +103,13 @@ PY
 
 # 3. Speed: random weights on the real PixArt-LCM-XL-2-1024-MS configs, synchronised stage timings, peak memory.
 for dt in fp16 bf16; do
-  run "bench-1024-$dt-b1" dotnet "$APP/pixart.dll" bench --device cuda --dtype "$dt" --batch 1 --json "$OUT/bench-1024-$dt-b1.json"
+  run "bench-1024-$dt-b1" dotnet "$APP/pixart.dll" bench --device cuda --dtype "$dt" --batch 1 --json
 done
-run bench-1024-fp16-b4 dotnet "$APP/pixart.dll" bench --device cuda --dtype fp16 --batch 4 --json "$OUT/bench-1024-fp16-b4.json"
-run bench-1024-fp16-b8 dotnet "$APP/pixart.dll" bench --device cuda --dtype fp16 --batch 8 --json "$OUT/bench-1024-fp16-b8.json"
+run bench-1024-fp16-b4 dotnet "$APP/pixart.dll" bench --device cuda --dtype fp16 --batch 4 --json
+run bench-1024-fp16-b8 dotnet "$APP/pixart.dll" bench --device cuda --dtype fp16 --batch 8 --json
 # 4. Model offload (once the CLI has --offload): peaks per stage.
-run bench-1024-fp16-offload dotnet "$APP/pixart.dll" bench --device cuda --dtype fp16 --offload model --json "$OUT/bench-1024-fp16-offload.json"
+run bench-1024-fp16-offload dotnet "$APP/pixart.dll" bench --device cuda --dtype fp16 --offload model --json
 
+for f in "$OUT"/bench-*.out; do if [[ -s $f ]]; then cp "$f" "${f%.out}.json"; fi; done   # --json prints one object on stdout
 echo "results in $OUT"; ls "$OUT"
 [[ ! -s $OUT/failures.txt ]] || { cat "$OUT/failures.txt"; exit 1; }

@@ -197,6 +197,9 @@ public sealed partial record LibTorchLocation(LibTorchSource Source, string Dire
         note = null;
         if (FromEnvironment() is { } env) return env;
         if (System.Environment.GetEnvironmentVariable(EnvVar)?.Trim().Equals("bundled", StringComparison.OrdinalIgnoreCase) == true) return null;
+        // Relaunched for python3's torch (Relaunch): the answer is in the environment, no need to ask python3 again.
+        if (System.Environment.GetEnvironmentVariable(PreparedEnvVar) is { Length: > 0 } prepared && System.IO.Directory.Exists(prepared))
+            return Inspect(prepared, LibTorchSource.Python);
         // An app published without libtorch natives (tools/gpu-check.sh pack) has python3's torch as its only libtorch.
         bool bundled = BundledDirectories().Any(d => File.Exists(Path.Combine(d, "libtorch_cpu.so")));
         if (bundled && (device.Kind == DeviceKind.Cpu || BundledHasCuda())) return null;
