@@ -24,5 +24,11 @@ try
     Console.WriteLine($"describe={info.Describe(device)}");
     return 0;
 }
-catch (ArgumentException e) { Console.Error.WriteLine($"error: {e.Message}"); return 2; }
+catch (ArgumentException e)
+{
+    // libtorch may be loaded (cuda asked for, CPU libtorch): say which one.
+    Console.WriteLine($"libtorch_cpu={TorchRuntime.LoadedLibraryPath("libtorch_cpu.so")}");
+    Console.Error.WriteLine($"error: {e.Message}");
+    return 2;
+}
 catch (TorchUnavailableException e) { Console.Error.WriteLine($"error: {e.Message}"); return 3; }

@@ -86,6 +86,8 @@ public static partial class TorchRuntime
     {
         var ext = _external;
         string which = ext is null ? $"the bundled {LibTorchLocation.BundledPackage}" : $"the libtorch {ext}";
+        if (LoadedLibraryPath("libtorch_cuda.so") is null && ext is { HasCuda: true })
+            return $"{which} has libtorch_cuda.so, but it did not load (its CUDA libraries may be missing: check that `python3 -c \"import torch; print(torch.cuda.is_available())\"` works)";
         if (LoadedLibraryPath("libtorch_cuda.so") is null)
         {
             string why = $"{which} is CPU-only";

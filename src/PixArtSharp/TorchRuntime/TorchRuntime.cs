@@ -90,7 +90,8 @@ public static partial class TorchRuntime
         {
             // Trust, but verify: a libtorch from anywhere else would run with mismatched halves.
             string? loaded = LoadedLibraryPath("libtorch_cpu.so");
-            if (loaded is null || !Path.GetFullPath(Path.GetDirectoryName(loaded)!).Equals(RealPath(external.Directory), StringComparison.Ordinal))
+            // Compared as files (real paths), so a torch/lib of symbolic links (as some distributions ship) passes.
+            if (loaded is null || loaded != RealPath(Path.Combine(external.Directory, "libtorch_cpu.so")))
                 throw new TorchUnavailableException($"libtorch_cpu.so was loaded from {loaded ?? "nowhere"}, not from {external.Directory} ({LibTorchLocation.EnvVar}): start the process with LD_LIBRARY_PATH={external.LibraryPath(null)}.");
         }
     }

@@ -185,6 +185,35 @@ public class LibTorchLocationTests(ITestOutputHelper output) : IDisposable
         Assert.Equal("Bundled", lines["source"]);
     }
 
+    /// <summary>
+    /// No PIXART_LIBTORCH, --device cuda: python3 is asked where torch is (here a wrapper whose PYTHONPATH holds a
+    /// torch/lib of links to the NuGet CPU libtorch, with a version.py of 2.11.0+cu130 and an unloadable
+    /// libtorch_cuda.so), the process relaunches itself with it, loads it, and finds no working CUDA.
+    /// </summary>
+    [Fact]
+    public void Python3sTorchIsFoundForCudaAndLoaded()
+    {
+        string nuget = NuGetLibTorch();
+        string lib = FakeTorchLib("2.11.0+cu130", cuda: true);
+        foreach (var f in Directory.GetFiles(nuget, "*.so*"))
+        {
+            string link = Path.Combine(lib, Path.GetFileName(f));
+            if (File.Exists(link) && Path.GetFileName(f) != "libtorch_cuda.so") File.Delete(link);
+            if (!File.Exists(link)) File.CreateSymbolicLink(link, f);
+        }
+        string bin = Directory.CreateDirectory(Path.Combine(_tmp, "bin")).FullName;
+        string python = Path.Combine(bin, "python3");
+        string sitePackages = Path.GetDirectoryName(Path.GetDirectoryName(lib)!)!;
+        File.WriteAllText(python, $"#!/bin/sh\nPYTHONPATH={sitePackages} exec /usr/bin/python3 \"$@\"\n");
+        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(python, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+
+        var (code, lines, stderr) = RunProbe("cuda", new() { ["PIXART_LIBTORCH"] = null, ["PATH"] = $"{bin}:{Environment.GetEnvironmentVariable("PATH")}" });
+        Assert.Equal(2, code);
+        Assert.Equal(Path.Combine(nuget, "libtorch_cpu.so"), lines["libtorch_cpu"]);   // python3's torch/lib, not the app's
+        Assert.Contains("--device cuda: CUDA is not available: the libtorch 2.11.0+cu130 at " + lib + " (python3's torch) has libtorch_cuda.so, but it did not load", stderr);
+        Assert.Contains("-p:TorchBackend=cuda", stderr);
+    }
+
     [Fact]
     public void AnUntestedPixArtLibTorchIsRefusedBeforeLoading()
     {
