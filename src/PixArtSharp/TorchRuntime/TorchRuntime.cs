@@ -77,10 +77,17 @@ public static partial class TorchRuntime
                 }
                 // No bundled natives (an app published without them): loading ours by absolute path first makes the
                 // dynamic loader resolve every later request for these sonames to them.
-                foreach (var name in new[] { "libc10.so", "libtorch_cpu.so", "libc10_cuda.so", "libtorch_cuda.so", "libtorch.so" })
+                // The CUDA halves may fail (no CUDA libraries): libtorch then runs on the CPU and WhyNoCuda says so.
+                foreach (var (name, required) in new[] { ("libc10.so", true), ("libtorch_cpu.so", true), ("libc10_cuda.so", false), ("libtorch_cuda.so", false), ("libtorch.so", true) })
                 {
                     string path = Path.Combine(external.Directory, name);
-                    if (File.Exists(path)) NativeLibrary.Load(path);
+                    if (!File.Exists(path)) continue;
+                    if (!required) { NativeLibrary.TryLoad(path, out _); continue; }
+                    try { NativeLibrary.Load(path); }
+                    catch (DllNotFoundException e)
+                    {
+                        throw new TorchUnavailableException($"The libtorch {external} could not be loaded: {FirstLine(e.Message)}", e);
+                    }
                 }
             }
         }
@@ -92,7 +99,7 @@ public static partial class TorchRuntime
             string? loaded = LoadedLibraryPath("libtorch_cpu.so");
             // Compared as files (real paths), so a torch/lib of symbolic links (as some distributions ship) passes.
             if (loaded is null || loaded != RealPath(Path.Combine(external.Directory, "libtorch_cpu.so")))
-                throw new TorchUnavailableException($"libtorch_cpu.so was loaded from {loaded ?? "nowhere"}, not from {external.Directory} ({LibTorchLocation.EnvVar}): start the process with LD_LIBRARY_PATH={external.LibraryPath(null)}.");
+                throw new TorchUnavailableException($"libtorch_cpu.so was loaded from {loaded ?? "nowhere"}, not from the libtorch {external}: start the process with LD_LIBRARY_PATH={external.LibraryPath(null)}.");
         }
     }
 

@@ -140,10 +140,10 @@ public class LibTorchLocationTests(ITestOutputHelper output) : IDisposable
         return dll;
     }
 
-    private (int Code, Dictionary<string, string> Lines, string Stderr) RunProbe(string device, Dictionary<string, string?> env)
+    private (int Code, Dictionary<string, string> Lines, string Stderr) RunProbe(string device, Dictionary<string, string?> env, string? dll = null)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(ProbeDll());
+        psi.ArgumentList.Add(dll ?? ProbeDll());
         psi.ArgumentList.Add(device);
         foreach (var (k, v) in env) psi.Environment[k] = v;
         psi.Environment.Remove("LD_LIBRARY_PATH");
@@ -173,6 +173,34 @@ public class LibTorchLocationTests(ITestOutputHelper output) : IDisposable
         Assert.Equal("cpu", lines["device"]);
         Assert.Equal("3", lines["sum"]);
         Assert.Contains("(PIXART_LIBTORCH)", lines["describe"]);
+    }
+
+    /// <summary>
+    /// An app published without libtorch natives (tools/gpu-check.sh pack): PIXART_LIBTORCH's files are loaded by
+    /// absolute path in-process, no relaunch. The probe's output folder, copied without libtorch and deps.json.
+    /// </summary>
+    [Fact]
+    public void AnAppWithoutNativesLoadsPixArtLibTorchInProcess()
+    {
+        string nuget = NuGetLibTorch();
+        string app = Directory.CreateDirectory(Path.Combine(_tmp, "app")).FullName;
+        foreach (var f in Directory.GetFiles(Path.GetDirectoryName(ProbeDll())!))
+        {
+            string name = Path.GetFileName(f);
+            if (name.StartsWith("libtorch", StringComparison.Ordinal) || name.StartsWith("libc10", StringComparison.Ordinal)
+                || name.StartsWith("libgomp", StringComparison.Ordinal) || name.EndsWith(".deps.json", StringComparison.Ordinal)) continue;
+            File.Copy(f, Path.Combine(app, name));
+        }
+        var (code, lines, stderr) = RunProbe("cpu", new() { ["PIXART_LIBTORCH"] = nuget }, Path.Combine(app, "PixArtSharp.TorchProbe.dll"));
+        Assert.True(code == 0, stderr);
+        Assert.Equal(Path.Combine(nuget, "libtorch_cpu.so"), lines["libtorch_cpu"]);
+        Assert.Equal(Path.Combine(nuget, "libtorch.so"), lines["libtorch"]);
+        Assert.Equal("3", lines["sum"]);
+
+        // Without PIXART_LIBTORCH (and no python3 torch here) it cannot load, and says where to point.
+        var (code2, _, stderr2) = RunProbe("cpu", new() { ["PIXART_LIBTORCH"] = null, ["PATH"] = "/usr/local/bin:/usr/bin:/bin" }, Path.Combine(app, "PixArtSharp.TorchProbe.dll"));
+        Assert.Equal(3, code2);
+        Assert.Contains("PIXART_LIBTORCH=<site-packages>/torch/lib", stderr2);
     }
 
     [Fact]
