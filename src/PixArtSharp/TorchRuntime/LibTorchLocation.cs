@@ -139,7 +139,8 @@ public sealed partial record LibTorchLocation(LibTorchSource Source, string Dire
 
     /// <summary>
     /// Asks <paramref name="python"/> where its torch package is, without importing it: importlib's find_spec reads
-    /// the path only (≈ 30 ms), where <c>import torch</c> takes seconds and initialises CUDA. Null on any failure
+    /// the path only (0.35 s wall, 0.07 s CPU measured on a busy 2-core build machine), where <c>import torch</c> takes
+    /// seconds and initialises CUDA. Null on any failure
     /// (no python, no torch, timeout).
     /// </summary>
     public static string? FindPythonTorchLib(string python, TimeSpan timeout)
