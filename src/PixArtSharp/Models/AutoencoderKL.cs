@@ -10,7 +10,7 @@ namespace PixArtSharp.Models;
 /// named as the checkpoint keys (<c>encoder.*</c>, <c>decoder.*</c>, <c>quant_conv</c>, <c>post_quant_conv</c>).
 /// Weights may be held in bf16; every public result is returned in fp32.
 /// </summary>
-public sealed class AutoencoderKL : IVae
+public sealed class AutoencoderKL : IVae, IMovableModel
 {
     public const string WeightStem = "diffusion_pytorch_model";
 
@@ -23,6 +23,12 @@ public sealed class AutoencoderKL : IVae
     /// <summary>The dtype the weights are held and computed in.</summary>
     public ScalarType DType { get; }
     public Device Device { get; }
+
+    /// <summary>
+    /// Moves every weight to <paramref name="device"/>, disposing the old tensors (nn.Module.to(device)): the step
+    /// model CPU offload takes before and after this component's stage (<see cref="OffloadPolicy"/>).
+    /// </summary>
+    public void MoveTo(Device device) => ModuleTensors.MoveTo(this, device);
     /// <summary>Pixels per latent along each side (8 for the SD VAE).</summary>
     public int VaeScaleFactor => Config.VaeScaleFactor;
     /// <inheritdoc/>

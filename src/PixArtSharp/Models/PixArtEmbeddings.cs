@@ -95,7 +95,6 @@ public static class PixArtEmbeddings
 public sealed class PatchEmbed : IDisposable
 {
     public readonly Conv2d proj;
-    private readonly Tensor _projMatrix;   // proj.weight viewed as [D, C·p·p] (no copy)
     private readonly long _patch, _embedDim, _inChannels;
     private readonly double _baseSize, _interpolationScale;
     private readonly Dictionary<(long H, long W, string Device), Tensor> _posCache = new();
@@ -103,7 +102,6 @@ public sealed class PatchEmbed : IDisposable
     public PatchEmbed(Weights w, long inChannels, long embedDim, long patchSize, double baseSize, double interpolationScale)
     {
         proj = new Conv2d(w.Sub("proj"), inChannels, embedDim, patchSize, stride: patchSize);
-        _projMatrix = proj.weight.view(embedDim, inChannels * patchSize * patchSize).DetachFromDisposeScope();
         _inChannels = inChannels;
         _patch = patchSize;
         _embedDim = embedDim;
@@ -142,7 +140,8 @@ public sealed class PatchEmbed : IDisposable
         // it gives the tokens in BNC order directly (conv(latent).flatten(2).transpose(1, 2) upstream).
         var patches = latent.reshape(b, _inChannels, h, p, w, p).permute(0, 2, 4, 1, 3, 5)
                             .reshape(b, h * w, _inChannels * p * p);                   // [B, N, C·p·p]
-        var x = F.linear(patches, _projMatrix, proj.bias);                               // [B, N, D]
+        // proj.weight viewed as [D, C·p·p] (no copy), taken here so that the module holds only proj's tensors (ModuleTensors.MoveTo).
+        var x = F.linear(patches, proj.weight.view(_embedDim, _inChannels * p * p), proj.bias); // [B, N, D]
         var pos = PosEmbed(h, w, x.device);
         // (latent + pos_embed).to(latent.dtype): with reduced-precision weights the sum is taken in float32
         // (type promotion against the float32 table), then rounded once.
@@ -152,7 +151,6 @@ public sealed class PatchEmbed : IDisposable
 
     public void Dispose()
     {
-        _projMatrix.Dispose();
         proj.Dispose();
         lock (_posCache)
         {

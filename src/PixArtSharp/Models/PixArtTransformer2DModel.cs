@@ -149,7 +149,7 @@ public sealed class PixArtTransformerBlock : IDisposable
 /// embeddings + timestep (+ resolution and aspect ratio micro-conditions for the 1024 models) → noise prediction
 /// and learned variance [B, 8, H, W].
 /// </summary>
-public sealed class PixArtTransformer2DModel : IDisposable
+public sealed class PixArtTransformer2DModel : IDisposable, ISequentialModel
 {
     public const string WeightStem = "diffusion_pytorch_model";
 
@@ -166,6 +166,17 @@ public sealed class PixArtTransformer2DModel : IDisposable
     /// <summary>The dtype everything but the fixed tables is computed in (the weights' dtype).</summary>
     public ScalarType DType { get; }
     public Device Device { get; }
+
+    /// <summary>
+    /// Moves every weight to <paramref name="device"/>, disposing the old tensors (nn.Module.to(device)): the step
+    /// model CPU offload takes before and after this component's stage (<see cref="OffloadPolicy"/>).
+    /// </summary>
+    public void MoveTo(Device device) => ModuleTensors.MoveTo(this, device);
+
+    /// <summary>The transformer blocks (sequential offload moves them one at a time).</summary>
+    public IReadOnlyList<object> OffloadBlocks => transformer_blocks;
+    /// <summary>Around each block's forward (sequential offload, set by OffloadPolicy.Stage); null otherwise.</summary>
+    public BlockScope? OnBlock { get; set; }
     public bool UseAdditionalConditions { get; }
     public long InnerDim { get; }
     public long PatchSize { get; }
@@ -269,7 +280,8 @@ public sealed class PixArtTransformer2DModel : IDisposable
         // 2. Blocks
         for (int i = 0; i < transformer_blocks.Length; i++)
         {
-            var next = transformer_blocks[i].forward(x, caption, bias, t6);
+            Tensor next;
+            using (OnBlock?.Invoke(transformer_blocks[i])) next = transformer_blocks[i].forward(x, caption, bias, t6);   // sequential offload: block i on the device
             x.Dispose();
             x = next;
             trace?.Invoke($"block.{i}.output", x);

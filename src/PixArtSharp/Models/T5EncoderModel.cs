@@ -30,7 +30,7 @@ namespace PixArtSharp.Models;
 /// The T5 encoder stack: token embedding (<c>shared</c>), <c>encoder.block.{i}</c>, <c>encoder.final_layer_norm</c>.
 /// <see cref="forward"/> returns <c>last_hidden_state</c> [B, L, d_model] in fp32.
 /// </summary>
-public sealed class T5EncoderModel : IDisposable
+public sealed class T5EncoderModel : IDisposable, ISequentialModel
 {
     public readonly T5Config config;
     /// <summary><c>shared.weight</c> [vocab, d_model]: the token embedding table (nn.Embedding).</summary>
@@ -91,6 +91,16 @@ public sealed class T5EncoderModel : IDisposable
     }
 
     public Device device => shared.device;
+
+    /// <summary>
+    /// Moves every weight to <paramref name="device"/>, disposing the old tensors (nn.Module.to(device)): the step
+    /// model CPU offload takes before and after this component's stage (<see cref="OffloadPolicy"/>).
+    /// </summary>
+    public void MoveTo(Device device) => ModuleTensors.MoveTo(this, device);
+
+    /// <summary>The encoder's blocks (sequential offload moves them one at a time).</summary>
+    public IReadOnlyList<object> OffloadBlocks => encoder.block;
+    public BlockScope? OnBlock { get => encoder.OnBlock; set => encoder.OnBlock = value; }
     public ScalarType dtype => shared.dtype;
 
     /// <summary>last_hidden_state [B, L, d_model] fp32.</summary>
@@ -145,6 +155,8 @@ public sealed class T5Stack : IDisposable
 {
     public readonly T5Block[] block;
     public readonly T5LayerNorm final_layer_norm;
+    /// <summary>Around each block's forward (sequential offload, set by OffloadPolicy.Stage); null otherwise.</summary>
+    public BlockScope? OnBlock { get; set; }
 
     public T5Stack(Weights w, T5Config config)
     {
@@ -171,7 +183,8 @@ public sealed class T5Stack : IDisposable
         long L = h.shape[1];
 
         // 1. Block 0's relative position bias [1, H, L, L], computed once and shared by every block.
-        var positionBias = block[0].layer_0.SelfAttention.compute_bias(L, L);
+        Tensor positionBias;
+        using (OnBlock?.Invoke(block[0])) positionBias = block[0].layer_0.SelfAttention.compute_bias(L, L);
         trace?.Invoke("position_bias", positionBias);
 
         // 2. The padding mask, added to the bias: (1 − mask)·finfo(f32).min on the keys → [B, H, L, L].
@@ -181,7 +194,7 @@ public sealed class T5Stack : IDisposable
         // 3. Blocks, on the fp32 residual stream.
         for (int i = 0; i < block.Length; i++)
         {
-            h = block[i].forward(h, bias);
+            using (OnBlock?.Invoke(block[i])) h = block[i].forward(h, bias);   // sequential offload: block i on the device for its forward
             trace?.Invoke($"block.{i}.output", h);
         }
 

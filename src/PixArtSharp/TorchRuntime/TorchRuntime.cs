@@ -14,14 +14,126 @@ public sealed class TorchUnavailableException(string message, Exception? inner =
 /// </summary>
 public static partial class TorchRuntime
 {
-    private static readonly Lazy<(Exception Error, string? LoaderError)?> _failure = new(TryLoad, LazyThreadSafetyMode.ExecutionAndPublication);
+    private static readonly object _gate = new();
+    private static bool _attempted;
+    private static Exception? _error;                 // the first load's failure, thrown by every later call
+    private static (Exception Error, string? LoaderError)? _failure;
+    private static LibTorchLocation? _external;       // null: the bundled natives
+    private static DeviceSpec _loadedFor;
+    private static string? _note;                     // why python3's torch was not used, when it was looked at
 
-    /// <summary>Loads libtorch (once); throws <see cref="TorchUnavailableException"/> if it cannot be loaded.</summary>
-    public static void EnsureLoaded()
+    /// <summary>
+    /// Lets <see cref="EnsureLoaded(DeviceSpec)"/> replace the process by itself (execve, same arguments and streams)
+    /// when an external libtorch must be on LD_LIBRARY_PATH from the start. Only an application's Main should set it
+    /// (the pixart CLI does); a library host gets a TorchUnavailableException with the LD_LIBRARY_PATH to set instead.
+    /// </summary>
+    public static bool AllowRelaunch { get; set; }
+
+    /// <summary>Loads libtorch for the CPU (once); throws <see cref="TorchUnavailableException"/> if it cannot be loaded.</summary>
+    public static void EnsureLoaded() => EnsureLoaded(DeviceSpec.Cpu);
+
+    /// <summary>
+    /// Loads libtorch (once per process: the first call decides which one) for a run on <paramref name="device"/>:
+    /// the folder <c>PIXART_LIBTORCH</c> names if set; else for auto/cuda in a build without CUDA natives, python3's
+    /// CUDA torch when there is one (<see cref="LibTorchLocation.Choose"/>); else the bundled natives. Throws
+    /// <see cref="TorchUnavailableException"/> (cannot load; untested version) or ArgumentException (PIXART_LIBTORCH
+    /// names no libtorch). Call it with the run's device before anything else touches TorchSharp.
+    /// </summary>
+    public static void EnsureLoaded(DeviceSpec device)
     {
-        if (_failure.Value is var (e, loaderError))
-            throw new TorchUnavailableException(FormatLoadFailure(e, loaderError), e);
+        lock (_gate)
+        {
+            if (!_attempted)
+            {
+                _attempted = true;
+                _loadedFor = device;
+                try { Load(device); }
+                catch (Exception e) { _error = e; }
+            }
+        }
+        if (_error is not null) throw _error;
+        if (_failure is var (e2, loaderError))
+            throw new TorchUnavailableException(FormatLoadFailure(e2, loaderError), e2);
     }
+
+    private static void Load(DeviceSpec device)
+    {
+        var external = LibTorchLocation.Choose(device, out _note);
+        if (external is not null)
+        {
+            external.EnsureTested();
+            if (!external.ProcessIsPrepared())
+            {
+                bool bundledCpu = LibTorchLocation.BundledDirectories().Any(d => File.Exists(Path.Combine(d, "libtorch_cpu.so")));
+                if (bundledCpu)
+                {
+                    // The bundled libtorch_cpu.so beside the app would be found first (see ShimDirectory): the library
+                    // path has to be set before the process starts.
+                    if (AllowRelaunch && OperatingSystem.IsLinux()) external.Relaunch();
+                    throw new TorchUnavailableException(
+                        $"To use the libtorch {external}, the process must start with it on the library path: set " +
+                        $"LD_LIBRARY_PATH={external.LibraryPath(Environment.GetEnvironmentVariable("LD_LIBRARY_PATH"))} before starting it " +
+                        $"(the pixart command does this itself), or unset {LibTorchLocation.EnvVar}.");
+                }
+                // No bundled natives (an app published without them): loading ours by absolute path first makes the
+                // dynamic loader resolve every later request for these sonames to them.
+                // The CUDA halves may fail (no CUDA libraries): libtorch then runs on the CPU and WhyNoCuda says so.
+                foreach (var (name, required) in new[] { ("libc10.so", true), ("libtorch_cpu.so", true), ("libc10_cuda.so", false), ("libtorch_cuda.so", false), ("libtorch.so", true) })
+                {
+                    string path = Path.Combine(external.Directory, name);
+                    if (!File.Exists(path)) continue;
+                    if (!required) { NativeLibrary.TryLoad(path, out _); continue; }
+                    try { NativeLibrary.Load(path); }
+                    catch (DllNotFoundException e)
+                    {
+                        throw new TorchUnavailableException($"The libtorch {external} could not be loaded: {FirstLine(e.Message)}", e);
+                    }
+                }
+            }
+        }
+        _external = external;
+        _failure = TryLoad();
+        if (_failure is null && external is not null)
+        {
+            // Trust, but verify: a libtorch from anywhere else would run with mismatched halves.
+            string? loaded = LoadedLibraryPath("libtorch_cpu.so");
+            // Compared as files (real paths), so a torch/lib of symbolic links (as some distributions ship) passes.
+            if (loaded is null || loaded != RealPath(Path.Combine(external.Directory, "libtorch_cpu.so")))
+                throw new TorchUnavailableException($"libtorch_cpu.so was loaded from {loaded ?? "nowhere"}, not from the libtorch {external}: start the process with LD_LIBRARY_PATH={external.LibraryPath(null)}.");
+        }
+    }
+
+    /// <summary>The real path of a loaded shared library of this file name (from /proc/self/maps), or null.</summary>
+    public static string? LoadedLibraryPath(string fileName)
+    {
+        if (!File.Exists("/proc/self/maps")) return null;
+        foreach (var line in File.ReadLines("/proc/self/maps"))
+        {
+            int slash = line.IndexOf('/');
+            if (slash < 0) continue;
+            string path = line[slash..].Trim();
+            if (Path.GetFileName(path) == fileName) return path;
+        }
+        return null;
+    }
+
+    private static string RealPath(string path)
+    {
+        string full = Path.GetFullPath(path);
+        try { return realpath(full, IntPtr.Zero) is var p && p != IntPtr.Zero ? TakeString(p) : full; }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return full; }
+    }
+
+    private static string TakeString(IntPtr p)
+    {
+        try { return Marshal.PtrToStringUTF8(p)!; }
+        finally { free(p); }
+    }
+
+    [LibraryImport("libc", EntryPoint = "realpath", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial IntPtr realpath(string path, IntPtr resolved);
+    [LibraryImport("libc", EntryPoint = "free")]
+    private static partial void free(IntPtr p);
 
     /// <summary>Sets libtorch's intra-op thread count (the CPU cores one forward pass may use).</summary>
     public static void SetThreads(int threads)
@@ -64,9 +176,10 @@ public static partial class TorchRuntime
     /// </summary>
     private static unsafe void DisableNnpack()
     {
-        foreach (var name in new[] { "libtorch_cpu.so", Path.Combine(AppContext.BaseDirectory, "libtorch_cpu.so") })
+        // The loaded one first (it may be an external libtorch), by its real path.
+        foreach (var name in new[] { LoadedLibraryPath("libtorch_cpu.so"), "libtorch_cpu.so", Path.Combine(AppContext.BaseDirectory, "libtorch_cpu.so") })
         {
-            if (!NativeLibrary.TryLoad(name, out var lib)) continue;
+            if (name is null || !NativeLibrary.TryLoad(name, out var lib)) continue;
             if (NativeLibrary.TryGetExport(lib, "_ZN2at13globalContextEv", out var globalContext) &&
                 NativeLibrary.TryGetExport(lib, "_ZN2at7Context20setUserEnabledNNPACKEb", out var setEnabled))
             {
@@ -159,7 +272,8 @@ public static partial class TorchRuntime
         else if (all.Contains("GLIBC_", StringComparison.Ordinal))
             hint = "The system C library is older than libtorch needs: use a Linux distribution with glibc 2.28 or newer.";
         else if (all.Contains("libtorch", StringComparison.OrdinalIgnoreCase) && (all.Contains("cannot open shared object", StringComparison.Ordinal) || all.Contains("No such file", StringComparison.Ordinal)))
-            hint = "A libtorch native file is missing from the output folder: run `dotnet build` again (the libtorch-cpu-linux-x64 package must be restored).";
+            hint = "A libtorch native file is missing from the output folder: run `dotnet build` again (the libtorch-cpu-linux-x64 package must be restored), " +
+                   $"or use an installed PyTorch: {LibTorchLocation.EnvVar}=<site-packages>/torch/lib.";
         else
             hint = "Check that the libtorch-cpu-linux-x64 package was restored and that this is a 64-bit Linux x64 machine; `dotnet build` again.";
 

@@ -1,0 +1,86 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PixArtSharp;
+
+public enum DeviceKind { Auto, Cpu, Cuda }
+
+/// <summary>
+/// A device as the user names it: <c>auto</c> (a GPU when a CUDA libtorch is loaded and a GPU is present, else the
+/// CPU), <c>cpu</c>, <c>cuda</c> (GPU 0) or <c>cuda:N</c>. <see cref="Resolve"/> loads libtorch accordingly and
+/// returns the TorchSharp device.
+/// </summary>
+public readonly record struct DeviceSpec(DeviceKind Kind, int? Index = null)
+{
+    public static readonly DeviceSpec Auto = new(DeviceKind.Auto);
+    public static readonly DeviceSpec Cpu = new(DeviceKind.Cpu);
+    public static readonly DeviceSpec Cuda = new(DeviceKind.Cuda);
+
+    /// <summary>The accepted spellings, for help texts.</summary>
+    public const string Choices = "auto, cpu, cuda or cuda:N";
+
+    /// <summary>Parses <c>auto|cpu|cuda|cuda:N</c> (case-insensitive); ArgumentException (parameter "--device") otherwise.</summary>
+    public static DeviceSpec Parse(string? text)
+    {
+        string s = (text ?? "").Trim().ToLowerInvariant();
+        switch (s)
+        {
+            case "auto": return Auto;
+            case "cpu": return Cpu;
+            case "cuda" or "gpu": return Cuda;
+        }
+        if (s.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(s.AsSpan(5), System.Globalization.NumberStyles.None, null, out int n))
+            return new DeviceSpec(DeviceKind.Cuda, n);
+        throw new ArgumentException($"--device must be {Choices} (N = 0, 1, …), got '{text}'.", "--device");
+    }
+
+    /// <summary>
+    /// Loads libtorch for this device (<see cref="TorchRuntime.EnsureLoaded(DeviceSpec)"/>) and returns the device
+    /// to run on. <c>cuda</c> without a usable GPU throws <see cref="CudaUnavailableException"/> (an ArgumentException:
+    /// exit code 2) whose message says why and names both ways to get CUDA.
+    /// </summary>
+    public Device Resolve()
+    {
+        TorchRuntime.EnsureLoaded(this);
+        switch (Kind)
+        {
+            case DeviceKind.Cpu:
+                return CPU;
+            case DeviceKind.Auto:
+                return TorchRuntime.CudaDeviceCount > 0 ? new Device(DeviceType.CUDA, 0) : CPU;
+            default:
+                int count = TorchRuntime.CudaDeviceCount;
+                if (count == 0) throw new CudaUnavailableException(this, TorchRuntime.WhyNoCuda());
+                int index = Index ?? 0;
+                if (index >= count)
+                    throw new ArgumentException($"--device {this}: only {count} CUDA device{(count == 1 ? " is" : "s are")} visible (cuda:0{(count > 1 ? $" … cuda:{count - 1}" : "")}).", "--device");
+                return new Device(DeviceType.CUDA, index);
+        }
+    }
+
+    public override string ToString() => Kind switch
+    {
+        DeviceKind.Auto => "auto",
+        DeviceKind.Cpu => "cpu",
+        _ => Index is { } i ? $"cuda:{i}" : "cuda",
+    };
+}
+
+/// <summary>
+/// CUDA was asked for and cannot be had. An ArgumentException, so the CLI exits with code 2 (a usage problem with a
+/// fix), and the message names the two ways to get CUDA: the CUDA build and an installed PyTorch.
+/// </summary>
+public sealed class CudaUnavailableException(DeviceSpec device, string reason) : ArgumentException(Format(device, reason), "--device")
+{
+    public string Reason { get; } = reason;
+
+    /// <summary>The two ways to a CUDA libtorch, as one sentence (also for docs and other messages).</summary>
+    public const string HowToGetCuda =
+        "To run on an NVIDIA GPU either build with TorchSharp's CUDA natives (`dotnet build -p:TorchBackend=cuda`, or the same for " +
+        "publish), or use an installed PyTorch with CUDA: set " + LibTorchLocation.EnvVar + "=<site-packages>/torch/lib, or leave it " +
+        "unset and have `python3` import a CUDA torch (found automatically for --device auto|cuda). See docs/gpu.md.";
+
+    private static string Format(DeviceSpec device, string reason) =>
+        $"--device {device}: CUDA is not available: {reason}. {HowToGetCuda} Tested libtorch versions: " +
+        $"{string.Join(", ", LibTorchLocation.TestedVersions.Select(t => t.Version))}. Or use --device cpu.";
+}
