@@ -35,6 +35,9 @@ public static class Program
 
     public static int Main(string[] args)
     {
+        // PIXART_LIBTORCH / python3's torch: the process may restart itself once with the library path set (the
+        // dynamic loader reads LD_LIBRARY_PATH only at start). Only the real command line allows it, never tests.
+        TorchRuntime.AllowRelaunch = true;
         using var cts = new CancellationTokenSource();
         // First Ctrl-C (or SIGTERM): stop after the current step, remove partial files, exit 130. A second Ctrl-C
         // is not intercepted and ends the process at once.

@@ -18,9 +18,11 @@ public static class BenchCommand
         var steps = new Option<int>("--steps") { Description = "Denoising steps (LCM: 4).", DefaultValueFactory = _ => 4 };
         var size = new Option<string?>("--size") { Description = "Image size in pixels: 1024, or HEIGHTxWIDTH such as 768x1344. Default: the model's (1024)." };
         var batch = new Option<int>("--batch") { Description = "Images per run.", DefaultValueFactory = _ => 1 };
-        var dtype = new Option<string>("--dtype") { Description = "fp32, bf16 or fp16: the dtype weights are held and computed in.", DefaultValueFactory = _ => "bf16" };
+        var dtype = new Option<string>("--dtype") { Description = "auto, fp32, bf16 or fp16: the dtype weights are held and computed in (auto: fp16 on CUDA, bf16 on CPUs with AVX-512-BF16 or AMX, else fp32).", DefaultValueFactory = _ => "auto" };
+        dtype.AcceptOnlyFromAmong("auto", "fp32", "bf16", "fp16");
         var threads = new Option<int?>("--threads") { Description = "libtorch threads (default: libtorch's, the core count)." };
-        var device = new Option<string>("--device") { Description = "cpu, or cuda / cuda:N with a CUDA build of TorchSharp (untested here).", DefaultValueFactory = _ => "cpu" };
+        var device = new Option<string>("--device") { Description = $"{DeviceSpec.Choices} (auto: a GPU when a CUDA libtorch and a GPU are there; see docs/gpu.md).", DefaultValueFactory = _ => "auto" };
+        var offload = new Option<string>("--offload") { Description = $"GPU memory policy: {OffloadPolicy.Choices}.", DefaultValueFactory = _ => "none" };
         var model = new Option<string?>("--model") { Description = "A local diffusers folder to time instead of random weights. With --component all the timings are of the pipeline itself." };
         var variant = new Option<string?>("--variant") { Description = "Weights variant, e.g. fp16 (model.safetensors.index.fp16.json). With --save-random-model: store fp16 weights under that variant name." };
         var seed = new Option<long>("--seed") { Description = "Seed of the random weights and of the initial latents.", DefaultValueFactory = _ => 0 };
@@ -32,21 +34,22 @@ public static class BenchCommand
         var tokenizer = new Option<string?>("--tokenizer") { Description = "spiece.model to copy into a saved folder (default: the repo's fixtures, ../shared/fixtures/tokenizer/spiece.model)." };
 
         var cmd = new Command("bench", "Time the full-size PixArt-LCM stages (load, T5, per-step transformer, VAE, end to end, peak RSS, GFLOP/s vs a GEMM rate measured in the same run).");
-        foreach (var o in new Option[] { component, steps, size, batch, dtype, threads, device, model, variant, seed, vaeTile, compare, prompt, json, save, tokenizer })
+        foreach (var o in new Option[] { component, steps, size, batch, dtype, threads, device, offload, model, variant, seed, vaeTile, compare, prompt, json, save, tokenizer })
             cmd.Add(o);
 
         // Errors go through CliApp.Guard like every command: one line, the shared exit codes (2 bad arguments, 3 model
         // not found, 4 corrupt weights, 5 out of memory).
         cmd.SetAction(CliApp.Guard((parse, cli, ct) =>
         {
-            var dt = ParseDType(parse.GetValue(dtype)!);
+            // The first thing that touches libtorch: the device decides which libtorch loads.
+            var dev = DeviceSpec.Parse(parse.GetValue(device)).Resolve();
+            var dt = DTypeChoice.Resolve(parse.GetValue(dtype), dev);
             if (parse.GetValue(save) is { } saveDir)
             {
                 string? v = parse.GetValue(variant);
                 var storeAs = v == "fp16" ? ScalarType.Float16 : dt;
                 string spiece = parse.GetValue(tokenizer) ?? FindFixtureSpiece()
                     ?? throw new UsageException("No spiece.model found: pass --tokenizer PATH/spiece.model (the T5 tokenizer to copy into the folder).");
-                PixArtSharp.TorchRuntime.EnsureLoaded();
                 if (parse.GetValue(threads) is { } st) PixArtSharp.TorchRuntime.SetThreads(st);
                 var sw = System.Diagnostics.Stopwatch.StartNew();
                 RandomModelWriter.Write(saveDir, parse.GetValue(seed), storeAs, v, spiece, s => cli.Err.WriteLine(s));
@@ -62,7 +65,8 @@ public static class BenchCommand
                 Width = w,
                 Batch = parse.GetValue(batch),
                 DType = dt,
-                Device = new Device(parse.GetValue(device)!),
+                Device = dev,
+                Offload = OffloadPolicy.Parse(parse.GetValue(offload)),
                 Threads = parse.GetValue(threads),
                 ModelDir = parse.GetValue(model),
                 Variant = parse.GetValue(variant),
@@ -87,14 +91,6 @@ public static class BenchCommand
         "transformer" => BenchComponent.Transformer,
         "vae" => BenchComponent.Vae,
         _ => throw new ArgumentException($"--component must be all, t5, transformer or vae, not '{s}'."),
-    };
-
-    private static ScalarType ParseDType(string s) => s.ToLowerInvariant() switch
-    {
-        "fp32" or "float32" => ScalarType.Float32,
-        "bf16" or "bfloat16" => ScalarType.BFloat16,
-        "fp16" or "float16" => ScalarType.Float16,
-        _ => throw new ArgumentException($"--dtype must be fp32, bf16 or fp16, not '{s}'."),
     };
 
     /// <summary>"1024" → 1024×1024; "768x1344" → height 768, width 1344.</summary>

@@ -16,7 +16,7 @@ namespace PixArtSharp.Cli.Generate;
 /// <summary>
 /// <c>pixart generate PROMPT…</c>: text to PNG with the model's right defaults, live progress, and files that carry
 /// their own recipe. With a seed, the pixels equal diffusers' PixArtAlphaPipeline output rounded as
-/// <c>(x*255).round()</c> (fp32, the default dtype).
+/// <c>(x*255).round()</c> (with <c>--dtype fp32</c>).
 /// </summary>
 public static class GenerateCommand
 {
@@ -51,6 +51,10 @@ public static class GenerateCommand
         public bool NoCleanCaption { get; init; }
         public string? Scheduler { get; init; }
         public string? DType { get; init; }
+        /// <summary>--device auto|cpu|cuda|cuda:N and --offload none|model|sequential.</summary>
+        public string? Device { get; init; }
+        public string? Offload { get; init; }
+        public bool Verbose { get; init; }
         public int? Threads { get; init; }
         public string? Output { get; init; }
         public string? Style { get; init; }
@@ -101,8 +105,10 @@ public static class GenerateCommand
         var noClean = new Option<bool>("--no-clean-caption") { Description = "Do not clean the prompt as PixArt's caption cleaner does (diffusers' clean_caption=False)." };
         var scheduler = new Option<string?>("--scheduler") { Description = "lcm, dpm-solver or sa-solver [default: the model's, from model_index.json]." };
         scheduler.AcceptOnlyFromAmong([.. PixArtSharp.Schedulers.SchedulerFactory.Names]);
-        var dtype = new Option<string?>("--dtype") { Description = "fp32, bf16 or fp16 [default: fp32, the only one whose pixels equal diffusers' fp32 output for a seed; bf16 halves memory and is faster on CPUs with AVX-512-BF16]." };
-        dtype.AcceptOnlyFromAmong("fp32", "bf16", "fp16");
+        var dtype = new Option<string?>("--dtype") { Description = "auto, fp32, bf16 or fp16 [default: auto = fp16 on CUDA, bf16 on CPUs with AVX-512-BF16 or AMX, else fp32]. fp32 is the mode whose pixels equal diffusers' fp32 output for a seed." };
+        dtype.AcceptOnlyFromAmong("auto", "fp32", "bf16", "fp16");
+        var device = new Option<string?>("--device") { Description = $"Where the models run: {DeviceSpec.Choices} [default: auto = a GPU when a CUDA libtorch and a GPU are there, else the CPU]." };
+        var offload = new Option<string?>("--offload") { Description = $"GPU memory policy: {OffloadPolicy.Choices} [default: none]. model: each component moves to the GPU for its stage (the model card's CPU offload); sequential: layer by layer, for GPUs smaller than the T5." };
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch [default: libtorch's, one per core]." };
         var output = new Option<string?>("--output", "-o") { Description = "The PNG file (or an existing folder). With several images: <stem>-<i>.png, i from 0, prompt-major [default: pixart-<seed>.png].", HelpName = "FILE" };
         var style = new Option<string?>("--style") { HelpName = "NAME", Description = $"A PixArt demo style preset: {string.Join(", ", StylePresets.All.Select(s => s.Name))}." };
@@ -128,7 +134,7 @@ public static class GenerateCommand
             "  pixart generate \"a watercolor painting\" --image photo.jpg --strength 0.6 --resize-to-fit")
         {
             prompts, promptsFile, batchSize, negative, model, revision, variant, steps, timesteps, maxSeq, lora, textEncoder, transformer, vae, guidance, seed, height, width, numImages,
-            noBinning, noClean, scheduler, dtype, threads, output, style, fromPng, quiet, json, image, strength, resizeToFit,
+            noBinning, noClean, scheduler, dtype, device, offload, threads, output, style, fromPng, quiet, json, image, strength, resizeToFit,
         };
 
         command.SetAction(CliApp.Guard((parseResult, cli, ct) =>
@@ -158,6 +164,9 @@ public static class GenerateCommand
                 NoCleanCaption = parseResult.GetValue(noClean),
                 Scheduler = parseResult.GetValue(scheduler),
                 DType = parseResult.GetValue(dtype),
+                Device = parseResult.GetValue(device),
+                Offload = parseResult.GetValue(offload),
+                Verbose = parseResult.GetValue(CliApp.Verbose),
                 Threads = parseResult.GetValue(threads),
                 Output = parseResult.GetValue(output),
                 Style = parseResult.GetValue(style),
@@ -253,7 +262,7 @@ public static class GenerateCommand
             a.Model ?? recorded?.Model ?? DefaultModel,
             a.Revision ?? (modelGiven ? null : recorded?.ModelRevision),
             a.Variant ?? (modelGiven ? null : recorded?.Variant),
-            a.DType ?? recorded?.DType ?? "fp32")
+            a.DType ?? recorded?.DType ?? "auto")
         {
             // Adapters and components are local files or other repos: never taken from a PNG someone sent, only
             // from the command line (a --from-png run that needs them says so below).
@@ -261,7 +270,9 @@ public static class GenerateCommand
             Transformer = a.Transformer,
             Vae = a.Vae,
         };
-        ParseDType(modelInfo.DType);
+        if (!DTypeChoice.IsValid(modelInfo.DType)) throw new UsageException($"--dtype must be {DTypeChoice.Choices}, got '{modelInfo.DType}'.");
+        DeviceSpec.Parse(a.Device);
+        OffloadPolicy.Parse(a.Offload);
         foreach (var l in a.Loras) PipelineSetup.ParseLora(l);
         if (recorded is not null && a.Loras.Count == 0 && recorded.Loras is { Count: > 0 } recordedLoras)
             throw new UsageException($"--from-png: {a.FromPng} was made with LoRA {string.Join("; ", recordedLoras)}; give the adapter(s) again with --lora PATH[:SCALE] (paths are never taken from an image).");
@@ -295,14 +306,6 @@ public static class GenerateCommand
         return e.ParamName is { } p ? $"--{p.Replace('_', '-')}: {message}" : message;
     }
 
-    public static ScalarType ParseDType(string dtype) => dtype.Trim().ToLowerInvariant() switch
-    {
-        "fp32" or "float32" => ScalarType.Float32,
-        "bf16" or "bfloat16" => ScalarType.BFloat16,
-        "fp16" or "float16" => ScalarType.Float16,
-        _ => throw new UsageException($"--dtype must be fp32, bf16 or fp16, got '{dtype}'."),
-    };
-
     // ───────────────────────────── run ─────────────────────────────
 
     private sealed record Saved(string File, int Batch, int ImageIndex, string Prompt, long Seed);
@@ -315,14 +318,16 @@ public static class GenerateCommand
         var warnings = new List<string>();
         void Warn(string w) { warnings.Add(w); if (!a.Quiet) cli.Warn(w); }
 
-        TorchRuntime.EnsureLoaded();
+        // The first thing that touches libtorch: the device decides which libtorch loads (a CUDA one when asked for).
+        var device = DeviceSpec.Parse(a.Device).Resolve();
+        if (a.Verbose) cli.Err.WriteLine(TorchRuntime.GetInfo().Describe(device));
         if (a.Threads is { } n) TorchRuntime.SetThreads(n);
 
         // Model: a local folder as it is, a Hub id through the cache (downloading what is missing); components and
         // adapters from elsewhere.
-        var dtype = ParseDType(plan.Model.DType);
-        var (folder, options, model) = await PipelineSetup.ResolveAsync(cli, a.Quiet, plan.Model,
-            new PipelineOptions { KeepLoaded = false, DType = dtype }, a.Loras, ct).ConfigureAwait(false);
+        var dtype = DTypeChoice.Resolve(plan.Model.DType, device);
+        var (folder, options, model) = await PipelineSetup.ResolveAsync(cli, a.Quiet, plan.Model with { DType = DTypeChoice.Name(dtype) },
+            new PipelineOptions { KeepLoaded = false, DType = dtype, Device = device, Offload = OffloadPolicy.Parse(a.Offload) }, a.Loras, ct).ConfigureAwait(false);
         bool isLocal = Directory.Exists(plan.Model.Model);
 
         // One pipeline for the whole run: configs and tokenizer now, each model when its stage starts (and freed

@@ -47,15 +47,17 @@ public static class ServeCommand
         };
         var dtype = new Option<string>("--dtype")
         {
-            Description = "Weights and compute precision: fp32, bf16 (fast on AVX-512-BF16 CPUs) or fp16",
-            DefaultValueFactory = _ => "fp32",
+            Description = "Weights and compute precision: auto (fp16 on CUDA, bf16 on CPUs with AVX-512-BF16 or AMX, else fp32), fp32 (diffusers' pixels), bf16 or fp16",
+            DefaultValueFactory = _ => "auto",
         };
-        dtype.AcceptOnlyFromAmong("fp32", "bf16", "fp16");
+        dtype.AcceptOnlyFromAmong("auto", "fp32", "bf16", "fp16");
+        var device = new Option<string>("--device") { Description = $"Where the models run: {DeviceSpec.Choices}", DefaultValueFactory = _ => "auto" };
+        var offload = new Option<string>("--offload") { Description = $"GPU memory policy: {OffloadPolicy.Choices}", DefaultValueFactory = _ => "none" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: all cores)" };
 
         var cmd = new Command("serve", "Serve an HTTP API (OpenAI-like images endpoint) and a web page, batching concurrent requests")
         {
-            model, revision, variant, lora, textEncoder, transformer, vae, host, port, token, maxQueue, maxBatch, dtype, threads,
+            model, revision, variant, lora, textEncoder, transformer, vae, host, port, token, maxQueue, maxBatch, dtype, device, offload, threads,
         };
         // Errors become one "error: …" line and pixart's exit codes (2 bad arguments, 3 model not found, …).
         cmd.SetAction(CliApp.Guard(async (parse, _, ct) =>
@@ -75,35 +77,33 @@ public static class ServeCommand
                 MaxQueue = parse.GetValue(maxQueue),
                 MaxBatch = parse.GetValue(maxBatch),
             };
-            return await RunAsync(options, ParseDType(parse.GetValue(dtype)!), parse.GetValue(threads), ct);
+            if (!DTypeChoice.IsValid(parse.GetValue(dtype))) throw new ArgumentException($"--dtype must be {DTypeChoice.Choices}.", "--dtype");
+            options = options with { DType = parse.GetValue(dtype)!, Device = parse.GetValue(device)!, Offload = parse.GetValue(offload)! };
+            DeviceSpec.Parse(options.Device);
+            OffloadPolicy.Parse(options.Offload);
+            return await RunAsync(options, parse.GetValue(threads), ct);
         }));
         return cmd;
     }
 
     private static string? NullIfEmpty(string? s) => string.IsNullOrEmpty(s) ? null : s;
 
-    public static ScalarType ParseDType(string name) => name.ToLowerInvariant() switch
-    {
-        "fp32" or "float32" => ScalarType.Float32,
-        "bf16" or "bfloat16" => ScalarType.BFloat16,
-        "fp16" or "float16" => ScalarType.Float16,
-        _ => throw new ArgumentException($"--dtype must be fp32, bf16 or fp16, got '{name}'.", "--dtype"),
-    };
 
-    private static string DTypeName(ScalarType t) => t switch { ScalarType.BFloat16 => "bf16", ScalarType.Float16 => "fp16", _ => "fp32" };
-
-    public static async Task<int> RunAsync(ServeOptions options, ScalarType dtype, int? threads, CancellationToken ct)
+    public static async Task<int> RunAsync(ServeOptions options, int? threads, CancellationToken ct)
     {
         options.Validate();
         if (!ServerApp.IsLoopback(options.Host) && options.Token is null)
             Console.Error.WriteLine($"pixart serve: WARNING: listening on {options.Host} without --token: anyone who can reach this port can generate images.");
-        TorchRuntime.EnsureLoaded();
+        // The first thing that touches libtorch: the device decides which libtorch loads.
+        var device = DeviceSpec.Parse(options.Device).Resolve();
+        var dtype = DTypeChoice.Resolve(options.DType, device);
+        Console.Error.WriteLine($"pixart serve: {TorchRuntime.GetInfo().Describe(device)}");
         if (threads is { } t) TorchRuntime.SetThreads(t);
 
         var (folder, pipelineOptions, model) = await PipelineSetup.ResolveAsync(new CliOutput(Console.Out, Console.Error, ErrIsTerminal: false), quiet: true,
-            new ModelInfo(options.Model, options.Revision, options.Variant, DTypeName(dtype)) { TextEncoder = options.TextEncoder, Transformer = options.Transformer, Vae = options.Vae },
-            new PipelineOptions { DType = dtype, KeepLoaded = true }, options.Loras, ct);
-        Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeName(dtype)}) …");
+            new ModelInfo(options.Model, options.Revision, options.Variant, DTypeChoice.Name(dtype)) { TextEncoder = options.TextEncoder, Transformer = options.Transformer, Vae = options.Vae },
+            new PipelineOptions { DType = dtype, KeepLoaded = true, Device = device, Offload = OffloadPolicy.Parse(options.Offload) }, options.Loras, ct);
+        Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeChoice.Name(dtype)}) …");
         // The server keeps every component loaded: say so before loading them if they will not fit.
         if (Generate.MemoryCheck.Warning(ModelFolder.Open(folder), options.Variant, dtype, allLoaded: true) is { } memory)
             Console.Error.WriteLine($"pixart serve: warning: {memory}");

@@ -17,6 +17,12 @@ public sealed record ServeOptions
     public string? Vae { get; init; }
     /// <summary>LoRA adapters (PATH[:SCALE]), fixed at start-up: requests never name files.</summary>
     public IReadOnlyList<string> Loras { get; init; } = [];
+    /// <summary>auto, fp32, bf16 or fp16.</summary>
+    public string DType { get; init; } = "auto";
+    /// <summary>auto, cpu, cuda or cuda:N.</summary>
+    public string Device { get; init; } = "auto";
+    /// <summary>none, model or sequential.</summary>
+    public string Offload { get; init; } = "none";
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>0 picks a free port (tests).</summary>
     public int Port { get; init; } = 7860;

@@ -22,6 +22,8 @@ public sealed record BenchOptions
     public int Batch { get; init; } = 1;
     public ScalarType DType { get; init; } = ScalarType.BFloat16;
     public Device? Device { get; init; }
+    /// <summary>The pipeline's CPU offload on a GPU (none, model, sequential).</summary>
+    public OffloadMode Offload { get; init; }
     /// <summary>libtorch intra-op threads; null = libtorch's default (the core count).</summary>
     public int? Threads { get; init; }
     /// <summary>A diffusers folder to load; null = seeded random weights on the real configs.</summary>
@@ -154,7 +156,7 @@ public static class BenchRunner
     private static PixArtPipeline Build(BenchOptions o, ScalarType dtype, ModelFolder? folder, Func<string, string> dir,
                                         PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device)
     {
-        var options = new PipelineOptions { DType = dtype, Device = device, Variant = o.Variant, KeepLoaded = false, VaeTileLatents = o.VaeTileLatents switch { > 0 => o.VaeTileLatents, 0 => null, _ => 0 } };
+        var options = new PipelineOptions { DType = dtype, Device = device, Offload = o.Offload, Variant = o.Variant, KeepLoaded = false, VaeTileLatents = o.VaeTileLatents switch { > 0 => o.VaeTileLatents, 0 => null, _ => 0 } };
         if (folder is not null) return PixArtPipeline.FromPretrained(folder.Root, options);
         var t5Config = T5Config.Load(Path.Combine(dir("text_encoder"), "config.json"));
         var configs = ModelFolder.Open(Path.GetDirectoryName(dir("scheduler"))!);

@@ -46,7 +46,10 @@ public sealed class PipelineComponents
     {
         ArgumentNullException.ThrowIfNull(folder);
         ArgumentNullException.ThrowIfNull(options);
-        var device = options.Device ?? CPU;
+        // With CPU offload the big components load into CPU memory and move to the device for their stage; TAESD is
+        // small and loads on the device.
+        var device = new OffloadPolicy(options.Offload, options.Device ?? CPU).LoadDevice;
+        var executionDevice = options.Device ?? CPU;
         string textEncoderDir = ComponentDir(folder, "text_encoder", options.TextEncoder);
         string transformerDir = ComponentDir(folder, "transformer", options.Transformer);
         string vaeDir = ComponentDir(folder, "vae", options.Vae);
@@ -71,7 +74,7 @@ public sealed class PipelineComponents
             LoadVae = () => vae.ClassName switch
             {
                 "AutoencoderKL" or null => AutoencoderKL.FromFolder(vaeDir, options.Variant, options.DType, device),
-                "AutoencoderTiny" => AutoencoderTiny.FromFolder(vaeDir, options.Variant, options.DType, device),
+                "AutoencoderTiny" => AutoencoderTiny.FromFolder(vaeDir, options.Variant, options.DType, executionDevice),
                 var other => throw new WeightFileException($"{Path.Combine(vaeDir, "config.json")}: _class_name '{other}' is not a VAE PixArtSharp implements (AutoencoderKL, AutoencoderTiny)."),
             },
             CreateScheduler = name => SchedulerFactory.Create(folder, name),

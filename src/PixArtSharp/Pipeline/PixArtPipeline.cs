@@ -15,6 +15,13 @@ public sealed record PipelineOptions
     public ScalarType DType { get; init; } = ScalarType.Float32;
     /// <summary>Where the models run (CPU when null).</summary>
     public Device? Device { get; init; }
+    /// <summary>
+    /// The model card's CPU offload on a GPU: <see cref="OffloadMode.Model"/> keeps each component in CPU memory and
+    /// moves it to <see cref="Device"/> for its stage (diffusers' <c>enable_model_cpu_offload</c>);
+    /// <see cref="OffloadMode.Sequential"/> moves T5's and the transformer's blocks one at a time (GPUs smaller than
+    /// the T5). None (the default) keeps every component on the device.
+    /// </summary>
+    public OffloadMode Offload { get; init; } = OffloadMode.None;
     /// <summary>A weights variant such as "fp16" (diffusion_pytorch_model.fp16.safetensors).</summary>
     public string? Variant { get; init; }
     /// <summary>Overrides the scheduler named in model_index.json: "lcm", "dpm-solver", "sa-solver" or "ddpm".</summary>
@@ -75,6 +82,7 @@ public sealed record StageEvent(PipelineStage Stage, string Detail, TimeSpan? El
 public abstract class PixArtPipeline : IDisposable
 {
     private readonly PipelineComponents _components;
+    private readonly OffloadPolicy _offload;
     private T5EncoderModel? _textEncoder;
     private PixArtTransformer2DModel? _transformer;
     private IVae? _vae;
@@ -137,6 +145,9 @@ public abstract class PixArtPipeline : IDisposable
         _components = components;
         Options = options;
         Device = options.Device ?? CPU;
+        _offload = new OffloadPolicy(options.Offload, Device);
+        // The library sets libtorch up on first use (load check, huge pages, NNPACK off): callers write no setup code.
+        TorchRuntime.EnsureLoaded();
         Scheduler = components.CreateScheduler(options.Scheduler);
     }
 
@@ -296,6 +307,7 @@ public abstract class PixArtPipeline : IDisposable
     {
         var encoder = LoadTextEncoder();
         using (no_grad())
+        using (_offload.Stage(encoder))
             return encoder.forward(inputIds.to(Device), attentionMask.to(Device)).to(ScalarType.Float32);
     }
 
@@ -501,6 +513,7 @@ public abstract class PixArtPipeline : IDisposable
         var transformer = _transformer = Loaded(_transformer, _components.LoadTransformer, "transformer", onStage);
         onStage?.Invoke(new StageEvent(PipelineStage.Denoise, $"{timesteps.Length} steps", null));
         var clock = Stopwatch.StartNew();
+        using (_offload.Stage(transformer))
         for (int i = 0; i < timesteps.Length; i++)
         {
             ct.ThrowIfCancellationRequested();
@@ -564,6 +577,7 @@ public abstract class PixArtPipeline : IDisposable
         onStage?.Invoke(new StageEvent(PipelineStage.Decode, "VAE", null));
         var clock = Stopwatch.StartNew();
         using var scope = NewDisposeScope();
+        using var onDevice = vae is IMovableModel movable ? _offload.Stage(movable) : null;
         var z = latents.to(ScalarType.Float32, Device).div(vae.ScalingFactor).to(Options.DType);
         int tile = Options.VaeTileLatents ?? AutoTile(z.shape[2], z.shape[3], Options.DType, Device.type == DeviceType.CPU ? Bench.ProcessStats.MemAvailableBytes : null);
         var image = (tile > 0 && vae is AutoencoderKL kl ? kl.DecodeTiled(z, tile) : vae.Decode(z)).to(ScalarType.Float32);
@@ -604,7 +618,9 @@ public abstract class PixArtPipeline : IDisposable
         long total = latentShape[0];
         // 5b.1 Encode: retrieve_latents(vae.encode(image), generator).
         var vae = _vae = Loaded(_vae, _components.LoadVae, "VAE", onStage);
-        var initLatents = vae.EncodeLatents(image.to(ScalarType.Float32, Device), noise);
+        Tensor initLatents;
+        using (vae is IMovableModel movable ? _offload.Stage(movable) : null)
+            initLatents = vae.EncodeLatents(image.to(ScalarType.Float32, Device), noise);
         Release(ref _vae);
         // 5b.2 init_latents = scaling_factor · init_latents, one row per output image. diffusers tiles
         // (cat([init]·k)); with one image that is the same as repeating it. With one image per prompt the rows are

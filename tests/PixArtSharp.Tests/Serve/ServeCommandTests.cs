@@ -11,7 +11,7 @@ public sealed class ServeCommandTests
     {
         var cmd = ServeCommand.Create();
         Assert.Equal("serve", cmd.Name);
-        Assert.Equal(["--model", "--revision", "--variant", "--lora", "--text-encoder", "--transformer", "--vae", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--threads"],
+        Assert.Equal(["--model", "--revision", "--variant", "--lora", "--text-encoder", "--transformer", "--vae", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--device", "--offload", "--threads"],
             cmd.Options.Select(o => o.Name).Where(n => n.StartsWith("--", StringComparison.Ordinal) && n != "--help"));
         var parse = cmd.Parse([]);
         Assert.Empty(parse.Errors);
@@ -30,7 +30,8 @@ public sealed class ServeCommandTests
         Assert.Equal(3, parse.GetValue<int?>("--threads"));
         Assert.NotEmpty(cmd.Parse(["--dtype", "int8"]).Errors);
         Assert.NotEmpty(cmd.Parse(["--port", "eighty"]).Errors);
-        Assert.Equal(TorchSharp.torch.ScalarType.BFloat16, ServeCommand.ParseDType("bf16"));
+        Assert.Equal("auto", cmd.Parse([]).GetValue<string>("--dtype"));
+        Assert.Equal("auto", cmd.Parse([]).GetValue<string>("--device"));
     }
 
     [Fact]
