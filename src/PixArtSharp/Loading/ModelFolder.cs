@@ -104,6 +104,27 @@ public sealed class ModelFolder
     }
 
     /// <summary>
+    /// Every weight file the components of this folder load with <paramref name="variant"/> (all shards), in component
+    /// order: what a server stamps at load (<see cref="FileStamps.Capture"/>) to notice a file changed under it.
+    /// </summary>
+    public IReadOnlyList<string> WeightFiles(string? variant)
+    {
+        var files = new List<string>();
+        foreach (var component in Components.Keys.Order(StringComparer.Ordinal))
+        {
+            string dir = Path.Combine(Root, component);
+            if (!File.Exists(Path.Combine(dir, "config.json"))) continue;
+            foreach (var stem in new[] { "diffusion_pytorch_model", "model" })
+                if (HasWeights(dir, stem, variant) || HasWeights(dir, stem, null))
+                {
+                    files.AddRange(FindWeightFiles(dir, stem, variant));
+                    break;
+                }
+        }
+        return files;
+    }
+
+    /// <summary>
     /// One warning per model component that lacks the <paramref name="variant"/> weights and will load its
     /// default weights instead (empty without a variant). Components are those with a config.json; their weights
     /// are <c>model*</c> (transformers) or <c>diffusion_pytorch_model*</c> (diffusers).
@@ -210,11 +231,12 @@ public sealed class ModelFolder
     /// Opens a component's weights (all shards) for loading by key. A sharded checkpoint must agree with its
     /// index: every key in the shard named for it, and no key the index does not list.
     /// </summary>
-    public static Weights OpenWeights(string componentDir, string stem, string? variant, ScalarType dtype, Device? device = null)
+    public static Weights OpenWeights(string componentDir, string stem, string? variant, ScalarType dtype, Device? device = null,
+                                      WeightLoadOptions? load = null)
     {
         var (files, index) = Locate(componentDir, stem, variant);
         return Weights.FromFiles(files, dtype, device,
             description: index == null ? files[0] : $"{componentDir} ({files.Count} shards)",
-            weightMap: index == null ? null : WeightMapOf(index), weightMapSource: index);
+            weightMap: index == null ? null : WeightMapOf(index), weightMapSource: index, load: load);
     }
 }

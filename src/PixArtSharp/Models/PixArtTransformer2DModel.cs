@@ -215,10 +215,12 @@ public sealed class PixArtTransformer2DModel : IDisposable
     /// <summary>
     /// Loads <c>transformerDir/config.json</c> and <c>diffusion_pytorch_model[.variant].safetensors</c> (or its shards).
     /// </summary>
-    public static PixArtTransformer2DModel FromFolder(string transformerDir, string? variant = null, ScalarType dtype = ScalarType.Float32, Device? device = null)
+    /// <param name="load">How weights are read (<see cref="WeightLoadOptions.Copied"/> for a long-lived process).</param>
+    public static PixArtTransformer2DModel FromFolder(string transformerDir, string? variant = null, ScalarType dtype = ScalarType.Float32, Device? device = null,
+                                                      WeightLoadOptions? load = null)
     {
         var config = PixArtTransformerConfig.Load(Path.Combine(transformerDir, "config.json"));
-        using var w = ModelFolder.OpenWeights(transformerDir, WeightStem, variant, dtype, device);
+        using var w = ModelFolder.OpenWeights(transformerDir, WeightStem, variant, dtype, device, load);
         return new PixArtTransformer2DModel(config, w);
     }
 

@@ -1,0 +1,105 @@
+using System.Diagnostics;
+using PixArtSharp.Loading;
+using PixArtSharp.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PixArtSharp.Tests.Support;
+
+/// <summary>What a child process printed and returned.</summary>
+public sealed record ChildResult(int ExitCode, string Stdout, string Stderr)
+{
+    public override string ToString() => $"exit {ExitCode}\n--- stdout\n{Stdout}\n--- stderr\n{Stderr}";
+}
+
+/// <summary>
+/// The test assembly's entry point. The test runner never calls it; <see cref="Run"/> starts
+/// <c>dotnet PixArtSharp.Tests.dll --child ROLE args…</c> for checks that can kill the process they run in
+/// (a truncated memory-mapped weight file is a SIGBUS, which no exception handler survives) or that measure the
+/// process's own peak memory.
+/// </summary>
+public static class ChildProcess
+{
+    public static int Main(string[] args)
+    {
+        if (args.Length < 2 || args[0] != "--child")
+        {
+            Console.Error.WriteLine("usage: PixArtSharp.Tests.dll --child ROLE [ARGS…] (run the tests with dotnet test)");
+            return 2;
+        }
+        return args[1] switch
+        {
+            "truncate-forward" => TruncateForward(args[2], args[3] == "copy"),
+            "decode-peak" => DecodePeak(args[2], int.Parse(args[3]), int.Parse(args[4])),
+            _ => 2,
+        };
+    }
+
+    /// <summary>Runs <c>dotnet PixArtSharp.Tests.dll --child args…</c> and waits for it (3 minutes at most).</summary>
+    public static ChildResult Run(params string[] args)
+    {
+        string dll = typeof(ChildProcess).Assembly.Location;
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(dll);
+        psi.ArgumentList.Add("--child");
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        // A crash must not write a core dump or a .NET crash report into the test folder.
+        psi.Environment["DOTNET_DbgEnableMiniDump"] = "0";
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        string output = p.StandardOutput.ReadToEnd();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(3))) { p.Kill(entireProcessTree: true); throw new TimeoutException("the child process did not finish in 3 minutes"); }
+        return new ChildResult(p.ExitCode, output, err.Result);
+    }
+
+    /// <summary>
+    /// Loads the tiny DPM transformer from <paramref name="dir"/> (a writable copy), runs the fixture's
+    /// <c>same_masks</c> case, truncates the weight file to 4 KiB, and runs it again. Prints both errors against the
+    /// fixture and "same" when the second output equals the first. Exit 0 only then.
+    /// </summary>
+    private static int TruncateForward(string dir, bool copy)
+    {
+        using var r = new Reference("expected/transformer_dpm");
+        using var model = PixArtTransformer2DModel.FromFolder(dir, load: copy ? WeightLoadOptions.Copied : WeightLoadOptions.Default);
+        Tensor Forward() => model.forward(r["same_masks.hidden_states"], r["same_masks.encoder_hidden_states"],
+            r["same_masks.encoder_attention_mask"], r["same_masks.timestep"], null, null);
+        using var expected = r["same_masks.output"];
+        using var before = Forward();
+        Console.WriteLine($"before: max |Δ| vs fixture = {Compare.MaxAbsDiff(expected, before):E2}");
+        using (var fs = new FileStream(Path.Combine(dir, "diffusion_pytorch_model.safetensors"), FileMode.Open, FileAccess.Write))
+            fs.SetLength(4096);
+        Console.WriteLine("truncated");
+        Console.Out.Flush();
+        using var after = Forward();
+        double d = Compare.MaxAbsDiff(before, after);
+        Console.WriteLine($"after: max |Δ| vs before = {d:E2}");
+        if (d != 0) return 3;
+        Console.WriteLine("same");
+        return 0;
+    }
+
+    /// <summary>Decodes <paramref name="count"/> copies of a PNG from <paramref name="threads"/> threads at once; prints the peak RSS.</summary>
+    private static int DecodePeak(string png, int count, int threads)
+    {
+        byte[] data = File.ReadAllBytes(png);
+        var start = new ManualResetEventSlim();
+        long pixels = 0;
+        var workers = Enumerable.Range(0, threads).Select(_ => new Thread(() =>
+        {
+            start.Wait();
+            for (int i = 0; i < count / threads; i++)
+            {
+                var img = PixArtSharp.Imaging.ImageReader.Decode(data, png, maxPixels: 60_000_000);
+                Interlocked.Add(ref pixels, (long)img.Width * img.Height);
+            }
+        })).ToList();
+        foreach (var w in workers) w.Start();
+        start.Set();
+        foreach (var w in workers) w.Join();
+        GC.Collect();
+        Console.WriteLine($"decoded {pixels} pixels");
+        Console.WriteLine($"peak_rss_bytes {PixArtSharp.Bench.ProcessStats.PeakRssBytes}");
+        Console.WriteLine($"rss_after_bytes {PixArtSharp.Bench.ProcessStats.RssBytes}");
+        return 0;
+    }
+}
