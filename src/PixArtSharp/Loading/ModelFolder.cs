@@ -131,6 +131,7 @@ public sealed class ModelFolder
     /// </summary>
     public IReadOnlyList<string> VariantFallbacks(string? variant)
     {
+        CheckVariant(variant);
         if (string.IsNullOrEmpty(variant)) return [];
         var warnings = new List<string>();
         foreach (var component in Components.Keys.Order(StringComparer.Ordinal))
@@ -144,8 +145,33 @@ public sealed class ModelFolder
         return warnings;
     }
 
+    /// <summary>
+    /// Checks a weights variant before it is joined into a file name: a variant is a name (letters, digits,
+    /// <c>-</c>, <c>_</c> and <c>.</c>, at most 64, not starting or ending with <c>.</c>, no <c>..</c>), never a path.
+    /// Null or empty means no variant. Throws an <see cref="ArgumentException"/> with ParamName <c>variant</c>.
+    /// </summary>
+    public static void CheckVariant(string? variant)
+    {
+        if (string.IsNullOrEmpty(variant)) return;
+        if (variant.Length > 64 || !variant.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')
+            || variant.Contains("..", StringComparison.Ordinal) || variant.StartsWith('.') || variant.EndsWith('.'))
+            throw new ArgumentException(
+                $"The variant '{Printable(variant)}' is not a variant name: use letters, digits, '-', '_' and '.' (e.g. fp16), at most 64, without '..'.",
+                nameof(variant));
+    }
+
+    // A name as it can be printed in one line of a message (control characters escaped, long ones cut).
+    private static string Printable(string s)
+    {
+        var sb = new System.Text.StringBuilder();
+        foreach (char c in s.Length > 80 ? s[..80] + "…" : s)
+            sb.Append(char.IsControl(c) ? $"\\u{(int)c:x4}" : c.ToString());
+        return sb.ToString();
+    }
+
     private static (string Single, string Index) WeightNames(string componentDir, string stem, string? variant)
     {
+        CheckVariant(variant);
         string v = string.IsNullOrEmpty(variant) ? "" : "." + variant;
         return (Path.Combine(componentDir, $"{stem}{v}.safetensors"),
                 Path.Combine(componentDir, string.IsNullOrEmpty(variant) ? $"{stem}.safetensors.index.json" : $"{stem}.safetensors.index{v}.json"));
