@@ -27,13 +27,13 @@ public sealed class ModelFolder
         if (!Directory.Exists(root))
             throw new ModelNotFoundException($"Model folder not found: {root}. Give a diffusers model folder or a Hugging Face id such as PixArt-alpha/PixArt-LCM-XL-2-1024-MS.");
         string index = Path.Combine(root, "model_index.json");
-        if (!File.Exists(index))
+        if (FileKinds.Of(index) == FileKind.Missing)
             throw new ModelNotFoundException($"{root} has no model_index.json, so it is not a diffusers pipeline folder. Give the folder that holds model_index.json (with transformer/, vae/, text_encoder/, tokenizer/ and scheduler/ inside).");
         var components = new Dictionary<string, (string, string)>(StringComparer.Ordinal);
         string pipelineClass;
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(index));
+            using var doc = JsonDocument.Parse(ModelFiles.ReadAllBytes(index, "model index"));
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new WeightFileException($"{index} is not a JSON object; download the model again.");
             pipelineClass = doc.RootElement.TryGetProperty("_class_name", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString()! : "";
@@ -224,7 +224,7 @@ public sealed class ModelFolder
         var result = new Dictionary<string, string>(StringComparer.Ordinal);
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(indexPath));
+            using var doc = JsonDocument.Parse(ModelFiles.ReadAllBytes(indexPath, "shard index"));
             if (doc.RootElement.ValueKind != JsonValueKind.Object
                 || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
                 throw new WeightFileException($"{indexPath} has no weight_map object; download the model again.");

@@ -18,11 +18,16 @@ public sealed record WeightLoadOptions
     /// next touch of a lost page; copied weights cannot be reached by any later change of the file. It costs the
     /// reading of the whole file at load and anonymous memory the kernel cannot drop under pressure (the page
     /// cache of a mapping it can); weights converted to another dtype (fp32 files run in bf16) are copies anyway.
-    /// With it, every tensor is also checked for NaN/Inf at load (it is in memory anyway).
+    /// Measured on the full-size PixArt-LCM transformer (1.22 GB bf16, page cache warm, 2 shared cores): load
+    /// 3.8–4.0 s instead of 0.6–1.6 s, RSS after load 1.36 GB instead of 0.18 GB, and the same 1.39 GB once the first
+    /// forward has touched every mapped page (anonymous memory then, page cache before).
     /// </summary>
     public bool CopyOnLoad { get; init; }
 
-    /// <summary>Tensors up to this many elements are checked for NaN/Inf at load even without a copy (norms, biases, embeddings: cheap).</summary>
+    /// <summary>Tensors up to this many elements are checked for NaN/Inf at load (default 65536: norms, biases, small
+    /// projections — cheap, and without touching the pages of the large mapped tensors). long.MaxValue checks all,
+    /// at a cost (≈14 s and ≈0.5 GB of transient memory for 1.22 GB of bf16 weights on 2 cores); the pipeline's
+    /// check of the final latents (<see cref="NonFinite"/>) catches the rest.</summary>
     public long FiniteCheckMaxElements { get; init; } = 1 << 16;
 }
 
@@ -111,7 +116,7 @@ public sealed class Weights : IDisposable
             where.Keys,
             () => { foreach (var o in opened) o.Dispose(); },
             name => where[name].FilePath,
-            load.CopyOnLoad ? long.MaxValue : load.FiniteCheckMaxElements);
+            load.FiniteCheckMaxElements);
         return new Weights(source, "", dtype, device ?? CPU);
     }
 
@@ -214,8 +219,10 @@ public sealed class Weights : IDisposable
                 "(F32, F16 or BF16). The file is corrupt or not a checkpoint of this model; download it again.");
         if (raw.is_floating_point() && raw.numel() > 0 && raw.numel() <= _source.FiniteCheckMaxElements)
         {
-            using var finite = torch.isfinite(raw).all();
-            if (!finite.item<bool>())
+            // One vectorised reduction, no temporary of the tensor's size: NaN and ±Inf propagate into the sum
+            // (accumulated in float32, so finite weights cannot overflow it); only then are they counted.
+            using var total = raw.sum(type: ScalarType.Float32);
+            if (!float.IsFinite(total.item<float>()))
             {
                 using var bad = torch.isfinite(raw).logical_not().sum();
                 throw new WeightFileException($"{_source.WhereIs(key)}: weight '{key}' holds {bad.item<long>()} NaN or infinite value(s). " +

@@ -31,6 +31,8 @@ public static class ChildProcess
         {
             "truncate-forward" => TruncateForward(args[2], args[3] == "copy"),
             "decode-peak" => DecodePeak(int.Parse(args[2]), int.Parse(args[3]), int.Parse(args[4])),
+            "write-random-transformer" => WriteRandomTransformer(args[2]),
+            "measure-load" => MeasureLoad(args[2], args[3], args[4] == "bf16" ? ScalarType.BFloat16 : ScalarType.Float32),
             _ => 2,
         };
     }
@@ -113,6 +115,55 @@ public static class ChildProcess
         Console.WriteLine($"rss_before {before}");
         Console.WriteLine($"peak_rss {peak}");
         Console.WriteLine($"rss_after {PixArtSharp.Bench.ProcessStats.RssBytes}");
+        return 0;
+    }
+
+    /// <summary>The full-size PixArt-LCM transformer (real config) with seeded random bf16 weights, as pixart bench writes it.</summary>
+    private static int WriteRandomTransformer(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        string config = Path.Combine(dir, "config.json");
+        File.WriteAllText(config, PixArtSharp.Bench.RealConfigs.ReadText("transformer/config.json"));
+        var cfg = PixArtTransformerConfig.Load(config);
+        var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        using (var w = Weights.Random(PixArtSharp.Bench.RandomModelWriter.TransformerSeed(0), ScalarType.BFloat16,
+                   created: (name, t) => tensors[name] = t.alias().DetachFromDisposeScope()))
+        using (new PixArtTransformer2DModel(cfg, w)) { }
+        SafeTensorsWriter.Write(Path.Combine(dir, "diffusion_pytorch_model.safetensors"), tensors);
+        Console.WriteLine($"wrote {tensors.Count} tensors, {tensors.Values.Sum(t => t.NumberOfElements * t.ElementSize)} bytes");
+        foreach (var t in tensors.Values) t.Dispose();
+        return 0;
+    }
+
+    /// <summary>
+    /// Loads a transformer folder zero-copy or copied, then reads every weight once (as a first generation does).
+    /// Prints the load time, the time to touch every weight, and RSS (anonymous and file-backed) after each.
+    /// </summary>
+    private static int MeasureLoad(string dir, string mode, ScalarType dtype)
+    {
+        static string Rss() => string.Join(" ", File.ReadLines("/proc/self/status")
+            .Where(l => l.StartsWith("VmRSS") || l.StartsWith("RssAnon") || l.StartsWith("RssFile"))
+            .Select(l => l.Replace("\t", "").Replace(" kB", "kB").Replace(":", "=").Replace(" ", "")));
+        Console.WriteLine($"start: {Rss()}");
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var load = mode switch
+        {
+            "copy" => WeightLoadOptions.Copied,
+            "copy-small-check" => new WeightLoadOptions { CopyOnLoad = true },
+            _ => WeightLoadOptions.Default,
+        };
+        using var model = PixArtTransformer2DModel.FromFolder(dir, dtype: dtype, load: load);
+        Console.WriteLine($"load_ms {sw.ElapsedMilliseconds} {mode}: {Rss()}");
+        sw.Restart();
+        // One small forward reads every weight (8×8 latent tokens, 8 caption tokens).
+        var cfg = PixArtTransformerConfig.Load(Path.Combine(dir, "config.json"));
+        using var scope = NewDisposeScope();
+        var outp = model.forward(torch.randn(1, cfg.InChannels!.Value, 16, 16), torch.randn(1, 8, cfg.CaptionChannels!.Value),
+            torch.ones(1, 8), torch.tensor(new long[] { 999 }),
+            cfg.UseAdditionalConditionsResolved ? torch.tensor(new float[] { 128, 128 }).reshape(1, 2) : null,
+            cfg.UseAdditionalConditionsResolved ? torch.ones(1, 1) : null);
+        double sum = outp.to(ScalarType.Float32).abs().sum().item<float>();
+        Console.WriteLine($"touch_ms {sw.ElapsedMilliseconds} (sum {sum:E3}): {Rss()}");
         return 0;
     }
 }
