@@ -115,8 +115,8 @@ public sealed class Weights : IDisposable
             load.CopyOnLoad ? (name, _) => where[name].LoadCopy(name) : (name, _) => where[name].Load(name),
             where.Keys,
             () => { foreach (var o in opened) o.Dispose(); },
-            name => where[name].FilePath,
-            load.FiniteCheckMaxElements);
+            whereIs: name => where[name].FilePath,
+            finiteCheckMaxElements: load.FiniteCheckMaxElements);
         return new Weights(source, "", dtype, device ?? CPU);
     }
 
