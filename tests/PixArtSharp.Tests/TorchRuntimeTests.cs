@@ -17,6 +17,14 @@ public class TorchRuntimeTests
     [Fact]
     public void SetThreadsValidatesAndApplies()
     {
+        int current = TorchRuntime.Threads;
+        var tooMany = Assert.Throws<ArgumentOutOfRangeException>(() => TorchRuntime.SetThreads(100_000));
+        Assert.Equal("threads", tooMany.ParamName);
+        Assert.Contains($"1..{TorchRuntime.MaxThreads}", tooMany.Message);
+        Assert.Equal(current, TorchRuntime.Threads);
+        Assert.Throws<ArgumentOutOfRangeException>(() => TorchRuntime.CheckThreads(TorchRuntime.MaxThreads + 1));
+        TorchRuntime.CheckThreads(TorchRuntime.MaxThreads);
+        TorchRuntime.CheckThreads(1);
         Assert.Equal("threads", Assert.Throws<ArgumentOutOfRangeException>(() => TorchRuntime.SetThreads(0)).ParamName);
         int before = TorchRuntime.Threads;
         try

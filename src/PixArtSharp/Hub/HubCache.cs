@@ -1,3 +1,4 @@
+using PixArtSharp.Loading;
 using System.Text.RegularExpressions;
 
 namespace PixArtSharp.Hub;
@@ -87,6 +88,7 @@ public sealed partial class HubCache(string root)
     /// </summary>
     public string? TryResolveSnapshot(string repoId, string? revision = null, string? variant = null)
     {
+        ModelFolder.CheckVariant(variant);
         string? commit = ResolveCommit(repoId, revision ?? "main");
         if (commit == null) return null;
         string snapshot = SnapshotFolder(repoId, commit);

@@ -1,3 +1,4 @@
+using PixArtSharp.Loading;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Headers;
@@ -77,6 +78,7 @@ public sealed partial class HubClient : IDisposable
         IProgress<DownloadProgress>? progress = null, CancellationToken ct = default)
     {
         CheckArguments(repoId, ref revision);
+        ModelFolder.CheckVariant(variant);
         if (Settings.Offline)
             return Cache.TryResolveSnapshot(repoId, revision, variant)
                 ?? throw new HubDownloadException(HubErrorKind.Offline, repoId, null,

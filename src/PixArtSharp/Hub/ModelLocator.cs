@@ -14,6 +14,7 @@ public static class ModelLocator
         IProgress<DownloadProgress>? progress = null, HubSettings? settings = null, CancellationToken ct = default)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(modelArg);
+        ModelFolder.CheckVariant(variant);
         if (Directory.Exists(modelArg)) return Path.GetFullPath(modelArg);
         if (File.Exists(modelArg))
             throw new ModelNotFoundException($"'{modelArg}' is a file; give the model folder (the one holding model_index.json) or a Hugging Face id such as PixArt-alpha/PixArt-LCM-XL-2-1024-MS.");

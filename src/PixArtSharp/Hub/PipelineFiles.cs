@@ -1,3 +1,4 @@
+using PixArtSharp.Loading;
 using System.Text.Json;
 
 namespace PixArtSharp.Hub;
@@ -53,6 +54,7 @@ public static class PipelineFiles
     /// </summary>
     public static IReadOnlyList<string> Select(IReadOnlySet<string> repoFiles, IEnumerable<string> components, string? variant, string repoId)
     {
+        ModelFolder.CheckVariant(variant);
         var selected = new List<string>();
         foreach (var c in components)
         {

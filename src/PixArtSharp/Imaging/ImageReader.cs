@@ -19,6 +19,12 @@ namespace PixArtSharp.Imaging;
 /// sRGB.</item>
 /// <item>Alpha: transparent pixels are composited onto <b>white</b> (libvips flatten), as an image viewer on a
 /// white page shows them. The alpha channel is then gone: the model sees three channels.</item>
+/// <item>Concurrency and memory: at most <see cref="MaxConcurrentDecodes"/> images (default 2) are decoded at once,
+/// process-wide; other callers wait for a slot (a server can answer 429 instead, see <see cref="DecodesInProgress"/>).
+/// A 7000×7000 image needs about 300 MB while it decodes, so eight at once would need 2.4 GB. libvips' operation
+/// cache is off, and the C heap is trimmed after decoding (glibc keeps freed memory in per-thread arenas otherwise),
+/// so the memory goes back to the system.</item>
+/// <item>Files: only regular files of at most <see cref="MaxFileBytes"/>, checked before reading (<see cref="UserFiles"/>).</item>
 /// </list>
 /// Every failure is an <see cref="ImageReadException"/> that names the file and says what is wrong.
 /// </summary>
@@ -42,32 +48,55 @@ public static class ImageReader
     };
 
     private static readonly object InitLock = new();
+    private static readonly object SlotsLock = new();
+    private static SemaphoreSlim _slots = new(2, 2);
+    private static int _maxConcurrent = 2;
+    private static int _inProgress;
+
+    /// <summary>
+    /// How many images may be decoded at once in this process (default 2). Callers beyond it wait for a slot.
+    /// Changing it affects decodes that start afterwards.
+    /// </summary>
+    public static int MaxConcurrentDecodes
+    {
+        get => _maxConcurrent;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1, nameof(MaxConcurrentDecodes));
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 256, nameof(MaxConcurrentDecodes));
+            lock (SlotsLock)
+            {
+                _maxConcurrent = value;
+                _slots = new SemaphoreSlim(value, value);
+            }
+        }
+    }
+
+    /// <summary>Decodes running or waiting for a slot now (a server may refuse new uploads while this is at its limit).</summary>
+    public static int DecodesInProgress => Volatile.Read(ref _inProgress);
     private static bool _initialized;
     // Kept in a field: libvips holds a native pointer to this delegate.
     private static Log.LogDelegate? _logHandler;
 
     /// <summary>Reads and decodes the file at <paramref name="path"/> (see the class summary for what is accepted).</summary>
-    public static RgbImage Read(string path, long maxPixels = DefaultMaxPixels)
+    public static RgbImage Read(string path, long maxPixels = DefaultMaxPixels, CancellationToken ct = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         byte[] data;
         try
         {
-            var info = new FileInfo(path);
-            if (!info.Exists) throw new ImageReadException($"{path}: the file does not exist.");
-            if (info.Length > MaxFileBytes)
-                throw new ImageReadException($"{path}: the file has {info.Length:N0} bytes; images larger than {MaxFileBytes:N0} bytes are refused.");
-            data = File.ReadAllBytes(path);
+            // Regular files only (a FIFO blocks, /dev/zero never ends), the size checked before reading.
+            data = UserFiles.ReadAllBytes(path, MaxFileBytes, "image");
         }
-        catch (Exception e) when (e is IOException and not ImageReadException || e is UnauthorizedAccessException)
+        catch (UserFileException e)
         {
-            throw new ImageReadException($"{path}: cannot read the file: {e.Message}", e);
+            throw new ImageReadException(e.Message, e);
         }
-        return Decode(data, path, maxPixels);
+        return Decode(data, path, maxPixels, ct);
     }
 
     /// <summary>Decodes an image held in memory. <paramref name="name"/> only labels messages.</summary>
-    public static RgbImage Decode(byte[] data, string name = "image", long maxPixels = DefaultMaxPixels)
+    public static RgbImage Decode(byte[] data, string name = "image", long maxPixels = DefaultMaxPixels, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(data);
         if (maxPixels < 1) throw new ArgumentException($"maxPixels must be positive, got {maxPixels}.", nameof(maxPixels));
@@ -97,9 +126,27 @@ public static class ImageReader
                     $"{name}: the {format} header says {header.Width}×{header.Height} = {pixels:N0} pixels; the limit is {maxPixels:N0}. " +
                     "Scale the image down first.");
 
-            // 3. Decode and convert. Each step is lazy; WriteToMemory runs the whole chain (and the decoder).
+            // 3. Decode and convert, in one of the process's decode slots. Each step is lazy; WriteToMemory runs
+            //    the whole chain (and the decoder).
             var image = header;
             var owned = new List<VImage>();
+            SemaphoreSlim slots;
+            lock (SlotsLock) slots = _slots;
+            Interlocked.Increment(ref _inProgress);
+            try
+            {
+                slots.Wait(ct);
+            }
+            catch
+            {
+                Interlocked.Decrement(ref _inProgress);
+                throw;
+            }
+            // A large image's pixels end up in a managed array (the RgbImage) the size of the decode buffer. The
+            // arrays of earlier decodes are usually garbage by now, but the GC collects the large-object heap
+            // rarely: collect before decoding, so the slots bound the memory rather than the GC's budget.
+            bool large = pixels * 3 >= LargeDecodeBytes;
+            if (large) GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: false);
             try
             {
                 image = Keep(owned, image.Autorot());                                // EXIF orientation
@@ -123,6 +170,14 @@ public static class ImageReader
             finally
             {
                 foreach (var o in owned) o.Dispose();
+                slots.Release();
+                // The last decode out hands the freed C heap (and, after a large image, the freed managed heap) back
+                // to the system.
+                if (Interlocked.Decrement(ref _inProgress) == 0)
+                {
+                    TrimNativeHeap();
+                    if (large) ReturnManagedMemory();
+                }
             }
         }
         catch (VipsException e)
@@ -134,6 +189,26 @@ public static class ImageReader
                 .Distinct());
             throw new ImageReadException($"{name}: the image is corrupt or truncated: {detail}", e);
         }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
+    private static extern int MallocTrim(nuint pad);
+
+    private static bool _noTrim;
+
+    /// <summary>Decodes whose RGB output reaches this (32 MiB, about 11 megapixels) collect garbage around them.</summary>
+    private const long LargeDecodeBytes = 32L << 20;
+
+    /// <summary>A full compacting collection that also decommits the freed regions (GCCollectionMode.Aggressive).</summary>
+    private static void ReturnManagedMemory() =>
+        GC.Collect(2, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+
+    /// <summary>glibc's malloc_trim(0): returns free memory at the top of the heap and in every arena to the system.</summary>
+    private static void TrimNativeHeap()
+    {
+        if (_noTrim || !OperatingSystem.IsLinux()) return;
+        try { MallocTrim(0); }
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException) { _noTrim = true; }   // musl: no malloc_trim
     }
 
     private static VImage Keep(List<VImage> owned, VImage image)
@@ -178,6 +253,8 @@ public static class ImageReader
                 Operation.Block(cls, false);
             // Decoded user images should not linger in libvips' operation cache.
             Cache.Max = 0;
+            Cache.MaxMem = 0;
+            Cache.MaxFiles = 0;
             // libvips logs decoder warnings (e.g. "premature end of JPEG file") from its worker threads to stderr;
             // silence them: a failure already carries its messages in the exception (libvips' error buffer).
             _logHandler = (domain, level, message) => { };

@@ -9,6 +9,10 @@ namespace PixArtSharp.Imaging;
 /// non-interlaced PNGs (all five filter types). Not a general decoder: untrusted images of other kinds belong to
 /// a real image library. Every length is checked against the file, and CRCs are verified, so a corrupt file is an
 /// <see cref="InvalidDataException"/> naming it, never a crash.
+/// <para>The file comes from users (<c>--from-png</c> reads a PNG someone sent): it must be a regular file of at most
+/// <see cref="MaxFileBytes"/> (else a <see cref="UserFileException"/>, before anything is read), chunks are read one
+/// at a time, a text chunk longer than <see cref="MaxTextChunkBytes"/> is refused from its length field before its
+/// data is read, and reading the text skips the image data without reading it.</para>
 /// </summary>
 public static class PngReader
 {
@@ -18,11 +22,19 @@ public static class PngReader
     /// <summary>Refuse compressed text chunks that inflate past this (16 MiB).</summary>
     public const long MaxTextBytes = 16L << 20;
 
+    /// <summary>PNG files larger than this (256 MiB, as <see cref="ImageReader.MaxFileBytes"/>) are refused before reading.</summary>
+    public const long MaxFileBytes = ImageReader.MaxFileBytes;
+
+    /// <summary>A tEXt, zTXt or iTXt chunk longer than this (1 MiB) is refused before its data is read: PixArtSharp's own are a few KB.</summary>
+    public const long MaxTextChunkBytes = 1L << 20;
+
+    private static bool IsText(string type) => type is "tEXt" or "zTXt" or "iTXt";
+
     /// <summary>The tEXt, zTXt and iTXt chunks, in file order, as (keyword, text).</summary>
     public static IReadOnlyList<(string Keyword, string Text)> ReadTextChunks(string path)
     {
         var result = new List<(string, string)>();
-        foreach (var (type, data) in Chunks(path))
+        foreach (var (type, data) in Chunks(path, IsText))
         {
             if (type == "tEXt") result.Add(ParseTEXt(path, data));
             else if (type == "zTXt") result.Add(ParseZTXt(path, data));
@@ -37,7 +49,8 @@ public static class PngReader
         int width = 0, height = 0;
         bool sawHeader = false;
         using var idat = new MemoryStream();
-        foreach (var (type, data) in Chunks(path))
+        // Every chunk is read here (its CRC checked), since the pixels need most of the file anyway.
+        foreach (var (type, data) in Chunks(path, _ => true))
         {
             if (type == "IHDR")
             {
@@ -97,33 +110,50 @@ public static class PngReader
         return (width, height, rgb);
     }
 
-    /// <summary>Every chunk up to IEND, each with its CRC checked.</summary>
-    private static IEnumerable<(string Type, byte[] Data)> Chunks(string path)
+    /// <summary>
+    /// The chunks <paramref name="wanted"/> selects, up to IEND, each with its CRC checked; the others are skipped
+    /// unread. The file is read chunk by chunk, each length checked against what is left of the file first.
+    /// </summary>
+    private static IEnumerable<(string Type, byte[] Data)> Chunks(string path, Func<string, bool> wanted)
     {
-        byte[] file;
-        try { file = File.ReadAllBytes(path); }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
-        {
-            throw new FileNotFoundException($"PNG file not found: {path}.", path, e);
-        }
-        if (file.Length < 8 || !file.AsSpan(0, 8).SequenceEqual(PngWriter.Signature))
+        using var fs = UserFiles.OpenRead(path, MaxFileBytes, "PNG file");
+        long fileLength = fs.Length;
+        Span<byte> head = stackalloc byte[8];
+        if (fileLength < 8 || fs.Read(head) != 8 || !head.SequenceEqual(PngWriter.Signature))
             throw Bad(path, "it does not start with the PNG signature");
+        var header = new byte[8];
+        var crcBytes = new byte[4];
         long pos = 8;
         while (true)
         {
-            if (pos + 12 > file.Length) throw Bad(path, "it ends without an IEND chunk (truncated)");
-            uint length = BinaryPrimitives.ReadUInt32BigEndian(file.AsSpan((int)pos));
-            if (length > int.MaxValue || pos + 12 + length > file.Length)
+            if (pos + 12 > fileLength) throw Bad(path, "it ends without an IEND chunk (truncated)");
+            fs.Position = pos;
+            ReadExactly(fs, header, path);
+            uint length = BinaryPrimitives.ReadUInt32BigEndian(header);
+            string type = Encoding.ASCII.GetString(header, 4, 4);
+            if (length > int.MaxValue || pos + 12 + length > fileLength)
                 throw Bad(path, $"a chunk at byte {pos} claims {length} bytes, past the end of the file");
-            string type = Encoding.ASCII.GetString(file, (int)pos + 4, 4);
-            var typeAndData = file.AsSpan((int)pos + 4, 4 + (int)length);
-            uint crc = BinaryPrimitives.ReadUInt32BigEndian(file.AsSpan((int)(pos + 8 + length)));
-            if (Crc32.Compute(typeAndData) != crc)
-                throw Bad(path, $"chunk '{type}' at byte {pos} has a wrong CRC");
-            yield return (type, typeAndData[4..].ToArray());
-            if (type == "IEND") yield break;
+            if (type == "IEND" || wanted(type))
+            {
+                if (IsText(type) && length > MaxTextChunkBytes)
+                    throw Bad(path, $"its {type} chunk at byte {pos} is {length:N0} bytes long; text chunks over {MaxTextChunkBytes:N0} bytes are refused");
+                var typeAndData = new byte[4 + length];
+                header.AsSpan(4, 4).CopyTo(typeAndData);
+                ReadExactly(fs, typeAndData.AsMemory(4), path);
+                ReadExactly(fs, crcBytes, path);
+                if (Crc32.Compute(typeAndData) != BinaryPrimitives.ReadUInt32BigEndian(crcBytes))
+                    throw Bad(path, $"chunk '{type}' at byte {pos} has a wrong CRC");
+                if (type == "IEND") yield break;
+                yield return (type, typeAndData[4..]);
+            }
             pos += 12 + length;
         }
+    }
+
+    private static void ReadExactly(FileStream fs, Memory<byte> buffer, string path)
+    {
+        try { fs.ReadExactly(buffer.Span); }
+        catch (EndOfStreamException) { throw Bad(path, "it is shorter than its chunks claim (it changed while being read)"); }
     }
 
     private static (string, string) ParseTEXt(string path, byte[] d)

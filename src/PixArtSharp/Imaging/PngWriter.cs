@@ -17,7 +17,8 @@ public static class PngWriter
     internal static readonly byte[] Signature = [137, 80, 78, 71, 13, 10, 26, 10];
 
     /// <param name="rgb">height × width × 3 bytes, row-major (HWC), as an image tensor's bytes.</param>
-    /// <param name="text">Metadata chunks in order: tEXt where the text is printable Latin-1, iTXt (UTF-8) otherwise.</param>
+    /// <param name="text">Metadata chunks in order: tEXt where the text is printable Latin-1, iTXt (UTF-8) otherwise.
+    /// Control characters are made visible (<see cref="SanitizeText"/>), so no text fails the write.</param>
     public static void Write(string path, ReadOnlySpan<byte> rgb, int width, int height, IReadOnlyList<(string Keyword, string Text)>? text = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -79,8 +80,11 @@ public static class PngWriter
         ihdr[11] = 0; // filter method 0 (adaptive, five types)
         ihdr[12] = 0; // no interlace
         WriteChunk(ms, "IHDR", ihdr);
-        foreach (var (k, t) in text)
+        foreach (var (k, raw) in text)
+        {
+            string t = SanitizeText(raw);
             WriteChunk(ms, IsLatin1Text(t) ? "tEXt" : "iTXt", TextChunkData(k, t));
+        }
         WriteChunk(ms, "IDAT", CompressScanlines(rgb, width, height));
         WriteChunk(ms, "IEND", []);
         return ms.ToArray();
@@ -92,8 +96,39 @@ public static class PngWriter
         if (keyword.Length is < 1 or > 79 || keyword.Any(c => c is < (char)32 or > (char)126 and < (char)161 or > (char)255)
             || keyword.StartsWith(' ') || keyword.EndsWith(' ') || keyword.Contains("  ", StringComparison.Ordinal))
             throw new ArgumentException($"'{keyword}' is not a valid PNG text keyword (1–79 printable Latin-1 characters, single inner spaces).", "text");
-        if (text.Contains('\0'))
-            throw new ArgumentException($"The text of PNG keyword '{keyword}' contains a NUL character, which PNG text cannot hold.", "text");
+        ArgumentNullException.ThrowIfNull(text);
+    }
+
+    /// <summary>
+    /// The text as PNG metadata can hold it: a prompt may carry any character, but tEXt/iTXt cannot hold NUL and
+    /// readers choke on other control characters. Line feeds and tabs are kept; every other C0 control character
+    /// and DEL becomes its visible Unicode "control picture" (NUL → ␀ U+2400, ESC → ␛ U+241B, DEL → ␡ U+2421); C1
+    /// controls and unpaired surrogates become U+FFFD. Text without such characters is returned as it is. This is
+    /// applied on every write, so a prompt can never fail the write after the work is done.
+    /// </summary>
+    public static string SanitizeText(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        static bool Clean(string s)
+        {
+            foreach (char c in s)
+                if (c < 32 && c is not ('\n' or '\t') || c is >= (char)0x7F and <= (char)0x9F || char.IsSurrogate(c)) return false;
+            return true;
+        }
+        if (Clean(text)) return text;
+        var sb = new StringBuilder(text.Length);
+        for (int i = 0; i < text.Length; i++)
+        {
+            char c = text[i];
+            if (c is '\n' or '\t') sb.Append(c);
+            else if (c < 32) sb.Append((char)(0x2400 + c));
+            else if (c == 0x7F) sb.Append('\u2421');
+            else if (c is >= (char)0x80 and <= (char)0x9F) sb.Append('\uFFFD');
+            else if (char.IsHighSurrogate(c) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1])) { sb.Append(c).Append(text[++i]); }
+            else if (char.IsSurrogate(c)) sb.Append('\uFFFD');
+            else sb.Append(c);
+        }
+        return sb.ToString();
     }
 
     /// <summary>tEXt holds Latin-1 printable text and line feeds; anything else goes to iTXt as UTF-8.</summary>

@@ -24,9 +24,9 @@ public static class ConfigJson
 
     public static T Load<T>(string path)
     {
-        if (!File.Exists(path))
+        if (FileKinds.Of(path) == FileKind.Missing)
             throw new ModelNotFoundException($"Config file not found: {path}. Is this a diffusers model folder?");
-        return Parse<T>(File.ReadAllText(path, Encoding.UTF8), path);
+        return Parse<T>(ModelFiles.ReadAllText(path, "config file"), path);
     }
 
     /// <summary>Parses config text; <paramref name="source"/> names it in errors.</summary>
@@ -39,7 +39,7 @@ public static class ConfigJson
         }
         catch (JsonException e)
         {
-            throw new WeightFileException($"{source} is not a valid config ({e.Message}); download the model again.", e);
+            throw new ModelConfigException(source, e.Path is { Length: > 2 } jp && jp.StartsWith("$.") ? jp[2..] : null, $"{source} is not a valid config ({e.Message}); download the model again.", e);
         }
     }
 

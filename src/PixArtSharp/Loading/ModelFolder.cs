@@ -27,13 +27,13 @@ public sealed class ModelFolder
         if (!Directory.Exists(root))
             throw new ModelNotFoundException($"Model folder not found: {root}. Give a diffusers model folder or a Hugging Face id such as PixArt-alpha/PixArt-LCM-XL-2-1024-MS.");
         string index = Path.Combine(root, "model_index.json");
-        if (!File.Exists(index))
+        if (FileKinds.Of(index) == FileKind.Missing)
             throw new ModelNotFoundException($"{root} has no model_index.json, so it is not a diffusers pipeline folder. Give the folder that holds model_index.json (with transformer/, vae/, text_encoder/, tokenizer/ and scheduler/ inside).");
         var components = new Dictionary<string, (string, string)>(StringComparer.Ordinal);
         string pipelineClass;
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(index));
+            using var doc = JsonDocument.Parse(ModelFiles.ReadAllBytes(index, "model index"));
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new WeightFileException($"{index} is not a JSON object; download the model again.");
             pipelineClass = doc.RootElement.TryGetProperty("_class_name", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString()! : "";
@@ -104,12 +104,34 @@ public sealed class ModelFolder
     }
 
     /// <summary>
+    /// Every weight file the components of this folder load with <paramref name="variant"/> (all shards), in component
+    /// order: what a server stamps at load (<see cref="FileStamps.Capture"/>) to notice a file changed under it.
+    /// </summary>
+    public IReadOnlyList<string> WeightFiles(string? variant)
+    {
+        var files = new List<string>();
+        foreach (var component in Components.Keys.Order(StringComparer.Ordinal))
+        {
+            string dir = Path.Combine(Root, component);
+            if (!File.Exists(Path.Combine(dir, "config.json"))) continue;
+            foreach (var stem in new[] { "diffusion_pytorch_model", "model" })
+                if (HasWeights(dir, stem, variant) || HasWeights(dir, stem, null))
+                {
+                    files.AddRange(FindWeightFiles(dir, stem, variant));
+                    break;
+                }
+        }
+        return files;
+    }
+
+    /// <summary>
     /// One warning per model component that lacks the <paramref name="variant"/> weights and will load its
     /// default weights instead (empty without a variant). Components are those with a config.json; their weights
     /// are <c>model*</c> (transformers) or <c>diffusion_pytorch_model*</c> (diffusers).
     /// </summary>
     public IReadOnlyList<string> VariantFallbacks(string? variant)
     {
+        CheckVariant(variant);
         if (string.IsNullOrEmpty(variant)) return [];
         var warnings = new List<string>();
         foreach (var component in Components.Keys.Order(StringComparer.Ordinal))
@@ -123,8 +145,33 @@ public sealed class ModelFolder
         return warnings;
     }
 
+    /// <summary>
+    /// Checks a weights variant before it is joined into a file name: a variant is a name (letters, digits,
+    /// <c>-</c>, <c>_</c> and <c>.</c>, at most 64, not starting or ending with <c>.</c>, no <c>..</c>), never a path.
+    /// Null or empty means no variant. Throws an <see cref="ArgumentException"/> with ParamName <c>variant</c>.
+    /// </summary>
+    public static void CheckVariant(string? variant)
+    {
+        if (string.IsNullOrEmpty(variant)) return;
+        if (variant.Length > 64 || !variant.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')
+            || variant.Contains("..", StringComparison.Ordinal) || variant.StartsWith('.') || variant.EndsWith('.'))
+            throw new ArgumentException(
+                $"The variant '{Printable(variant)}' is not a variant name: use letters, digits, '-', '_' and '.' (e.g. fp16), at most 64, without '..'.",
+                nameof(variant));
+    }
+
+    // A name as it can be printed in one line of a message (control characters escaped, long ones cut).
+    private static string Printable(string s)
+    {
+        var sb = new System.Text.StringBuilder();
+        foreach (char c in s.Length > 80 ? s[..80] + "…" : s)
+            sb.Append(char.IsControl(c) ? $"\\u{(int)c:x4}" : c.ToString());
+        return sb.ToString();
+    }
+
     private static (string Single, string Index) WeightNames(string componentDir, string stem, string? variant)
     {
+        CheckVariant(variant);
         string v = string.IsNullOrEmpty(variant) ? "" : "." + variant;
         return (Path.Combine(componentDir, $"{stem}{v}.safetensors"),
                 Path.Combine(componentDir, string.IsNullOrEmpty(variant) ? $"{stem}.safetensors.index.json" : $"{stem}.safetensors.index{v}.json"));
@@ -177,7 +224,7 @@ public sealed class ModelFolder
         var result = new Dictionary<string, string>(StringComparer.Ordinal);
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(indexPath));
+            using var doc = JsonDocument.Parse(ModelFiles.ReadAllBytes(indexPath, "shard index"));
             if (doc.RootElement.ValueKind != JsonValueKind.Object
                 || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
                 throw new WeightFileException($"{indexPath} has no weight_map object; download the model again.");
@@ -210,11 +257,12 @@ public sealed class ModelFolder
     /// Opens a component's weights (all shards) for loading by key. A sharded checkpoint must agree with its
     /// index: every key in the shard named for it, and no key the index does not list.
     /// </summary>
-    public static Weights OpenWeights(string componentDir, string stem, string? variant, ScalarType dtype, Device? device = null)
+    public static Weights OpenWeights(string componentDir, string stem, string? variant, ScalarType dtype, Device? device = null,
+                                      WeightLoadOptions? load = null)
     {
         var (files, index) = Locate(componentDir, stem, variant);
         return Weights.FromFiles(files, dtype, device,
             description: index == null ? files[0] : $"{componentDir} ({files.Count} shards)",
-            weightMap: index == null ? null : WeightMapOf(index), weightMapSource: index);
+            weightMap: index == null ? null : WeightMapOf(index), weightMapSource: index, load: load);
     }
 }

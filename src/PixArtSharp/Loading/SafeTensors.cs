@@ -19,6 +19,13 @@ public sealed record SafeTensorInfo(string Name, string DType, long[] Shape, lon
 /// costs only the pages actually touched. The header is validated as strictly as the format promises before
 /// any tensor is handed out, so a corrupt or hostile file is an error naming the file and tensor, never a read
 /// past the end of the mapping.
+/// <para>A mapping is only as safe as the file under it: if the file is truncated while a view of it is alive
+/// (a re-download or <c>git pull</c> writing in place, a copy onto a full disk), the next touch of a page past
+/// the new end kills the process with SIGBUS — no exception can catch that. A long-lived process (the server)
+/// therefore loads with <see cref="LoadCopy"/> (<see cref="WeightLoadOptions.CopyOnLoad"/>): the bytes are read
+/// with read(2) into memory the process owns, so a later change of the file cannot reach them. Either way the
+/// file's length and modification time are checked before each load, so a file that changed since it was opened
+/// is an error naming it, not a mapping past its end.</para>
 /// </summary>
 public sealed class SafeTensorsFile : IDisposable
 {
@@ -43,14 +50,17 @@ public sealed class SafeTensorsFile : IDisposable
     public string FilePath { get; }
     /// <summary>The file's length when it was validated; a file that changes afterwards is refused, not mapped.</summary>
     public long FileLength { get; }
+    /// <summary>The file's length and modification time when it was validated (links followed).</summary>
+    public FileStamp Stamp { get; }
     public long DataStart { get; }
     public IReadOnlyDictionary<string, SafeTensorInfo> Tensors => _tensors;
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
-    private SafeTensorsFile(string path, long fileLength, long dataStart, Dictionary<string, SafeTensorInfo> tensors, Dictionary<string, string> metadata)
+    private SafeTensorsFile(string path, FileStamp stamp, long dataStart, Dictionary<string, SafeTensorInfo> tensors, Dictionary<string, string> metadata)
     {
         FilePath = path;
-        FileLength = fileLength;
+        Stamp = stamp;
+        FileLength = stamp.Length;
         DataStart = dataStart;
         _tensors = tensors;
         Metadata = metadata;
@@ -67,13 +77,14 @@ public sealed class SafeTensorsFile : IDisposable
     /// <summary>Opens and validates a file. Nothing but the header is read.</summary>
     public static SafeTensorsFile Open(string path)
     {
-        if (!File.Exists(path))
-            throw new ModelNotFoundException($"Weight file not found: {path}.");
+        var stamp = ModelFiles.CheckReadable(path, "weight file");
         long fileLength;
         byte[] header;
-        using (var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read))
+        using (var fs = ModelFiles.OpenRead(path, "weight file"))
         {
             fileLength = fs.Length;
+            if (fileLength != stamp.Length)
+                throw new WeightFileException($"{path} changed while it was being opened ({stamp.Length} bytes, then {fileLength}). Do not modify model files while PixArtSharp runs.");
             if (fileLength < 8)
                 throw Corrupt(path, $"it is {fileLength} bytes long, shorter than the 8-byte header length");
             Span<byte> lenBytes = stackalloc byte[8];
@@ -88,7 +99,7 @@ public sealed class SafeTensorsFile : IDisposable
         }
         long dataStart = 8 + header.LongLength;
         var (tensors, metadata) = ParseHeader(path, header, fileLength - dataStart);
-        return new SafeTensorsFile(path, fileLength, dataStart, tensors, metadata);
+        return new SafeTensorsFile(path, stamp, dataStart, tensors, metadata);
     }
 
     private static (Dictionary<string, SafeTensorInfo>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataLength)
@@ -202,25 +213,23 @@ public sealed class SafeTensorsFile : IDisposable
 
     /// <summary>
     /// The tensor as stored (its file dtype, on the CPU), sharing the file's pages. Read-only in practice:
-    /// the mapping is private, so a write would copy the page and never reach the file.
+    /// the mapping is private, so a write would copy the page and never reach the file. The view is only valid
+    /// while the file keeps its length: see the class summary, and <see cref="LoadCopy"/> for a process-owned copy.
     /// </summary>
     public Tensor Load(string name)
     {
-        if (!_tensors.TryGetValue(name, out var info))
-            throw new WeightFileException($"{FilePath}: no tensor named '{name}'.");
+        var info = Find(name);
         var (type, size) = DTypes[info.DType];
         long absolute = DataStart + info.Begin;
         long numel = info.ByteLength / size;
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            // The header was validated against the length seen at Open; a file replaced or truncated since
+            // The header was validated against the file seen at Open; a file replaced or truncated since
             // would be mapped past its end (SIGBUS on first touch), so refuse it.
-            long now = CurrentLength(FilePath);
-            if (now != FileLength)
-                throw new WeightFileException($"{FilePath} changed while it was open (it was {FileLength} bytes, now {now}); cannot read tensor '{name}'. Do not modify model files while PixArtSharp runs.");
+            CheckUnchanged(name);
             if (absolute % size != 0)
-                return LoadCopy(info, type);
+                return ReadCopy(info, type);
             if (!_maps.TryGetValue(type, out var map))
             {
                 // The mapping belongs to this file object (freed in Dispose), not to whatever dispose scope the
@@ -234,28 +243,60 @@ public sealed class SafeTensorsFile : IDisposable
     }
 
     /// <summary>
-    /// The length of the file the path leads to now. The Hugging Face cache links snapshot files to blobs, and
-    /// FileInfo.Length of a symlink is the link's own size, so links are followed; a vanished file is -1.
+    /// The tensor as stored, copied into memory the process owns (read(2), no mapping): a later truncation or
+    /// rewrite of the file cannot touch it. A file that is shorter than at Open by the time its bytes are read is a
+    /// <see cref="WeightFileException"/> naming it.
     /// </summary>
-    private static long CurrentLength(string path)
+    public Tensor LoadCopy(string name)
     {
-        var info = new FileInfo(path);
-        try
+        var info = Find(name);
+        lock (_lock)
         {
-            if (info.LinkTarget != null && info.ResolveLinkTarget(returnFinalTarget: true) is FileInfo target) info = target;
-            return info.Length;
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            CheckUnchanged(name);
+            return ReadCopy(info, DTypes[info.DType].Type);
         }
-        catch (IOException) { return -1; }
     }
 
-    /// <summary>Misaligned tensors (legal in the format, never written by safetensors itself) are copied.</summary>
-    private Tensor LoadCopy(SafeTensorInfo info, ScalarType type)
+    private SafeTensorInfo Find(string name) =>
+        _tensors.TryGetValue(name, out var info) ? info : throw new WeightFileException($"{FilePath}: no tensor named '{name}'.");
+
+    /// <summary>Throws a <see cref="WeightFileException"/> naming the file when its length or modification time is not what it was at Open.</summary>
+    public void CheckUnchanged(string? tensor = null)
+    {
+        var now = FileStamp.Of(FilePath);
+        if (now == Stamp) return;
+        throw new WeightFileException($"{FilePath} changed while it was open ({FileStamp.Describe(Stamp, now)})" +
+            $"{(tensor is null ? "" : $"; cannot read tensor '{tensor}'")}. Do not modify model files while PixArtSharp runs; load the model again.");
+    }
+
+    /// <summary>Reads a tensor's bytes with read(2) into a new tensor (misaligned tensors, and <see cref="LoadCopy"/>).</summary>
+    private Tensor ReadCopy(SafeTensorInfo info, ScalarType type)
     {
         var t = torch.empty(info.Shape, type);
-        using var fs = new FileStream(FilePath, FileMode.Open, FileAccess.Read, FileShare.Read);
-        fs.Position = DataStart + info.Begin;
-        fs.ReadExactly(t.bytes);
-        return t;
+        try
+        {
+            using var fs = new FileStream(FilePath, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1, FileOptions.SequentialScan);
+            fs.Position = DataStart + info.Begin;
+            ReadInto(fs, t, info.ByteLength);
+            return t;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            t.Dispose();
+            throw new WeightFileException($"{FilePath}: cannot read tensor '{info.Name}' ({e.Message}). The file changed or became unreadable while it was open; load the model again.", e);
+        }
+    }
+
+    /// <summary>Reads exactly <paramref name="count"/> bytes into the tensor's storage.</summary>
+    private static void ReadInto(FileStream fs, Tensor t, long count)
+    {
+        if (count == 0) return;
+        // TorchSharp's byte view of a CPU tensor; its length is checked against the header's byte count.
+        var span = t.bytes;
+        if (span.Length != count)
+            throw new InvalidOperationException($"The tensor's storage has {span.Length} bytes, the file's entry {count}.");
+        fs.ReadExactly(span);   // EndOfStreamException (an IOException) when the file shrank meanwhile
     }
 
     /// <summary>Releases this file's handles on the mapping; tensors already handed out keep it alive.</summary>

@@ -66,11 +66,12 @@ public sealed class AutoencoderKL : IVae, IMovableModel
     }
 
     /// <summary>Loads <c>config.json</c> and <c>diffusion_pytorch_model[.variant].safetensors</c> from a diffusers <c>vae</c> folder.</summary>
-    public static AutoencoderKL FromFolder(string vaeDir, string? variant, ScalarType dtype, Device? device = null)
+    /// <param name="load">How weights are read (<see cref="WeightLoadOptions.Copied"/> for a long-lived process).</param>
+    public static AutoencoderKL FromFolder(string vaeDir, string? variant, ScalarType dtype, Device? device = null, WeightLoadOptions? load = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(vaeDir);
         var config = AutoencoderKLConfig.Load(Path.Combine(vaeDir, "config.json"));
-        using var w = ModelFolder.OpenWeights(vaeDir, WeightStem, variant, dtype, device);
+        using var w = ModelFolder.OpenWeights(vaeDir, WeightStem, variant, dtype, device, load);
         var vae = new AutoencoderKL(config, w);
         try
         {

@@ -229,11 +229,12 @@ public sealed class PixArtTransformer2DModel : IDisposable, ISequentialModel
     /// with LoRA adapters merged into the weights when <paramref name="loras"/> names any (see <see cref="LoraMerge"/>;
     /// the adapters can be disposed once this returns).
     /// </summary>
+    /// <param name="load">How weights are read (<see cref="WeightLoadOptions.Copied"/> for a long-lived process).</param>
     public static PixArtTransformer2DModel FromFolder(string transformerDir, string? variant = null, ScalarType dtype = ScalarType.Float32, Device? device = null,
-                                                      IReadOnlyList<(LoraAdapter Adapter, double Scale)>? loras = null)
+                                                      IReadOnlyList<(LoraAdapter Adapter, double Scale)>? loras = null, WeightLoadOptions? load = null)
     {
         var config = PixArtTransformerConfig.Load(Path.Combine(transformerDir, "config.json"));
-        using var w = ModelFolder.OpenWeights(transformerDir, WeightStem, variant, dtype, device);
+        using var w = ModelFolder.OpenWeights(transformerDir, WeightStem, variant, dtype, device, load);
         if (loras is not { Count: > 0 }) return new PixArtTransformer2DModel(config, w);
         using var merged = LoraMerge.Apply(w, loras);
         return new PixArtTransformer2DModel(config, merged);

@@ -61,8 +61,13 @@ public sealed class PixArtTransformerConfig
     /// <summary>Rejects configs diffusers rejects and configs this port does not implement, naming the key.</summary>
     public void Validate(string source = "transformer config")
     {
-        void Bad(string msg) => throw new WeightFileException($"{source}: {msg}");
-        void Unsupported(string msg) => throw new NotSupportedException($"{source}: {msg} PixArtSharp implements the PixArt-α transformer only.");
+        void Bad(string msg) => throw new ModelConfigException(source, KeyOf(msg), $"{source}: {msg}");
+        void Unsupported(string msg) => throw new ModelConfigException(source, KeyOf(msg), $"{source}: {msg} PixArtSharp implements the PixArt-α transformer only.");
+        void Limit(string key, long value, long min, long max)
+        {
+            if (value < min || value > max)
+                throw new ModelConfigException(source, key, $"{source}: {key} is {value}; it must be {min}..{max}.");
+        }
 
         if (ClassName is not (null or "PixArtTransformer2DModel" or "Transformer2DModel"))
             Unsupported($"_class_name is '{ClassName}', not PixArtTransformer2DModel or Transformer2DModel.");
@@ -72,6 +77,19 @@ public sealed class PixArtTransformerConfig
         if (OutChannelsResolved <= 0) Bad("out_channels must be positive.");
         if (NumAttentionHeads <= 0 || AttentionHeadDim <= 0) Bad("num_attention_heads and attention_head_dim must be positive.");
         if (NumLayers < 0) Bad("num_layers must not be negative.");
+        // Sizes are bounded before anything is allocated from them (the real models: sample_size 64–256,
+        // patch_size 2, 16 heads of 72, 28 layers): an absurd value is a broken file, not a model to try.
+        Limit("sample_size", SampleSize!.Value, 1, MaxSampleSize);
+        Limit("patch_size", PatchSize!.Value, 1, Math.Min(64, SampleSize.Value));
+        Limit("num_attention_heads", NumAttentionHeads, 1, 1024);
+        Limit("attention_head_dim", AttentionHeadDim, 1, 4096);
+        Limit("num_attention_heads·attention_head_dim", (long)NumAttentionHeads * AttentionHeadDim, 1, 65536);
+        Limit("num_layers", NumLayers, 0, 1024);
+        Limit("in_channels", InChannels!.Value, 1, 4096);
+        Limit("out_channels", OutChannelsResolved, 1, 4096);
+        if (CaptionChannels is { } cc) Limit("caption_channels", cc, 1, 65536);
+        if (NumEmbedsAdaNorm is { } ne) Limit("num_embeds_ada_norm", ne, 1, 1 << 20);
+        if (InterpolationScale is { } isc && !double.IsFinite(isc)) Bad("interpolation_scale must be a finite positive number.");
         if (NormType != "ada_norm_single")
             Unsupported($"norm_type '{NormType}' is not supported; only 'ada_norm_single' is.");
         if (NumEmbedsAdaNorm is null) Bad("num_embeds_ada_norm cannot be null with norm_type 'ada_norm_single'.");
@@ -89,6 +107,16 @@ public sealed class PixArtTransformerConfig
         if (UseAdditionalConditionsResolved && InnerDim % 3 != 0)
             Bad($"with micro-conditioning (use_additional_conditions) the inner dim {InnerDim} must be divisible by 3.");
         if (!(InterpolationScaleResolved > 0)) Bad("interpolation_scale must be positive.");
-        if (!(NormEps > 0)) Bad("norm_eps must be positive.");
+        if (!(NormEps > 0) || !double.IsFinite(NormEps)) Bad("norm_eps must be a finite positive number.");
+    }
+
+    /// <summary>The largest latent sample_size accepted: 1024 latents = 8192 pixels, twice PixArt-Σ 4K's.</summary>
+    public const int MaxSampleSize = 1024;
+
+    // The config key a message is about: its first snake_case word ("sample_size must …" → sample_size).
+    private static string? KeyOf(string msg)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(msg, @"(?<![A-Za-z])(_?[a-z]+(?:_[a-z]+)+)");
+        return m.Success ? m.Groups[1].Value : null;
     }
 }

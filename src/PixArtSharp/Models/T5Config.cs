@@ -65,15 +65,32 @@ public sealed class T5Config
     /// <summary>Rejects configs transformers rejects and configs this port does not implement, naming the key.</summary>
     public void Validate(string source = "text encoder config")
     {
-        void Bad(string msg) => throw new WeightFileException($"{source}: {msg}");
+        void Bad(string msg) => throw new ModelConfigException(source, System.Text.RegularExpressions.Regex.Match(msg, "^[a-z_]+").Value is { Length: > 0 } k ? k : null, $"{source}: {msg}");
+        void Limit(string key, long value, long min, long max)
+        {
+            if (value < min || value > max)
+                throw new ModelConfigException(source, key, $"{source}: {key} is {value}; it must be {min}..{max}.");
+        }
 
         if (ModelType is not (null or "t5"))
-            throw new NotSupportedException($"{source}: model_type is '{ModelType}', not 't5'. PixArtSharp's text encoder is T5EncoderModel.");
-        var parts = FeedForwardProj.Split('-');
+            throw new ModelConfigException(source, "model_type", $"{source}: model_type is '{ModelType}', not 't5'. PixArtSharp's text encoder is T5EncoderModel.");
+        if (FeedForwardProj is null) Bad("feed_forward_proj must be given (e.g. 'gated-gelu').");
+        var parts = FeedForwardProj!.Split('-');
         if ((parts.Length > 1 && parts[0] != "gated") || parts.Length > 2)
             Bad($"feed_forward_proj '{FeedForwardProj}' is not of the form 'gated-{{ACT_FN}}' or '{{ACT_FN}}' (e.g. 'gated-gelu' or 'relu').");
         if (!SupportedActivations.Contains(DenseActFnResolved))
-            throw new NotSupportedException($"{source}: the feed-forward activation '{DenseActFnResolved}' (feed_forward_proj '{FeedForwardProj}') is not supported; supported: {string.Join(", ", SupportedActivations)}.");
+            throw new ModelConfigException(source, "feed_forward_proj", $"{source}: the feed-forward activation '{DenseActFnResolved}' (feed_forward_proj '{FeedForwardProj}') is not supported; supported: {string.Join(", ", SupportedActivations)}.");
+        // Real T5 v1.1 XXL: vocab 32128, d_model 4096, d_kv 64, d_ff 10240, 64 heads, 24 layers. Bounded before
+        // anything is allocated from them.
+        Limit("vocab_size", VocabSize, 1, 1 << 20);
+        Limit("d_model", DModel, 1, 65536);
+        Limit("d_kv", DKv, 1, 4096);
+        Limit("d_ff", DFf, 1, 1 << 18);
+        Limit("num_heads", NumHeads, 1, 1024);
+        Limit("num_heads·d_kv", (long)NumHeads * DKv, 1, 65536);
+        Limit("num_layers", NumLayers, 1, 1024);
+        Limit("relative_attention_num_buckets", RelativeAttentionNumBuckets, 4, 1 << 16);
+        Limit("relative_attention_max_distance", RelativeAttentionMaxDistance, 1, 1 << 24);
         if (VocabSize <= 0) Bad("vocab_size must be positive.");
         if (DModel <= 0 || DKv <= 0 || DFf <= 0 || NumHeads <= 0)
             Bad("d_model, d_kv, d_ff and num_heads must be positive.");
@@ -82,6 +99,6 @@ public sealed class T5Config
             Bad($"relative_attention_num_buckets {RelativeAttentionNumBuckets} must be an even number ≥ 4 (bidirectional buckets).");
         if (RelativeAttentionMaxDistance <= RelativeAttentionNumBuckets / 4)
             Bad($"relative_attention_max_distance {RelativeAttentionMaxDistance} must exceed num_buckets/4 = {RelativeAttentionNumBuckets / 4}.");
-        if (!(LayerNormEpsilon > 0)) Bad("layer_norm_epsilon must be positive.");
+        if (!(LayerNormEpsilon > 0) || !double.IsFinite(LayerNormEpsilon)) Bad("layer_norm_epsilon must be a finite positive number.");
     }
 }

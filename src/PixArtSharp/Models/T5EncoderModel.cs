@@ -80,13 +80,14 @@ public sealed class T5EncoderModel : IDisposable, ISequentialModel
     /// Loads <c>text_encoder/</c> of a diffusers folder: <c>config.json</c> and <c>model[.variant].safetensors</c>
     /// (or the shards named by <c>model.safetensors.index[.variant].json</c>), held in <paramref name="dtype"/>.
     /// </summary>
-    public static T5EncoderModel FromFolder(string textEncoderDir, string? variant, ScalarType dtype, Device? device = null)
+    /// <param name="load">How weights are read (<see cref="WeightLoadOptions.Copied"/> for a long-lived process).</param>
+    public static T5EncoderModel FromFolder(string textEncoderDir, string? variant, ScalarType dtype, Device? device = null, WeightLoadOptions? load = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(textEncoderDir);
         if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
             throw new ArgumentException($"dtype must be Float32, BFloat16 or Float16, not {dtype}.", nameof(dtype));
         var config = T5Config.Load(Path.Combine(textEncoderDir, "config.json"));
-        using var w = ModelFolder.OpenWeights(textEncoderDir, "model", variant, dtype, device);
+        using var w = ModelFolder.OpenWeights(textEncoderDir, "model", variant, dtype, device, load);
         return new T5EncoderModel(config, w);
     }
 

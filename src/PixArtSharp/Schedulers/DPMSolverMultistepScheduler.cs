@@ -98,7 +98,11 @@ public sealed class DPMSolverMultistepScheduler : IScheduler
         _modelOutputs = new Tensor?[config.SolverOrder];
     }
 
-    public static DPMSolverMultistepScheduler FromConfig(string path) => new(SchedulerConfig.Load(path));
+    public static DPMSolverMultistepScheduler FromConfig(string path)
+    {
+        var config = SchedulerConfig.Load(path);
+        return SchedulerConfig.Build(path, () => new DPMSolverMultistepScheduler(config));
+    }
 
     private static void ValidateConfig(SchedulerConfig c)
     {

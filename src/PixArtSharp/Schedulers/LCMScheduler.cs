@@ -66,7 +66,16 @@ public sealed class LCMScheduler : IScheduler
         Timesteps = Enumerable.Range(0, config.NumTrainTimesteps).Reverse().Select(t => (long)t).ToArray();
     }
 
-    public static LCMScheduler FromConfig(string path) => new(SchedulerConfig.Load(path));
+    public static LCMScheduler FromConfig(string path)
+    {
+        var config = SchedulerConfig.Load(path);
+        return SchedulerConfig.Build(path, () =>
+        {
+            if (config.OriginalInferenceSteps > config.NumTrainTimesteps)
+                throw new ArgumentException($"original_inference_steps {config.OriginalInferenceSteps} is larger than num_train_timesteps {config.NumTrainTimesteps}.");
+            return new LCMScheduler(config);
+        });
+    }
 
     public void SetBeginIndex(int beginIndex = 0) => BeginIndex = beginIndex;
 

@@ -16,10 +16,16 @@ public static class NoiseSchedule
     /// </summary>
     public static Tensor Betas(string betaSchedule, double betaStart, double betaEnd, int numTrainTimesteps, double[]? trainedBetas)
     {
-        if (numTrainTimesteps < 1)
-            throw new ArgumentException($"num_train_timesteps must be positive, got {numTrainTimesteps}.", nameof(numTrainTimesteps));
+        if (numTrainTimesteps is < 1 or > SchedulerConfig.MaxTrainTimesteps)
+            throw new ArgumentException($"num_train_timesteps must be 1..{SchedulerConfig.MaxTrainTimesteps}, got {numTrainTimesteps}.", nameof(numTrainTimesteps));
         if (trainedBetas != null)
+        {
+            if (trainedBetas.Length != numTrainTimesteps)
+                throw new ArgumentException($"trained_betas has {trainedBetas.Length} entries but num_train_timesteps is {numTrainTimesteps}; they must match.", nameof(trainedBetas));
             return torch.tensor(trainedBetas.Select(b => (float)b).ToArray());
+        }
+        if (betaSchedule is "linear" or "scaled_linear" && !(betaStart > 0 && betaStart <= betaEnd && betaEnd < 1))
+            throw new ArgumentException($"beta_start {betaStart} and beta_end {betaEnd} must satisfy 0 < beta_start ≤ beta_end < 1.", nameof(betaStart));
         switch (betaSchedule)
         {
             case "linear":

@@ -109,8 +109,8 @@ public sealed class SASolverScheduler : IScheduler
             throw new ArgumentException($"predictor_order must be 1..4, got {config.PredictorOrder}.", nameof(config));
         if (config.CorrectorOrder is < 1 or > 4)
             throw new ArgumentException($"corrector_order must be 1..4, got {config.CorrectorOrder}.", nameof(config));
-        if (config.NumTrainTimesteps < 2)
-            throw new ArgumentException($"num_train_timesteps must be ≥ 2, got {config.NumTrainTimesteps}.", nameof(config));
+        if (config.NumTrainTimesteps is < 2 or > SchedulerConfig.MaxTrainTimesteps)
+            throw new ArgumentException($"num_train_timesteps must be 2..{SchedulerConfig.MaxTrainTimesteps}, got {config.NumTrainTimesteps}.", nameof(config));
         Config = config;
         TauFunc = tauFunc ?? DefaultTauFunc;
         _predictX0 = config.AlgorithmType == "data_prediction";
@@ -158,17 +158,17 @@ public sealed class SASolverScheduler : IScheduler
             PredictorOrder = predictorOrder,
             CorrectorOrder = correctorOrder,
         };
-        return new SASolverScheduler(config, tauFunc);
+        return SchedulerConfig.Build(schedulerConfigJsonPath, () => new SASolverScheduler(config, tauFunc));
     }
 
     /// <summary>Reads a scheduler_config.json into <see cref="SASolverConfig"/> (unknown keys ignored).</summary>
     public static SASolverConfig LoadConfig(string path)
     {
         string file = Directory.Exists(path) ? Path.Combine(path, "scheduler_config.json") : path;
-        if (!File.Exists(file))
-            throw new ModelNotFoundException($"Config file not found: {file}. Is this a diffusers model folder?");
+        // The shared keys (num_train_timesteps, betas, …) are checked as for every scheduler, naming the file.
+        SchedulerConfig.Load(file);
         // Python's json writes bare -Infinity (lambda_min_clipped); ConfigJson quotes such literals for System.Text.Json.
-        string json = ConfigJson.QuoteNonFiniteLiterals(File.ReadAllText(file));
+        string json = ConfigJson.QuoteNonFiniteLiterals(ModelFiles.ReadAllText(file, "scheduler config"));
         try
         {
             return JsonSerializer.Deserialize<SASolverConfig>(json, ConfigJson.Options)
@@ -636,7 +636,13 @@ public sealed class SASolverScheduler : IScheduler
     private static float[] Betas(SASolverConfig c)
     {
         if (c.TrainedBetas != null)
+        {
+            if (c.TrainedBetas.Length != c.NumTrainTimesteps)
+                throw new ArgumentException($"trained_betas has {c.TrainedBetas.Length} entries but num_train_timesteps is {c.NumTrainTimesteps}; they must match.", nameof(c));
             return c.TrainedBetas.Select(b => (float)b).ToArray();
+        }
+        if (c.BetaSchedule is "linear" or "scaled_linear" && !(c.BetaStart > 0 && c.BetaStart <= c.BetaEnd && c.BetaEnd < 1))
+            throw new ArgumentException($"beta_start {c.BetaStart} and beta_end {c.BetaEnd} must satisfy 0 < beta_start ≤ beta_end < 1.", nameof(c));
         return c.BetaSchedule switch
         {
             "linear" => NoiseSchedule.TorchLinspaceFloat32(c.BetaStart, c.BetaEnd, c.NumTrainTimesteps),

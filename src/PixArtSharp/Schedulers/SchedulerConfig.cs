@@ -67,17 +67,80 @@ public sealed partial class SchedulerConfig
     public static SchedulerConfig Load(string path)
     {
         string file = Directory.Exists(path) ? Path.Combine(path, "scheduler_config.json") : path;
-        if (!File.Exists(file))
+        if (FileKinds.Of(file) == FileKind.Missing)
             throw new ModelNotFoundException($"Config file not found: {file}. Is this a diffusers model folder?");
+        SchedulerConfig config;
         try
         {
-            string json = BareNonFinite().Replace(File.ReadAllText(file), m => $"{m.Groups[1].Value}\"{m.Groups[2].Value}\"");
-            return JsonSerializer.Deserialize<SchedulerConfig>(json, ConfigJson.Options)
-                   ?? throw new WeightFileException($"{file} is empty or null; download the model again.");
+            string json = BareNonFinite().Replace(ModelFiles.ReadAllText(file, "scheduler config"), m => $"{m.Groups[1].Value}\"{m.Groups[2].Value}\"");
+            config = JsonSerializer.Deserialize<SchedulerConfig>(json, ConfigJson.Options)
+                     ?? throw new WeightFileException($"{file} is empty or null; download the model again.");
         }
         catch (JsonException e)
         {
-            throw new WeightFileException($"{file} is not a valid config ({e.Message}); download the model again.", e);
+            throw new ModelConfigException(file, e.Path is { Length: > 2 } jp && jp.StartsWith("$.") ? jp[2..] : null, $"{file} is not a valid config ({e.Message}); download the model again.", e);
+        }
+        config.Validate(file);
+        return config;
+    }
+
+    /// <summary>The most training timesteps a config may claim: real models use 1000; tables are allocated from it.</summary>
+    public const int MaxTrainTimesteps = 100_000;
+
+    /// <summary>
+    /// Refuses values no scheduler can run, before anything is allocated from them, naming the file and key:
+    /// num_train_timesteps outside 1..<see cref="MaxTrainTimesteps"/>, trained_betas of another length or outside
+    /// (0, 1], beta_start/beta_end outside (0, 1) or start &gt; end, a steps_offset past the schedule, non-finite
+    /// settings. Scheduler-specific choices (solver order, algorithm) are checked by each scheduler.
+    /// </summary>
+    public void Validate(string source = "scheduler config")
+    {
+        void Bad(string key, string msg) => throw new ModelConfigException(source, key, $"{source}: {msg}");
+        if (NumTrainTimesteps is < 1 or > MaxTrainTimesteps)
+            Bad("num_train_timesteps", $"num_train_timesteps is {NumTrainTimesteps}; it must be 1..{MaxTrainTimesteps} (the models were trained with 1000).");
+        if (TrainedBetas is { } tb)
+        {
+            if (tb.Length != NumTrainTimesteps)
+                Bad("trained_betas", $"trained_betas has {tb.Length} entries but num_train_timesteps is {NumTrainTimesteps}; they must match.");
+            for (int i = 0; i < tb.Length; i++)
+                if (!(tb[i] > 0 && tb[i] <= 1))
+                    Bad("trained_betas", $"trained_betas[{i}] is {tb[i]}; every beta must be in (0, 1].");
+        }
+        if (BetaStart is { } bs && !(bs > 0 && bs < 1))
+            Bad("beta_start", $"beta_start is {bs}; it must be in (0, 1) (PixArt uses 0.0001).");
+        if (BetaEnd is { } be && !(be > 0 && be < 1))
+            Bad("beta_end", $"beta_end is {be}; it must be in (0, 1) (PixArt uses 0.02).");
+        if (BetaStart is { } s && BetaEnd is { } e && s > e)
+            Bad("beta_start", $"beta_start {s} is larger than beta_end {e}; the noise must grow with the timestep.");
+        if (StepsOffset < 0 || StepsOffset >= NumTrainTimesteps)
+            Bad("steps_offset", $"steps_offset is {StepsOffset}; it must be 0..num_train_timesteps−1 (usually 0 or 1).");
+        if (OriginalInferenceSteps is < 1 or > MaxTrainTimesteps)
+            Bad("original_inference_steps", $"original_inference_steps is {OriginalInferenceSteps}; it must be 1..{MaxTrainTimesteps} (PixArt-LCM uses 50).");
+        if (SolverOrder is < 1 or > 4)
+            Bad("solver_order", $"solver_order is {SolverOrder}; it must be 1..4.");
+        if (!double.IsFinite(TimestepScaling) || !double.IsFinite(SampleMaxValue) || !double.IsFinite(ClipSampleRange))
+            Bad(!double.IsFinite(TimestepScaling) ? "timestep_scaling" : !double.IsFinite(SampleMaxValue) ? "sample_max_value" : "clip_sample_range",
+                "timestep_scaling, sample_max_value and clip_sample_range must be finite numbers.");
+        if (!(DynamicThresholdingRatio > 0 && DynamicThresholdingRatio <= 1))
+            Bad("dynamic_thresholding_ratio", $"dynamic_thresholding_ratio is {DynamicThresholdingRatio}; it must be in (0, 1].");
+    }
+
+    /// <summary>
+    /// Builds a scheduler from a config file: the constructor's refusals (ArgumentException for values diffusers
+    /// rejects, NotSupportedException for options this port lacks) become a <see cref="ModelConfigException"/>
+    /// naming the file, since the file — not the caller — is at fault.
+    /// </summary>
+    internal static T Build<T>(string file, Func<T> create)
+    {
+        try
+        {
+            return create();
+        }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException)
+        {
+            string msg = e is ArgumentException { ParamName: { } p } a && a.Message.EndsWith($" (Parameter '{p}')", StringComparison.Ordinal)
+                ? a.Message[..^$" (Parameter '{p}')".Length] : e.Message;
+            throw new ModelConfigException(file, null, $"{file}: {msg}", e);
         }
     }
 

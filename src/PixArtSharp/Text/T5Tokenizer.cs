@@ -1,4 +1,5 @@
 using Microsoft.ML.Tokenizers;
+using PixArtSharp.Loading;
 
 namespace PixArtSharp.Text;
 
@@ -20,12 +21,23 @@ public sealed class T5Tokenizer
     private readonly string[] _pieces;
     private readonly Dictionary<string, int> _specialIds = new(StringComparer.Ordinal);
 
+    /// <exception cref="ModelNotFoundException">The file is not there.</exception>
+    /// <exception cref="WeightFileException">It is not a readable regular file, or not a SentencePiece model (named in the message).</exception>
     public T5Tokenizer(string spieceModelPath)
     {
-        byte[] model = File.ReadAllBytes(spieceModelPath);
-        using var stream = new MemoryStream(WithBosId0(model), writable: false);
-        _sp = SentencePieceTokenizer.Create(stream, addBeginningOfSentence: false, addEndOfSentence: false);
-        _viterbi = new UnigramViterbi(model);
+        byte[] model = ModelFiles.ReadAllBytes(spieceModelPath, "tokenizer model");
+        try
+        {
+            using var stream = new MemoryStream(WithBosId0(model), writable: false);
+            _sp = SentencePieceTokenizer.Create(stream, addBeginningOfSentence: false, addEndOfSentence: false);
+            _viterbi = new UnigramViterbi(model);
+            if (_sp.Vocabulary.Count < 3)
+                throw new InvalidDataException($"it has {_sp.Vocabulary.Count} pieces; T5's has 32000");
+        }
+        catch (Exception e) when (e is not (OutOfMemoryException or WeightFileException))
+        {
+            throw new WeightFileException($"The tokenizer model {spieceModelPath} is not a valid SentencePiece model ({e.Message}). Download the model again.", e);
+        }
 
         int size = _sp.Vocabulary.Count;
         _pieces = new string[size + ExtraIds];

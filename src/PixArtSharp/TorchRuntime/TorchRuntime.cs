@@ -135,11 +135,24 @@ public static partial class TorchRuntime
     [LibraryImport("libc", EntryPoint = "free")]
     private static partial void free(IntPtr p);
 
-    /// <summary>Sets libtorch's intra-op thread count (the CPU cores one forward pass may use).</summary>
+    /// <summary>
+    /// The most intra-op threads accepted: 4 per logical CPU this process may use (at least 4). More threads than
+    /// cores only adds contention, and an absurd count (100000) would create threads until the system runs out.
+    /// </summary>
+    public static int MaxThreads => Math.Max(4, 4 * Environment.ProcessorCount);
+
+    /// <summary>Checks a thread count (1..<see cref="MaxThreads"/>) without loading libtorch: front ends call it while validating input.</summary>
+    public static void CheckThreads(int threads)
+    {
+        if (threads < 1 || threads > MaxThreads)
+            throw new ArgumentOutOfRangeException(nameof(threads), threads,
+                $"threads must be 1..{MaxThreads} (this machine has {Environment.ProcessorCount} logical CPUs), not {threads}.");
+    }
+
+    /// <summary>Sets libtorch's intra-op thread count (the CPU cores one forward pass may use), 1..<see cref="MaxThreads"/>.</summary>
     public static void SetThreads(int threads)
     {
-        if (threads < 1)
-            throw new ArgumentOutOfRangeException(nameof(threads), threads, "threads must be at least 1.");
+        CheckThreads(threads);
         EnsureLoaded();
         torch.set_num_threads(threads);
     }

@@ -315,7 +315,7 @@ public class ConfigJsonTests
     {
         using var dir = new TempDir();
         string path = dir.WriteText("config.json", text);
-        var e = Assert.Throws<WeightFileException>(() => ConfigJson.Load<SchedulerConfig>(path));
+        var e = Assert.Throws<ModelConfigException>(() => ConfigJson.Load<SchedulerConfig>(path));
         Assert.Contains(path, e.Message);
     }
 

@@ -63,7 +63,7 @@ public class AutoencoderKLTests(ITestOutputHelper output)
         {
             string path = Path.Combine(dir, "config.json");
             File.WriteAllText(path, "{" + body + "}");
-            var e = Assert.Throws<WeightFileException>(() => AutoencoderKLConfig.Load(path));
+            var e = Assert.Throws<ModelConfigException>(() => AutoencoderKLConfig.Load(path));
             Assert.Contains(expectedInMessage, e.Message);
             output.WriteLine(e.Message);
         }

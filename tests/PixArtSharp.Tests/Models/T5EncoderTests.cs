@@ -153,9 +153,9 @@ public class T5EncoderTests(ITestOutputHelper output)
         Assert.Equal(("relu", false), (relu.DenseActFnResolved, relu.IsGatedActResolved));
         var gatedSilu = new T5Config { FeedForwardProj = "gated-silu" };
         Assert.Equal(("silu", true), (gatedSilu.DenseActFnResolved, gatedSilu.IsGatedActResolved));
-        Assert.Throws<WeightFileException>(() => new T5Config { FeedForwardProj = "relu-gated" }.Validate());
-        Assert.Throws<WeightFileException>(() => new T5Config { FeedForwardProj = "gated-gelu-x" }.Validate());
-        var ex = Assert.Throws<NotSupportedException>(() => new T5Config { FeedForwardProj = "gated-swish7" }.Validate());
+        Assert.Throws<ModelConfigException>(() => new T5Config { FeedForwardProj = "relu-gated" }.Validate());
+        Assert.Throws<ModelConfigException>(() => new T5Config { FeedForwardProj = "gated-gelu-x" }.Validate());
+        var ex = Assert.Throws<ModelConfigException>(() => new T5Config { FeedForwardProj = "gated-swish7" }.Validate());
         Assert.Contains("swish7", ex.Message);
     }
 
