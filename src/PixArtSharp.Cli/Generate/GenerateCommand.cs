@@ -271,8 +271,8 @@ public static class GenerateCommand
             Vae = a.Vae,
         };
         if (!DTypeChoice.IsValid(modelInfo.DType)) throw new UsageException($"--dtype must be {DTypeChoice.Choices}, got '{modelInfo.DType}'.");
-        DeviceSpec.Parse(a.Device);
-        OffloadPolicy.Parse(a.Offload);
+        DeviceSpec.Parse(a.Device ?? "auto");
+        OffloadPolicy.Parse(a.Offload ?? "none");
         foreach (var l in a.Loras) PipelineSetup.ParseLora(l);
         if (recorded is not null && a.Loras.Count == 0 && recorded.Loras is { Count: > 0 } recordedLoras)
             throw new UsageException($"--from-png: {a.FromPng} was made with LoRA {string.Join("; ", recordedLoras)}; give the adapter(s) again with --lora PATH[:SCALE] (paths are never taken from an image).");
@@ -319,7 +319,7 @@ public static class GenerateCommand
         void Warn(string w) { warnings.Add(w); if (!a.Quiet) cli.Warn(w); }
 
         // The first thing that touches libtorch: the device decides which libtorch loads (a CUDA one when asked for).
-        var device = DeviceSpec.Parse(a.Device).Resolve();
+        var device = DeviceSpec.Parse(a.Device ?? "auto").Resolve();
         if (a.Verbose) cli.Err.WriteLine(TorchRuntime.GetInfo().Describe(device));
         if (a.Threads is { } n) TorchRuntime.SetThreads(n);
 
@@ -327,7 +327,7 @@ public static class GenerateCommand
         // adapters from elsewhere.
         var dtype = DTypeChoice.Resolve(plan.Model.DType, device);
         var (folder, options, model) = await PipelineSetup.ResolveAsync(cli, a.Quiet, plan.Model with { DType = DTypeChoice.Name(dtype) },
-            new PipelineOptions { KeepLoaded = false, DType = dtype, Device = device, Offload = OffloadPolicy.Parse(a.Offload) }, a.Loras, ct).ConfigureAwait(false);
+            new PipelineOptions { KeepLoaded = false, DType = dtype, Device = device, Offload = OffloadPolicy.Parse(a.Offload ?? "none") }, a.Loras, ct).ConfigureAwait(false);
         bool isLocal = Directory.Exists(plan.Model.Model);
 
         // One pipeline for the whole run: configs and tokenizer now, each model when its stage starts (and freed

@@ -102,7 +102,8 @@ public static class ServeCommand
 
         var (folder, pipelineOptions, model) = await PipelineSetup.ResolveAsync(new CliOutput(Console.Out, Console.Error, ErrIsTerminal: false), quiet: true,
             new ModelInfo(options.Model, options.Revision, options.Variant, DTypeChoice.Name(dtype)) { TextEncoder = options.TextEncoder, Transformer = options.Transformer, Vae = options.Vae },
-            new PipelineOptions { DType = dtype, KeepLoaded = true, Device = device, Offload = OffloadPolicy.Parse(options.Offload) }, options.Loras, ct);
+            // Weights copied out of their files: a weight file replaced under the running server cannot kill it.
+            new PipelineOptions { DType = dtype, KeepLoaded = true, CopyWeights = true, Device = device, Offload = OffloadPolicy.Parse(options.Offload) }, options.Loras, ct);
         Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeChoice.Name(dtype)}) …");
         // The server keeps every component loaded: say so before loading them if they will not fit.
         if (Generate.MemoryCheck.Warning(ModelFolder.Open(folder), options.Variant, dtype, allLoaded: true) is { } memory)

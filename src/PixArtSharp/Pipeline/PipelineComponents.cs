@@ -50,6 +50,7 @@ public sealed class PipelineComponents
         // small and loads on the device.
         var device = new OffloadPolicy(options.Offload, options.Device ?? CPU).LoadDevice;
         var executionDevice = options.Device ?? CPU;
+        var load = options.CopyWeights ? WeightLoadOptions.Copied : WeightLoadOptions.Default;
         string textEncoderDir = ComponentDir(folder, "text_encoder", options.TextEncoder);
         string transformerDir = ComponentDir(folder, "transformer", options.Transformer);
         string vaeDir = ComponentDir(folder, "vae", options.Vae);
@@ -64,16 +65,16 @@ public sealed class PipelineComponents
             TransformerConfig = transformerConfig,
             VaeScaleFactor = vae.ScaleFactor,
             VaeScalingFactor = vae.Scaling,
-            LoadTextEncoder = () => T5EncoderModel.FromFolder(textEncoderDir, options.Variant, options.DType, device),
+            LoadTextEncoder = () => T5EncoderModel.FromFolder(textEncoderDir, options.Variant, options.DType, device, load),
             LoadTransformer = () =>
             {
                 var adapters = LoraAdapter.LoadAll(loras);
-                try { return PixArtTransformer2DModel.FromFolder(transformerDir, options.Variant, options.DType, device, loras: adapters); }
+                try { return PixArtTransformer2DModel.FromFolder(transformerDir, options.Variant, options.DType, device, loras: adapters, load: load); }
                 finally { foreach (var (a, _) in adapters) a.Dispose(); }
             },
             LoadVae = () => vae.ClassName switch
             {
-                "AutoencoderKL" or null => AutoencoderKL.FromFolder(vaeDir, options.Variant, options.DType, device),
+                "AutoencoderKL" or null => AutoencoderKL.FromFolder(vaeDir, options.Variant, options.DType, device, load),
                 "AutoencoderTiny" => AutoencoderTiny.FromFolder(vaeDir, options.Variant, options.DType, executionDevice),
                 var other => throw new WeightFileException($"{Path.Combine(vaeDir, "config.json")}: _class_name '{other}' is not a VAE PixArtSharp implements (AutoencoderKL, AutoencoderTiny)."),
             },

@@ -14,12 +14,26 @@ public sealed record CliResult(int ExitCode, string Stdout, string Stderr)
 /// <summary>Runs the <c>pixart</c> command in-process (through System.CommandLine, with captured writers) or as a child process.</summary>
 public static class CliRunner
 {
+    /// <summary>
+    /// Runs <c>pixart</c> in-process. <c>generate</c> without <c>--dtype</c> or <c>--from-png</c> runs in fp32: the
+    /// parity tests compare with diffusers' fp32 images, and the default (auto) is bf16 on this CPU. Tests of the
+    /// default pass <c>--dtype auto</c>.
+    /// </summary>
     public static CliResult Run(params string[] args)
     {
+        args = Fp32UnlessGiven(args);
         var stdout = new StringWriter();
         var stderr = new StringWriter();
         int code = PixArtSharp.Cli.Program.Run(args, stdout, stderr);
         return new CliResult(code, stdout.ToString(), stderr.ToString());
+    }
+
+    /// <summary><c>generate</c> without <c>--dtype</c> (or <c>--from-png</c>, which records one) gets <c>--dtype fp32</c>.</summary>
+    public static string[] Fp32UnlessGiven(string[] args)
+    {
+        if (args.Length == 0 || args[0] != "generate" || args.Contains("--dtype") || args.Contains("--from-png")) return args;
+        int end = Array.IndexOf(args, "--");   // options go before a "--" that starts the prompts
+        return end < 0 ? [.. args, "--dtype", "fp32"] : [.. args[..end], "--dtype", "fp32", .. args[end..]];
     }
 
     /// <summary><c>dotnet pixart.dll args</c> (the CLI assembly copied beside the tests), stdout and stderr piped.</summary>
@@ -29,7 +43,7 @@ public static class CliRunner
         var psi = new ProcessStartInfo("dotnet") { WorkingDirectory = workingDir, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         psi.ArgumentList.Add(dll);
-        foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var a in Fp32UnlessGiven(args)) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var err = p.StandardError.ReadToEndAsync();
         string output = p.StandardOutput.ReadToEnd();

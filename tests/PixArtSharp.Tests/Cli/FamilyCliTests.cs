@@ -82,6 +82,30 @@ public sealed class FamilyCliTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void TheDefaultDtypeIsAutoAndRecordedAsWhatItResolvedTo()
+    {
+        // auto: bf16 on a CPU with AVX-512-BF16 or AMX (this machine), else fp32; the PNG records the resolved name.
+        string png = _tmp.Path("auto.png");
+        var r = CliRunner.Run(["generate", "a cat", "--dtype", "auto", "--steps", "1", "-H", "64", "-W", "64", "--no-resolution-binning", "--seed", "1", "--model", Fixtures.Path("tiny-pixart-lcm"), "-o", png]);
+        output.WriteLine(r.ToString());
+        Assert.Equal(0, r.ExitCode);
+        string expected = PixArtSharp.DTypeChoice.Name(PixArtSharp.DTypeChoice.Auto(TorchSharp.torch.CPU));
+        Assert.Contains($"guidance 0, {expected}", r.Stderr);
+        using var json = System.Text.Json.JsonDocument.Parse(PngReader.ReadTextChunks(png)[1].Text);
+        Assert.Equal(expected, json.RootElement.GetProperty("dtype").GetString());
+    }
+
+    [Fact]
+    public void CudaWithoutCudaIsExit2NamingBothWaysToGetIt()
+    {
+        var r = CliRunner.Run(["generate", "a cat", "--device", "cuda", "--model", Fixtures.Path("tiny-pixart-lcm"), "-o", _tmp.Path("c.png")]);
+        output.WriteLine(r.ToString());
+        Assert.Equal(PixArtSharp.Cli.ExitCodes.BadArguments, r.ExitCode);
+        Assert.Contains("TorchBackend=cuda", r.Stderr);
+        Assert.Contains("PIXART_LIBTORCH", r.Stderr);
+    }
+
+    [Fact]
     public void ABadAdapterIsOneClearErrorBeforeAnyModelWork()
     {
         string bogus = _tmp.WriteText("bogus.safetensors", "not a safetensors file");

@@ -293,7 +293,7 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
         var r = Run("generate", "--help");
         Assert.Equal(0, r.ExitCode);
         foreach (var flag in new[] { "--prompts-file", "--batch-size", "--negative-prompt", "--model", "--revision", "--variant", "--steps", "--guidance",
-                     "--seed", "--height", "--width", "--num-images", "--no-resolution-binning", "--no-clean-caption", "--scheduler", "--dtype",
+                     "--seed", "--height", "--width", "--num-images", "--no-resolution-binning", "--no-clean-caption", "--scheduler", "--dtype", "--device", "--offload",
                      "--threads", "--output", "--style", "--from-png", "--quiet", "--json", "Examples:" })
             Assert.Contains(flag, r.Stdout);
         var root = Run("--help");

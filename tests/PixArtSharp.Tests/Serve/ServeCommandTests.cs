@@ -19,7 +19,7 @@ public sealed class ServeCommandTests
         Assert.Equal(7860, parse.GetValue<int>("--port"));
         Assert.Equal(32, parse.GetValue<int>("--max-queue"));
         Assert.Equal(4, parse.GetValue<int>("--max-batch"));
-        Assert.Equal("fp32", parse.GetValue<string>("--dtype"));
+        Assert.Equal("auto", parse.GetValue<string>("--dtype"));
 
         Assert.Null(parse.GetValue<string?>("--variant"));
 
