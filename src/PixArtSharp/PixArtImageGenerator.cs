@@ -115,7 +115,9 @@ public sealed class PixArtImageGenerator : IImageGenerator
         if (options?.ResponseFormat is { } rf && rf != ImageGenerationResponseFormat.Data)
             throw new NotSupportedException($"options.ResponseFormat {rf}: PixArtImageGenerator answers with image data only (ImageGenerationResponseFormat.Data); it hosts no files.");
         var extra = Additional(options);
-        int quality = ImageEncoder.CheckQuality(extra.Compression, "options.AdditionalProperties[\"output_compression\"]");
+        if (extra.Compression is < 0 or > 100)
+            throw new ArgumentException($"options.AdditionalProperties[\"output_compression\"] must be between 0 and 100 (the JPEG/WebP quality), got {extra.Compression}.", nameof(options));
+        int quality = ImageEncoder.CheckQuality(extra.Compression);
         var source = SourceImage(request);
 
         await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);

@@ -17,7 +17,8 @@ public enum ImageFormat
 /// Encodes a generated image as PNG, JPEG or WebP. PNG goes through <see cref="ImageFiles.EncodePng"/>, so it is
 /// byte for byte the file <c>pixart generate</c> writes; JPEG and WebP go through libvips (NetVips) at a quality of
 /// 1–100, which is how OpenAI's <c>output_compression</c> (0–100, default 100) is read: the higher, the better the
-/// picture and the larger the file.
+/// picture and the larger the file. WebP at 100 is lossless WebP (libvips' lossy WebP always halves the colour
+/// resolution, which no quality setting undoes); JPEG at 90 and above keeps full colour resolution (libvips' rule).
 /// </summary>
 public static class ImageEncoder
 {
@@ -87,7 +88,7 @@ public static class ImageEncoder
         return format switch
         {
             ImageFormat.Jpeg => image.WriteToBuffer($".jpg[Q={q},strip]"),
-            ImageFormat.Webp => image.WriteToBuffer($".webp[Q={q},strip]"),
+            ImageFormat.Webp => image.WriteToBuffer(q >= 100 ? ".webp[lossless,strip]" : $".webp[Q={q},smart_subsample,strip]"),
             _ => throw new ArgumentOutOfRangeException(nameof(format), format, "Not a lossy format."),
         };
     }
