@@ -54,11 +54,15 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
 
     private static string Input(string name) => Fixtures.Path("expected", "img2img", "inputs", name);
 
-    private void AssertWithinLoss(byte[] png, byte[] lossy, string what)
+    /// <summary>
+    /// The tiny model's images are noise, JPEG's worst case: measured mean |Δ| 3.1 (max 20) at quality 95 and under 2 at
+    /// 100 (libvips keeps full colour resolution from 90 up); lossless WebP (100) is exact.
+    /// </summary>
+    private void AssertWithinLoss(byte[] png, byte[] lossy, string what, double maxMean = 4)
     {
         var (meanAbs, max) = PixArtImageGeneratorTests.Difference(png, lossy);
         output.WriteLine($"{what} vs pixart generate's PNG: mean |Δ| {meanAbs:F3}, max |Δ| {max}");
-        Assert.True(meanAbs < 2, $"{what}: mean |Δ| {meanAbs}");
+        Assert.True(meanAbs < maxMean, $"{what}: mean |Δ| {meanAbs}");
     }
 
     [Fact]
@@ -86,7 +90,8 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
             });
             var raw = JsonDocument.Parse(r.GetRawResponse().Content.ToString()).RootElement;
             Assert.Equal(format.ToString(), raw.GetProperty("output_format").GetString());
-            AssertWithinLoss(Cli(prompt, "--seed", SeedOf(r).ToString(), "-W", "64", "-H", "64"), r.Value.ImageBytes.ToArray(), $"{format} at {quality}");
+            AssertWithinLoss(Cli(prompt, "--seed", SeedOf(r).ToString(), "-W", "64", "-H", "64"), r.Value.ImageBytes.ToArray(), $"{format} at {quality}",
+                maxMean: quality == 100 ? 1e-9 : 4);
         }
     }
 
@@ -105,7 +110,7 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
         using (var stream = File.OpenRead(source))
         {
             var r = await client.GenerateImageEditAsync(stream, "source.png", prompt, new ImageEditOptions { OutputFileFormat = GeneratedImageFileFormat.Jpeg });
-            AssertWithinLoss(Cli(prompt, "--image", source, "--seed", SeedOf(r).ToString()), r.Value.ImageBytes.ToArray(), "edit as JPEG");
+            AssertWithinLoss(Cli(prompt, "--image", source, "--seed", SeedOf(r).ToString()), r.Value.ImageBytes.ToArray(), "edit as JPEG at the default 100", maxMean: 2);
         }
     }
 
@@ -142,7 +147,7 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
     [Fact]
     public async Task EditsRefuseCrossSiteFormsMissingTokensAndBadFields()
     {
-        await using var app = await TestApp.StartAsync(fx, new PixArtSharp.Cli.Serve.ServeOptions { Token = "s3cret" }, kestrel: true);
+        await using var app = await TestApp.StartAsync(fx, new PixArtSharp.Cli.Serve.ServeOptions { Token = "s3cret-token" }, kestrel: true);
         byte[] image = File.ReadAllBytes(Input("gradient_disc_64x96.png"));
         MultipartFormDataContent Form(params (string Key, string Value)[] fields)
         {
@@ -153,7 +158,7 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
             foreach (var (k, v) in fields) form.Add(new StringContent(v), k);
             return form;
         }
-        async Task<(HttpStatusCode, JsonElement)> Post(MultipartFormDataContent form, string? token = "s3cret", string? origin = null, string? fetchSite = null)
+        async Task<(HttpStatusCode, JsonElement)> Post(MultipartFormDataContent form, string? token = "s3cret-token", string? origin = null, string? fetchSite = null)
         {
             using var req = new HttpRequestMessage(HttpMethod.Post, "/v1/images/edits") { Content = form };
             if (token is not null) req.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
@@ -185,7 +190,7 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
         Assert.Equal("image", body.GetProperty("error").GetProperty("param").GetString());
         // JSON to the edits route: 415 (a JSON edit goes to /v1/images/generations with "image").
         using var json = new HttpRequestMessage(HttpMethod.Post, "/v1/images/edits") { Content = Api.Json(new { prompt = "a cat" }) };
-        json.Headers.Authorization = new AuthenticationHeaderValue("Bearer", "s3cret");
+        json.Headers.Authorization = new AuthenticationHeaderValue("Bearer", "s3cret-token");
         Assert.Equal(HttpStatusCode.UnsupportedMediaType, (await app.Client.SendAsync(json)).StatusCode);
         // Same-origin (the server's own page) with the token, and our own fields: accepted.
         (status, body) = await Post(Form(("prompt", "a cat"), ("seed", "4"), ("steps", "2"), ("strength", "0.5"), ("size", "96x64"), ("quality", "auto")), origin: app.BaseUrl);
