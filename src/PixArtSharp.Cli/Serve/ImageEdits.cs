@@ -29,7 +29,7 @@ public static class ImageEdits
     private static readonly HashSet<string> TextFields =
     [
         "prompt", "n", "size", "response_format", "output_format", "output_compression", "quality", "moderation", "model", "user",
-        "negative_prompt", "steps", "guidance", "seed", "style", "scheduler", "strength", "resize_to_fit", "resolution_binning",
+        "negative_prompt", "steps", "guidance", "seed", "style", "scheduler", "strength", "resize_to_fit",
     ];
 
     /// <summary>Maps the route (one line in <see cref="ServerApp.Build"/>).</summary>
@@ -156,7 +156,6 @@ public static class ImageEdits
             Seed = Parse("seed", s => long.Parse(s, CultureInfo.InvariantCulture)),
             Style = S("style"),
             Scheduler = S("scheduler"),
-            ResolutionBinning = Parse("resolution_binning", bool.Parse),
             Strength = Parse("strength", s => double.Parse(s, NumberStyles.Float, CultureInfo.InvariantCulture)),
             ResizeToFit = Parse("resize_to_fit", bool.Parse),
             ResponseFormat = S("response_format"),

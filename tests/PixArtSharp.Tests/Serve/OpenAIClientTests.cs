@@ -197,5 +197,13 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
         Assert.True(status == HttpStatusCode.OK, body.ToString());
         Assert.Equal(4, body.GetProperty("data")[0].GetProperty("seed").GetInt64());
         Assert.Equal("png", body.GetProperty("output_format").GetString());
+
+        // The OpenAPI document describes the route and the OpenAI fields.
+        var openapi = await Api.ReadJson(await app.Client.GetAsync("/openapi.json"));
+        var edits = openapi.GetProperty("paths").GetProperty("/v1/images/edits").GetProperty("post").GetProperty("requestBody").GetProperty("content")
+            .GetProperty("multipart/form-data").GetProperty("schema").GetProperty("properties");
+        Assert.True(edits.TryGetProperty("image", out _));
+        var fields = openapi.GetProperty("components").GetProperty("schemas").GetProperty("ImagesRequest").GetProperty("properties");
+        foreach (var f in new[] { "output_format", "output_compression", "quality", "moderation" }) Assert.True(fields.TryGetProperty(f, out _), f);
     }
 }
