@@ -137,6 +137,8 @@ public sealed class PackageTests(ITestOutputHelper output) : IDisposable
             foreach (var id in new[] { "pixartsharp", "pixartsharp.cli" })
             {
                 try { Directory.Delete(Path.Combine(cache, id, version), recursive: true); } catch (DirectoryNotFoundException) { }
+                try { if (!Directory.EnumerateFileSystemEntries(Path.Combine(cache, id)).Any()) Directory.Delete(Path.Combine(cache, id)); }
+                catch (DirectoryNotFoundException) { }
             }
         }
     }

@@ -144,6 +144,24 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
         Assert.Equal(Cli("A watercolor painting of a lighthouse", "--image", source, "--seed", SeedOfPng(edit).ToString()), edit);
     }
 
+    [Theory]
+    [InlineData("output_format", "gif")]
+    [InlineData("output_compression", 101)]
+    [InlineData("quality", "ultra")]
+    [InlineData("moderation", "none")]
+    [InlineData("background", "transparent")] // a field no OpenAI client sends unasked: still refused
+    public async Task TheJsonRouteChecksTheOpenAIFields(string field, object value)
+    {
+        await using var app = await TestApp.StartAsync(fx);
+        var body = Api.Small("a cat", 1);
+        body[field] = value;
+        var r = await Api.Post(app.Client, body);
+        var json = await Api.ReadJson(r);
+        Assert.Equal(HttpStatusCode.BadRequest, r.StatusCode);
+        Assert.Equal(field, json.GetProperty("error").GetProperty("param").GetString());
+        output.WriteLine(json.GetProperty("error").GetProperty("message").GetString());
+    }
+
     [Fact]
     public async Task EditsRefuseCrossSiteFormsMissingTokensAndBadFields()
     {
