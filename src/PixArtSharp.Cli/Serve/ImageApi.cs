@@ -39,11 +39,59 @@ public sealed record ImagesRequest
     /// <summary>Accepted for OpenAI client compatibility and ignored: the server runs the model it was started with.</summary>
     [JsonPropertyName("model")] public string? Model { get; init; }
     [JsonPropertyName("user")] public string? User { get; init; }
+    /// <summary>OpenAI's output_format: "png" (default; the settings in its text chunks, as pixart generate writes it), "jpeg" or "webp".</summary>
+    [JsonPropertyName("output_format")] public string? OutputFormat { get; init; }
+    /// <summary>OpenAI's output_compression, 0–100 (default 100): the JPEG/WebP quality (WebP at 100 is lossless). Ignored for PNG.</summary>
+    [JsonPropertyName("output_compression")] public int? OutputCompression { get; init; }
+    /// <summary>
+    /// OpenAI's quality (auto, low, medium, high, standard, hd): accepted and ignored — a documented no-op. The picture is
+    /// decided by steps, guidance and the scheduler (the model's defaults unless given), which clients can send.
+    /// </summary>
+    [JsonPropertyName("quality")] public string? Quality { get; init; }
+    /// <summary>OpenAI's moderation (auto, low): accepted and ignored — a documented no-op; this server runs no moderation model.</summary>
+    [JsonPropertyName("moderation")] public string? Moderation { get; init; }
+
+    /// <summary>OpenAI's quality values.</summary>
+    public static readonly IReadOnlyList<string> QualityValues = ["auto", "low", "medium", "high", "standard", "hd"];
+    /// <summary>OpenAI's moderation values.</summary>
+    public static readonly IReadOnlyList<string> ModerationValues = ["auto", "low"];
+
+    /// <summary>The answer's format and JPEG/WebP quality; checks output_format, output_compression, quality and moderation (400s naming the field).</summary>
+    public (PixArtSharp.Imaging.ImageFormat Format, int Quality) Output()
+    {
+        var format = PixArtSharp.Imaging.ImageFormat.Png;
+        if (OutputFormat is not null)
+            format = (OutputFormat is "png" or "jpeg" or "webp" ? PixArtSharp.Imaging.ImageEncoder.TryParse(OutputFormat) : null)
+                     ?? throw new ApiException(400, $"output_format '{OutputFormat}' is not supported; use \"png\", \"jpeg\" or \"webp\".", "output_format");
+        if (OutputCompression is < 0 or > 100)
+            throw new ApiException(400, $"output_compression must be between 0 and 100 (the JPEG/WebP quality), got {OutputCompression}.", "output_compression");
+        if (Quality is not null && !QualityValues.Contains(Quality))
+            throw new ApiException(400, $"quality '{Quality}' is not one of {string.Join(", ", QualityValues)} (it is accepted for OpenAI clients and has no effect here; use steps and guidance).", "quality");
+        if (Moderation is not null && !ModerationValues.Contains(Moderation))
+            throw new ApiException(400, $"moderation '{Moderation}' is not one of {string.Join(", ", ModerationValues)} (it is accepted for OpenAI clients and has no effect here).", "moderation");
+        return (format, PixArtSharp.Imaging.ImageEncoder.CheckQuality(OutputCompression));
+    }
+
+    /// <summary>
+    /// The answer in the asked format: PNG answers are the queue's as they are (the bytes pixart generate writes);
+    /// JPEG/WebP re-encode each image's pixels (decoding the PNG is lossless) and say so in output_format.
+    /// </summary>
+    public ImagesResponse Encode(ImagesResponse response)
+    {
+        var (format, quality) = Output();
+        if (format == PixArtSharp.Imaging.ImageFormat.Png) return response with { OutputFormat = "png" };
+        var data = response.Data.Select(d => d with
+        {
+            B64Json = Convert.ToBase64String(PixArtSharp.Imaging.ImageEncoder.FromPng(Convert.FromBase64String(d.B64Json), format, quality)),
+        }).ToList();
+        return response with { Data = data, OutputFormat = OutputFormat };
+    }
 
     /// <summary>The shared settings for this request, validated against the server's limits (throws ApiException).</summary>
     public GenerationSettings ToSettings(GenerationLimits limits)
     {
         if (Prompt is null) throw new ApiException(400, "'prompt' is required: the text describing the image.", "prompt");
+        Output(); // output_format, output_compression, quality, moderation: checked before any work
         if (ResponseFormat is not null && ResponseFormat != "b64_json")
             throw new ApiException(400, $"response_format '{ResponseFormat}' is not supported; this server answers with \"b64_json\" only (it stores no files).", "response_format");
         if (Image is null && Strength is not null)
@@ -113,6 +161,10 @@ public sealed record ImagesRequest
         return i > 0 ? message[..i] : message;
     }
 
+    /// <summary>Every field the body may have, for the "Unknown field" message.</summary>
+    public const string KnownFields = "prompt, negative_prompt, n, width, height, size, steps, timesteps, max_sequence_length, guidance, seed, style, scheduler, resolution_binning, " +
+                                      "image, strength, resize_to_fit, response_format, output_format, output_compression, quality, moderation, model, user";
+
     public static readonly JsonSerializerOptions JsonOptions = new()
     {
         UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
@@ -134,7 +186,7 @@ public sealed record ImagesRequest
         {
             string path = e.Path is { Length: > 2 } p ? p.TrimStart('$', '.') : "";
             string what = e.Message.Contains("could not be mapped", StringComparison.Ordinal)
-                ? $"Unknown field '{ExtractQuoted(e.Message) ?? path}'. Known fields: prompt, negative_prompt, n, width, height, size, steps, timesteps, max_sequence_length, guidance, seed, style, scheduler, resolution_binning, image, strength, resize_to_fit, response_format."
+                ? $"Unknown field '{ExtractQuoted(e.Message) ?? path}'. Known fields: {KnownFields}."
                 : path.Length > 0 ? $"The field '{path}' has the wrong type or is malformed JSON." : "The request body is not a valid JSON object.";
             throw new ApiException(400, what, ExtractQuoted(e.Message) ?? path);
         }
@@ -189,4 +241,8 @@ public sealed record ImagesResponse(
     [property: JsonPropertyName("data")] IReadOnlyList<ImageData> Data,
     [property: JsonPropertyName("id")] string Id,
     [property: JsonPropertyName("settings")] GenerationSettings Settings,
-    [property: JsonPropertyName("batch_size")] int BatchSize);
+    [property: JsonPropertyName("batch_size")] int BatchSize)
+{
+    /// <summary>"png", "jpeg" or "webp" (OpenAI's output_format): what the b64_json images are.</summary>
+    [JsonPropertyName("output_format")] public string? OutputFormat { get; init; }
+}

@@ -106,6 +106,7 @@ public static class ServerApp
         var models = ModelsList(queue); // fixed for the server's life: the model and its defaults never change
         app.MapGet("/v1/models", () => Results.Json(models, Json));
         app.MapPost("/v1/images/generations", (HttpContext ctx) => Generate(ctx, queue));
+        ImageEdits.Map(app, queue);
         app.MapGet("/v1/jobs/{id}", (string id) => Results.Json(queue.Info(FindJob(queue, id)), Json));
         app.MapGet("/v1/jobs/{id}/events", (HttpContext ctx, string id) => StreamEvents(ctx, queue, FindJob(queue, id), cancelOnDisconnect: false));
         app.MapDelete("/v1/jobs/{id}", (string id) =>
@@ -219,7 +220,7 @@ public static class ServerApp
         }
         if (Flag(ctx.Request, "stream"))
         {
-            await StreamEvents(ctx, queue, job, cancelOnDisconnect: true);
+            await StreamEvents(ctx, queue, job, cancelOnDisconnect: true, request.Encode);
             return;
         }
         try
@@ -234,7 +235,7 @@ public static class ServerApp
         if (job.Result is { } result)
         {
             ctx.Response.Headers["X-Batch-Size"] = result.BatchSize.ToString(System.Globalization.CultureInfo.InvariantCulture);
-            await ctx.Response.WriteAsJsonAsync(result, Json);
+            await ctx.Response.WriteAsJsonAsync(request.Encode(result), Json);
         }
         else
             await WriteError(ctx, job.Error ?? new ApiException(500, "The job ended without a result."));
@@ -263,7 +264,8 @@ public static class ServerApp
     /// Server-sent events for a job: "progress" (the job's status, step k/N, queue position) on every change and
     /// every second while queued, then one "result" (the images answer) or "error" event, then the stream ends.
     /// </summary>
-    private static async Task StreamEvents(HttpContext ctx, GenerationQueue queue, Job job, bool cancelOnDisconnect)
+    /// <param name="encode">The request's output_format (its own stream); null: the job's PNGs (GET /v1/jobs/{id}/events).</param>
+    private static async Task StreamEvents(HttpContext ctx, GenerationQueue queue, Job job, bool cancelOnDisconnect, Func<ImagesResponse, ImagesResponse>? encode = null)
     {
         var ct = ctx.RequestAborted;
         ctx.Response.ContentType = "text/event-stream; charset=utf-8";
@@ -281,7 +283,7 @@ public static class ServerApp
                 send = true;
                 if (job.IsFinished)
                 {
-                    if (job.Result is { } r) await WriteEvent(ctx, "result", r, ct);
+                    if (job.Result is { } r) await WriteEvent(ctx, "result", encode is null ? r : encode(r), ct);
                     else await WriteEvent(ctx, "error", (job.Error ?? new ApiException(500, "The job ended without a result.")).Body, ct);
                     return;
                 }

@@ -148,6 +148,8 @@ public abstract class PixArtPipeline : IDisposable
     {
         ArgumentNullException.ThrowIfNull(components);
         ArgumentNullException.ThrowIfNull(options);
+        // A library user writes no setup code: libtorch is loaded (clear error, huge pages, NNPACK off) on first use.
+        TorchRuntime.EnsureLoaded();
         _components = components;
         Options = options;
         Device = options.Device ?? CPU;
@@ -165,6 +167,7 @@ public abstract class PixArtPipeline : IDisposable
     public static PixArtPipeline FromPretrained(string folder, PipelineOptions? options = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(folder);
+        TorchRuntime.EnsureLoaded(); // before any tensor is made: huge pages must be set before libtorch's first allocation
         options ??= new PipelineOptions();
         var components = PipelineComponents.FromFolder(ModelFolder.Open(folder), options);
         return components.Folder!.PipelineClass switch
