@@ -118,7 +118,7 @@ public sealed class PackageTests(ITestOutputHelper output) : IDisposable
             Assert.Contains("generate", Run(work, pixart, "--help"));
             string toolPng = _tmp.Path("tool.png");
             Run(work, pixart, "generate", "A small cactus with a happy face in the Sahara desert.", "--model", model, "--seed", "42", "--steps", "2",
-                "-W", "64", "-H", "64", "--no-resolution-binning", "-o", toolPng, "--quiet");
+                "-W", "64", "-H", "64", "--no-resolution-binning", "-o", toolPng, "--quiet", "--dtype", "fp32");
 
             // 4. Both are what the repository's pixart generate writes.
             string cliPng = _tmp.Path("cli.png");
