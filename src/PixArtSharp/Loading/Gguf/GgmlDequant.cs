@@ -59,7 +59,7 @@ public static class GgmlDequant
         using var scope = NewDisposeScope();
         var result = type switch
         {
-            GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 => planes[0].to(ScalarType.Float32),
+            GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 => Cast(planes[0], ScalarType.Float32),
             GgmlType.Q8_0 => Q8_0(planes),
             GgmlType.Q4_0 => Q4_0(planes),
             GgmlType.Q4_1 => Q4_1(planes),
@@ -76,6 +76,9 @@ public static class GgmlDequant
     }
 
     // ---- helpers: the integer ops of dequant.py ----
+
+    /// <summary>t in <paramref name="dtype"/> as a new handle (never the plane itself, which its owner frees).</summary>
+    internal static Tensor Cast(Tensor t, ScalarType dtype) => t.dtype == dtype ? t.alias() : t.to(dtype);
 
     private static Tensor F32(Tensor halfPlane) => halfPlane.to(ScalarType.Float32);                  // [nb, 1]
 

@@ -89,7 +89,7 @@ public sealed class QuantizedTensor : IDisposable
         using var scope = NewDisposeScope();
         // F32/F16/BF16 convert straight to the target (what dequant.py does for the torch-compatible types).
         Tensor values = Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && dtype != ScalarType.Float32
-            ? _planes[0].to(dtype)
+            ? GgmlDequant.Cast(_planes[0], dtype)
             : GgmlDequant.DecodeBlocks(Type, _planes);                                  // [blocks, block size] fp32
         return values.reshape(Shape).to(dtype).MoveToOuterDisposeScope();
     }
@@ -107,7 +107,7 @@ public sealed class QuantizedTensor : IDisposable
         var idx = rowIndex.to(ScalarType.Int64, device).reshape(-1);
         var picked = _planes.Select(p => p.reshape(rows, bpr, p.shape[1]).index_select(0, idx).reshape(-1, p.shape[1])).ToArray();
         Tensor values = Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && dtype != ScalarType.Float32
-            ? picked[0].to(dtype)
+            ? GgmlDequant.Cast(picked[0], dtype)
             : GgmlDequant.DecodeBlocks(Type, picked);
         return values.reshape(idx.shape[0], cols).to(dtype).MoveToOuterDisposeScope();
     }
