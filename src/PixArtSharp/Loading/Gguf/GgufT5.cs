@@ -51,6 +51,8 @@ public static class GgufT5
         var t = file.Tensors;
         if (!t.TryGetValue("token_embd.weight", out var emb) || emb.Dims.Length != 2)
             throw Fail(path, "it has no 2-D tensor 'token_embd.weight' (the token embedding)", "The file is not a complete T5 encoder; download it again");
+        if (emb.Dims[1] > int.MaxValue)
+            throw Fail(path, $"its token embedding has {emb.Dims[1]} rows", "The file is not a T5 encoder; download it again");
         int Meta(string key, long? fallback)
         {
             string full = $"{arch}.{key}";
@@ -83,7 +85,7 @@ public static class GgufT5
         var config = new T5Config
         {
             ModelType = "t5",
-            VocabSize = checked((int)emb.Dims[1]),
+            VocabSize = (int)emb.Dims[1],
             DModel = dModel, DKv = dKv, DFf = dFf, NumLayers = layers, NumHeads = heads,
             RelativeAttentionNumBuckets = buckets,
             // Not stored in GGUF; llama.cpp uses T5's 128 for every T5.
@@ -127,6 +129,13 @@ public static class GgufT5
     {
         string path = file.FilePath;
         var expected = ExpectedTensors(c).ToList();
+        bool full = file.Architecture == "t5";
+        var unsupported = file.TensorList.Where(ti => !GgmlTypes.IsSupported(ti.Type) && !(full && IsDecoderTensor(ti.Name))).ToList();
+        if (unsupported.Count > 0)
+            throw Fail(path, $"tensor '{unsupported[0].Name}' is {GgmlTypes.Name(unsupported[0].Type)}"
+                + (unsupported.Count > 1 ? $" (and {unsupported.Count - 1} more tensor(s) of types {string.Join(", ", unsupported.Select(u => GgmlTypes.Name(u.Type)).Distinct())})" : "")
+                + $", a ggml type PixArtSharp does not decode (supported: {GgmlTypes.SupportedList})",
+                "Use a GGUF file quantized to one of the supported types (e.g. Q8_0, Q5_K_M, Q4_K_M)");
         var missing = expected.Where(e => !file.Tensors.ContainsKey(e.Name)).Select(e => e.Name).ToList();
         if (missing.Count > 0)
             throw Fail(path, $"{missing.Count} tensor(s) of the T5 encoder its metadata describes ({c.NumLayers} blocks, d_model {c.DModel}) are missing, e.g. '{string.Join("', '", missing.Take(5))}'",
@@ -139,17 +148,10 @@ public static class GgufT5
                     "The file's metadata does not fit its tensors; convert the model again with llama.cpp");
         }
         var names = expected.Select(e => e.Name).ToHashSet(StringComparer.Ordinal);
-        bool full = file.Architecture == "t5";
         var extra = file.TensorList.Where(ti => !names.Contains(ti.Name) && !(full && IsDecoderTensor(ti.Name))).Select(ti => ti.Name).ToList();
         if (extra.Count > 0)
             throw Fail(path, $"{extra.Count} tensor(s) do not belong to the T5 encoder its metadata describes, e.g. '{string.Join("', '", extra.Take(5))}'",
                 "The file's metadata does not fit its tensors; convert the model again with llama.cpp");
-        var unsupported = expected.Select(e => file.Tensors[e.Name]).Where(ti => !GgmlTypes.IsSupported(ti.Type)).ToList();
-        if (unsupported.Count > 0)
-            throw Fail(path, $"tensor '{unsupported[0].Name}' is {GgmlTypes.Name(unsupported[0].Type)}"
-                + (unsupported.Count > 1 ? $" (and {unsupported.Count - 1} more tensor(s) of types {string.Join(", ", unsupported.Select(u => GgmlTypes.Name(u.Type)).Distinct())})" : "")
-                + $", a ggml type PixArtSharp does not decode (supported: {GgmlTypes.SupportedList})",
-                "Use a GGUF file quantized to one of the supported types (e.g. Q8_0, Q5_K_M, Q4_K_M)");
     }
 
     /// <summary>
