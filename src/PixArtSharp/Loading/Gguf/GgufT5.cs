@@ -48,6 +48,7 @@ public static class GgufT5
         if (!Architectures.Contains(arch))
             throw Fail(path, $"its architecture is '{arch}', not a T5 encoder ({string.Join(" or ", Architectures)})", "PixArt's text encoder is T5 v1.1 XXL: use a T5 encoder GGUF (e.g. city96/t5-v1_1-xxl-encoder-gguf)");
 
+        CheckSupportedTypes(file);
         var t = file.Tensors;
         if (!t.TryGetValue("token_embd.weight", out var emb) || emb.Dims.Length != 2)
             throw Fail(path, "it has no 2-D tensor 'token_embd.weight' (the token embedding)", "The file is not a complete T5 encoder; download it again");
@@ -69,6 +70,9 @@ public static class GgufT5
 
         int dModel = Meta("embedding_length", emb.Dims[0]);
         int layers = Meta("block_count", t.Keys.Count(k => k.StartsWith("enc.blk.", StringComparison.Ordinal) && k.EndsWith(".attn_q.weight", StringComparison.Ordinal)));
+        // Each block is at least 9 tensors: a count beyond that is a corrupt value, not a model to enumerate.
+        if (layers > file.TensorList.Count / 9)
+            throw Fail(path, $"metadata {arch}.block_count is {layers} but the file holds only {file.TensorList.Count} tensors", "The file is corrupt; download it again");
         int heads = Meta("attention.head_count", Dim("enc.blk.0.attn_rel_b.weight", 0));
         int dKv = Meta("attention.key_length", Dim("enc.blk.0.attn_q.weight", 1) / heads);
         int dFf = Meta("feed_forward_length", Dim("enc.blk.0.ffn_up.weight", 1));
@@ -125,10 +129,9 @@ public static class GgufT5
     /// <summary>Tensors of a full llama.cpp T5 that an encoder does not use.</summary>
     private static bool IsDecoderTensor(string name) => name.StartsWith("dec.", StringComparison.Ordinal) || name == "output.weight";
 
-    private static void CheckTensors(GgufFile file, T5Config c)
+    private static void CheckSupportedTypes(GgufFile file)
     {
         string path = file.FilePath;
-        var expected = ExpectedTensors(c).ToList();
         bool full = file.Architecture == "t5";
         var unsupported = file.TensorList.Where(ti => !GgmlTypes.IsSupported(ti.Type) && !(full && IsDecoderTensor(ti.Name))).ToList();
         if (unsupported.Count > 0)
@@ -136,6 +139,12 @@ public static class GgufT5
                 + (unsupported.Count > 1 ? $" (and {unsupported.Count - 1} more tensor(s) of types {string.Join(", ", unsupported.Select(u => GgmlTypes.Name(u.Type)).Distinct())})" : "")
                 + $", a ggml type PixArtSharp does not decode (supported: {GgmlTypes.SupportedList})",
                 "Use a GGUF file quantized to one of the supported types (e.g. Q8_0, Q5_K_M, Q4_K_M)");
+    }
+
+    private static void CheckTensors(GgufFile file, T5Config c)
+    {
+        string path = file.FilePath;
+        var expected = ExpectedTensors(c).ToList();
         var missing = expected.Where(e => !file.Tensors.ContainsKey(e.Name)).Select(e => e.Name).ToList();
         if (missing.Count > 0)
             throw Fail(path, $"{missing.Count} tensor(s) of the T5 encoder its metadata describes ({c.NumLayers} blocks, d_model {c.DModel}) are missing, e.g. '{string.Join("', '", missing.Take(5))}'",
@@ -148,6 +157,7 @@ public static class GgufT5
                     "The file's metadata does not fit its tensors; convert the model again with llama.cpp");
         }
         var names = expected.Select(e => e.Name).ToHashSet(StringComparer.Ordinal);
+        bool full = file.Architecture == "t5";
         var extra = file.TensorList.Where(ti => !names.Contains(ti.Name) && !(full && IsDecoderTensor(ti.Name))).Select(ti => ti.Name).ToList();
         if (extra.Count > 0)
             throw Fail(path, $"{extra.Count} tensor(s) do not belong to the T5 encoder its metadata describes, e.g. '{string.Join("', '", extra.Take(5))}'",
