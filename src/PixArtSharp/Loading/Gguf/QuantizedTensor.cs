@@ -12,6 +12,8 @@ namespace PixArtSharp.Loading.Gguf;
 public sealed class QuantizedTensor : IDisposable
 {
     private readonly Tensor[] _planes;
+    /// <summary>CPU only: the blocks as contiguous uint8 (the same bytes as the planes), for <see cref="GgmlCpuDecode"/>.</summary>
+    private readonly Tensor? _raw;
 
     public string Name { get; }
     public GgmlType Type { get; }
@@ -23,7 +25,7 @@ public sealed class QuantizedTensor : IDisposable
     public Device device => _planes[0].device;
     internal IReadOnlyList<Tensor> Planes => _planes;
 
-    internal QuantizedTensor(string name, GgmlType type, long[] shape, Tensor[] planes)
+    internal QuantizedTensor(string name, GgmlType type, long[] shape, Tensor[] planes, Tensor? raw = null)
     {
         Name = name;
         Type = type;
@@ -32,6 +34,7 @@ public sealed class QuantizedTensor : IDisposable
         // Owned by this object (freed in Dispose), not by whatever dispose scope it was made in.
         foreach (var p in planes) p.DetachFromDisposeScope();
         _planes = planes;
+        _raw = raw?.DetachFromDisposeScope();
     }
 
     /// <summary>
@@ -53,7 +56,7 @@ public sealed class QuantizedTensor : IDisposable
             using var blocks = flat.view(nb, ts / size);                                        // [nb, ts / size]
             planes[i] = blocks.narrow(1, pl.Offset / size, pl.Length / size);                   // [nb, width]
         }
-        return new QuantizedTensor(name, type, shape, planes);
+        return new QuantizedTensor(name, type, shape, planes, GgmlCpuDecode.Supports(type) ? region(ScalarType.Byte) : null);
     }
 
     /// <summary>A tensor from encoded bytes held in memory (copied). Tests and converters.</summary>
@@ -84,9 +87,14 @@ public sealed class QuantizedTensor : IDisposable
     };
 
     /// <summary>The whole tensor [Shape] in <paramref name="dtype"/> on this tensor's device (a new tensor the caller owns).</summary>
-    public Tensor Dequantize(ScalarType dtype)
+    public Tensor Dequantize(ScalarType dtype) => Dequantize(dtype, allowCpuKernel: true);
+
+    /// <param name="allowCpuKernel">false: the libtorch tensor ops even where the C# CPU decoder applies (tests compare the two).</param>
+    public Tensor Dequantize(ScalarType dtype, bool allowCpuKernel)
     {
         using var scope = NewDisposeScope();
+        if (allowCpuKernel && _raw is not null)
+            return GgmlCpuDecode.Decode(Type, _raw).reshape(Shape).to(dtype).MoveToOuterDisposeScope();
         // F32/F16/BF16 convert straight to the target (what dequant.py does for the torch-compatible types).
         Tensor values = Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && dtype != ScalarType.Float32
             ? GgmlDequant.Cast(_planes[0], dtype)
@@ -116,12 +124,13 @@ public sealed class QuantizedTensor : IDisposable
     public QuantizedTensor To(Device target)
     {
         if (device.type == target.type && (target.index < 0 || device.index == target.index))
-            return new QuantizedTensor(Name, Type, Shape, _planes.Select(p => p.alias()).ToArray());
+            return new QuantizedTensor(Name, Type, Shape, _planes.Select(p => p.alias()).ToArray(), _raw?.alias());
         return new QuantizedTensor(Name, Type, Shape, _planes.Select(p => p.to(target)).ToArray());
     }
 
     public void Dispose()
     {
         foreach (var p in _planes) p.Dispose();
+        _raw?.Dispose();
     }
 }

@@ -30,6 +30,9 @@ public class GgufBlockTests(ITestOutputHelper output)
         int bs = GgmlTypes.BlockSize(type);
         using var q = QuantizedTensor.FromBytes(typeName, type, [blocks, bs], bytes.bytes);
         using var got = q.Dequantize(ScalarType.Float32);
+        // The C# CPU decoder (Q8_0, Q4_K, Q5_K, Q6_K) and the tensor ops give the same bits.
+        using var viaOps = q.Dequantize(ScalarType.Float32, allowCpuKernel: false);
+        Assert.True(got.eq(viaOps).all().item<bool>(), "the CPU decoder and the tensor ops differ");
         using var want = expected.reshape(blocks, bs);
         using var scale = want.abs().amax([1], keepdim: true).clamp_min(1e-30);
         using var rel = (got - want).abs().div(scale).max();
