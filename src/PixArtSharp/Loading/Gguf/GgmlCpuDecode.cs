@@ -13,33 +13,39 @@ internal static unsafe class GgmlCpuDecode
 {
     public static bool Supports(GgmlType t) => t is GgmlType.Q8_0 or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K;
 
-    /// <summary>Decodes <paramref name="raw"/> (uint8 CPU, contiguous, whole blocks) to a new fp32 [blocks · block size].</summary>
-    public static Tensor Decode(GgmlType type, Tensor raw)
+    /// <summary>
+    /// Decodes <paramref name="raw"/> (uint8 CPU, contiguous, whole blocks) to a new [blocks · block size] tensor of
+    /// <paramref name="dtype"/> (fp32, bf16 or fp16): each block is decoded in fp32 and rounded to the dtype as
+    /// torch's cast does (round to nearest even), without an fp32 copy of the whole matrix.
+    /// </summary>
+    public static Tensor Decode(GgmlType type, Tensor raw, ScalarType dtype)
     {
+        if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
+            throw new ArgumentException($"The CPU decoder writes Float32, BFloat16 or Float16, not {dtype}.", nameof(dtype));
         int bs = GgmlTypes.BlockSize(type), ts = GgmlTypes.TypeSize(type);
         long nb = raw.numel() / ts;
-        var result = empty(nb * bs, ScalarType.Float32);
+        var result = empty(nb * bs, dtype);
         fixed (byte* srcPin = raw.bytes)
         fixed (byte* dstPin = result.bytes)
         {
             nint srcAddr = (nint)srcPin, dstAddr = (nint)dstPin;
-            Run(type, srcAddr, dstAddr, nb, bs, ts);
+            Run(type, dtype, srcAddr, dstAddr, nb, bs, ts);
         }
         return result;
     }
 
-    private static void Run(GgmlType type, nint srcAddr, nint dstAddr, long nb, int bs, int ts)
+    private static void Run(GgmlType type, ScalarType dtype, nint srcAddr, nint dstAddr, long nb, int bs, int ts)
     {
         const long chunk = 1024;
         Parallel.For(0, (nb + chunk - 1) / chunk, c =>
         {
             byte* src = (byte*)srcAddr;
-            float* dst = (float*)dstAddr;
+            float* buf = stackalloc float[GgmlTypes.QK_K];
             long end = Math.Min(nb, (c + 1) * chunk);
             for (long b = c * chunk; b < end; b++)
             {
                 byte* x = src + b * ts;
-                float* y = dst + b * bs;
+                float* y = dtype == ScalarType.Float32 ? (float*)dstAddr + b * bs : buf;
                 switch (type)
                 {
                     case GgmlType.Q8_0: Q8_0(x, y); break;
@@ -47,11 +53,29 @@ internal static unsafe class GgmlCpuDecode
                     case GgmlType.Q5_K: Q4Q5_K(x, y, hasHigh: true); break;
                     case GgmlType.Q6_K: Q6_K(x, y); break;
                 }
+                if (dtype == ScalarType.BFloat16)
+                {
+                    ushort* o = (ushort*)dstAddr + b * bs;
+                    for (int i = 0; i < bs; i++) o[i] = ToBf16(buf[i]);
+                }
+                else if (dtype == ScalarType.Float16)
+                {
+                    Half* o = (Half*)dstAddr + b * bs;
+                    for (int i = 0; i < bs; i++) o[i] = (Half)buf[i];
+                }
             }
         });
     }
 
     private static float Half(byte* p) => (float)*(Half*)p;
+
+    /// <summary>fp32 → bf16 as c10::BFloat16 rounds (nearest even; NaN → 0x7FC0).</summary>
+    private static ushort ToBf16(float f)
+    {
+        uint u = BitConverter.SingleToUInt32Bits(f);
+        if (float.IsNaN(f)) return 0x7FC0;
+        return (ushort)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+    }
 
     private static void Q8_0(byte* x, float* y)
     {

@@ -93,8 +93,8 @@ public sealed class QuantizedTensor : IDisposable
     public Tensor Dequantize(ScalarType dtype, bool allowCpuKernel)
     {
         using var scope = NewDisposeScope();
-        if (allowCpuKernel && _raw is not null)
-            return GgmlCpuDecode.Decode(Type, _raw).reshape(Shape).to(dtype).MoveToOuterDisposeScope();
+        if (allowCpuKernel && _raw is not null && dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16)
+            return GgmlCpuDecode.Decode(Type, _raw, dtype).reshape(Shape).MoveToOuterDisposeScope();
         // F32/F16/BF16 convert straight to the target (what dequant.py does for the torch-compatible types).
         Tensor values = Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && dtype != ScalarType.Float32
             ? GgmlDequant.Cast(_planes[0], dtype)

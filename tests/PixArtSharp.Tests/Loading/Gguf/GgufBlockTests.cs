@@ -33,6 +33,12 @@ public class GgufBlockTests(ITestOutputHelper output)
         // The C# CPU decoder (Q8_0, Q4_K, Q5_K, Q6_K) and the tensor ops give the same bits.
         using var viaOps = q.Dequantize(ScalarType.Float32, allowCpuKernel: false);
         Assert.True(got.eq(viaOps).all().item<bool>(), "the CPU decoder and the tensor ops differ");
+        foreach (var dt in new[] { ScalarType.BFloat16, ScalarType.Float16 })
+        {
+            using var direct = q.Dequantize(dt);
+            using var cast = viaOps.to(dt);
+            Assert.True(direct.eq(cast).all().item<bool>(), $"{dt}: the CPU decoder's rounding differs from torch's cast");
+        }
         using var want = expected.reshape(blocks, bs);
         using var scale = want.abs().amax([1], keepdim: true).clamp_min(1e-30);
         using var rel = (got - want).abs().div(scale).max();
