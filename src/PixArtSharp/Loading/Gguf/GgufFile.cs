@@ -64,6 +64,9 @@ public sealed class GgufFile : IDisposable
     /// <summary>GGML_MAX_DIMS.</summary>
     public const int MaxDims = 4;
     private const int MaxArrayDepth = 8;
+    /// <summary>Caps on one metadata value, far above any real file's (a tokenizer's arrays hold ≤ 256 k entries, its
+    /// strings a few KB): within them a value costs memory in proportion to the file bytes it reads.</summary>
+    public const int MaxArrayLength = 1 << 24, MaxStringBytes = 1 << 26;
 
     private readonly Dictionary<string, GgufTensorInfo> _tensors;
     private readonly Dictionary<ScalarType, Tensor> _maps = new();
@@ -156,7 +159,7 @@ public sealed class GgufFile : IDisposable
             alignment = (int)a;
         }
 
-        var tensors = new List<GgufTensorInfo>((int)nTensors);
+        var tensors = new List<GgufTensorInfo>();      // grows as entries are read: no allocation from the count
         var names = new HashSet<string>(StringComparer.Ordinal);
         for (ulong i = 0; i < nTensors; i++)
         {
@@ -318,9 +321,9 @@ public sealed class GgufFile : IDisposable
             ulong n = U64(what);
             if (n > (ulong)Remaining)
                 throw Bad(path, $"{what} claims a string of {n} bytes but only {Remaining} bytes of the file follow (the file is truncated)", TruncatedFix);
-            var bytes = new byte[(int)Math.Min(n, int.MaxValue)];
-            if ((ulong)bytes.Length != n)
-                throw Bad(path, $"{what} claims a string of {n} bytes", TruncatedFix);
+            if (n > MaxStringBytes)
+                throw Bad(path, $"{what} claims a string of {n} bytes, more than the {MaxStringBytes} PixArtSharp reads", TruncatedFix);
+            var bytes = new byte[(int)n];
             stream.ReadExactly(bytes);
             Position += bytes.Length;
             try { return new UTF8Encoding(false, throwOnInvalidBytes: true).GetString(bytes); }
@@ -366,6 +369,8 @@ public sealed class GgufFile : IDisposable
                     ulong count = U64($"the length of metadata array '{key}'");
                     if (count > (ulong)(Remaining / MinSize(et)))
                         throw Bad(path, $"metadata array '{key}' claims {count} elements, more than the {Remaining} bytes left in the file can hold (the file is truncated)", TruncatedFix);
+                    if (count > MaxArrayLength)
+                        throw Bad(path, $"metadata array '{key}' claims {count} elements, more than the {MaxArrayLength} PixArtSharp reads", TruncatedFix);
                     var items = new object[count];
                     for (ulong i = 0; i < count; i++) items[i] = Value(et, key, depth + 1).Value;
                     return new(type, items, et);

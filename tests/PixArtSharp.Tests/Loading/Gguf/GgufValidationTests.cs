@@ -102,6 +102,21 @@ public class GgufValidationTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.IsAssignableFrom<WeightFileException>(e);
     }
 
+    /// <summary>A big (sparse) file whose claims fit its size but exceed the per-value caps: refused before allocating.</summary>
+    [Theory]
+    [InlineData("string", "more than the 67108864")]
+    [InlineData("array", "more than the 16777216")]
+    public void ValuesAboveTheCapsAreRefused(string kind, string phrase)
+    {
+        using var dir = new TempDir();
+        var c = new Craft();
+        if (kind == "string") c.Kv.Add(("k", 8, BitConverter.GetBytes((ulong)GgufFile.MaxStringBytes + 1)));
+        else c.Kv.Add(("a", 9, [.. BitConverter.GetBytes(0u), .. BitConverter.GetBytes((ulong)GgufFile.MaxArrayLength + 1)]));
+        string path = dir.Write(kind + ".gguf", c.Build());
+        using (var fs = new FileStream(path, FileMode.Open)) fs.SetLength(80L << 20);   // sparse: nothing written
+        Assert.Contains(phrase, Assert.Throws<GgufFileException>(() => GgufFile.Open(path)).Message);
+    }
+
     [Fact]
     public void ShortAndForeignFilesAreNotGguf()
     {
