@@ -165,6 +165,15 @@ public sealed class GgufWriter
     public static void WriteT5(string path, T5Config config, Func<string, Tensor> weights, GgmlType type,
                                GgmlType? embeddingType = null, string name = "pixartsharp-t5")
     {
+        ArgumentNullException.ThrowIfNull(weights);
+        WriteT5(path, config, (key, _) => weights(key), type, embeddingType, name);
+    }
+
+    /// <summary>As above; <paramref name="weights"/> also gets the torch shape the config implies, so random
+    /// weights can be generated per tensor (the bench: <c>(key, shape) => torch.randn(shape, generator: g).mul_(0.02)</c>).</summary>
+    public static void WriteT5(string path, T5Config config, Func<string, long[], Tensor> weights, GgmlType type,
+                               GgmlType? embeddingType = null, string name = "pixartsharp-t5")
+    {
         ArgumentNullException.ThrowIfNull(config);
         config.Validate();
         const string a = "t5encoder";
@@ -189,7 +198,7 @@ public sealed class GgufWriter
             var t = shape.Length == 2 && !gname.Contains("attn_rel_b", StringComparison.Ordinal)
                 ? (shape[1] % GgmlTypes.BlockSize(want) == 0 ? want : GgmlType.F16)
                 : GgmlType.F32;
-            w.AddTensor(gname, shape, t, () => weights(key));
+            w.AddTensor(gname, shape, t, () => weights(key, shape));
         }
         w.Write(path);
     }

@@ -122,6 +122,61 @@ public class GgufWriterTests(ITestOutputHelper output)
         output.WriteLine($"written Q8_0 file: max |Δ| = {Compare.Close(expected, last, 1e-5, "last_hidden_state"):E2}");
     }
 
+    [Fact]
+    public void WriteT5FromShapesWritesRandomWeightsPerTensor()
+    {
+        var config = new T5Config { VocabSize = 40, DModel = 256, DKv = 32, DFf = 512, NumLayers = 1, NumHeads = 8, FeedForwardProj = "gated-gelu" };
+        using var dir = new TempDir();
+        string path = dir.Path("random.gguf");
+        using var g = new Generator(5);
+        var asked = new List<string>();
+        GgufWriter.WriteT5(path, config, (key, shape) => { asked.Add(key); return randn(shape, generator: g).mul_(0.02); }, GgmlType.Q4_K);
+        Assert.Contains("encoder.block.0.layer.1.DenseReluDense.wi_0.weight", asked);
+        Assert.Equal(asked.Count, asked.Distinct().Count());
+        using var f = GgufFile.Open(path);
+        Assert.Equal(GgmlType.Q4_K, f.Tensors["enc.blk.0.ffn_gate.weight"].Type);
+        Assert.Equal(GgmlType.Q4_K, f.Tensors["token_embd.weight"].Type);
+        Assert.Equal(GgmlType.F32, f.Tensors["enc.blk.0.attn_rel_b.weight"].Type);
+        Assert.Equal(GgmlType.F32, f.Tensors["enc.output_norm.weight"].Type);
+        Assert.Equal(15L, f.Metadata["general.file_type"].AsInt64());
+        using var model = T5EncoderModel.FromGguf(path, ScalarType.BFloat16);
+        using var ids = tensor(new long[,] { { 1, 2, 39 } });
+        using var mask = ones(1, 3);
+        using var y = model.forward(ids, mask);
+        Assert.False(y.isnan().any().item<bool>());
+    }
+
+    /// <summary>An original (ReLU, non-gated) T5: llama.cpp stores wi as ffn_up without ffn_gate. F32 file: exact.</summary>
+    [Fact]
+    public void NonGatedT5RoundTripsThroughFfnUp()
+    {
+        var config = new T5Config { VocabSize = 30, DModel = 64, DKv = 16, DFf = 96, NumLayers = 2, NumHeads = 4, FeedForwardProj = "relu" };
+        var weights = new Dictionary<string, Tensor>();
+        using (var rnd = Weights.Random(3, ScalarType.Float32, created: (k, t) => weights[k] = t.alias().DetachFromDisposeScope()))
+        using (new T5EncoderModel(config, rnd)) { }
+        Assert.Contains("encoder.block.0.layer.1.DenseReluDense.wi.weight", weights.Keys);
+        using var dir = new TempDir();
+        string path = dir.Path("relu.gguf");
+        GgufWriter.WriteT5(path, config, k => weights[k].alias(), GgmlType.F32);
+        using (var f = GgufFile.Open(path))
+        {
+            Assert.Contains("enc.blk.0.ffn_up.weight", f.Tensors.Keys);
+            Assert.DoesNotContain("enc.blk.0.ffn_gate.weight", f.Tensors.Keys);
+        }
+        var c = T5EncoderModel.ConfigFromGguf(path);
+        Assert.False(c.IsGatedActResolved);
+        Assert.Equal("relu", c.DenseActFnResolved);
+        using var gguf = T5EncoderModel.FromGguf(path, ScalarType.Float32);
+        using var wf = Weights.FromTensors(weights, ScalarType.Float32);
+        using var plain = new T5EncoderModel(config, wf);
+        using var ids = tensor(new long[,] { { 1, 2, 29, 0 } });
+        using var mask = ones(1, 4);
+        using var a = gguf.forward(ids, mask);
+        using var b = plain.forward(ids, mask);
+        Assert.Equal(0.0, Compare.MaxAbsDiff(b, a));
+        foreach (var t in weights.Values) t.Dispose();
+    }
+
     public static TheoryData<GgmlType, double> T5Types => new()
     {
         { GgmlType.Q8_0, 0.05 }, { GgmlType.Q4_K, 0.6 }, { GgmlType.Q5_K, 0.35 }, { GgmlType.F16, 2.5e-3 }, { GgmlType.BF16, 2e-2 },
