@@ -93,7 +93,10 @@ public sealed class QuantizedTensor : IDisposable
     public Tensor Dequantize(ScalarType dtype, bool allowCpuKernel)
     {
         using var scope = NewDisposeScope();
-        if (allowCpuKernel && _raw is not null && dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16)
+        // The C# decoder reads the raw bytes on the CPU; planes moved elsewhere (e.g. by a module-wide .to(device))
+        // decode with the tensor ops where they are.
+        if (allowCpuKernel && _raw is not null && _raw.device_type == DeviceType.CPU && _planes[0].device_type == DeviceType.CPU
+            && dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16)
             return GgmlCpuDecode.Decode(Type, _raw, dtype).reshape(Shape).MoveToOuterDisposeScope();
         // F32/F16/BF16 convert straight to the target (what dequant.py does for the torch-compatible types).
         Tensor values = Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && dtype != ScalarType.Float32
