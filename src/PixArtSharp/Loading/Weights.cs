@@ -1,3 +1,4 @@
+using PixArtSharp.Loading.Gguf;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -43,10 +44,13 @@ public sealed class Weights : IDisposable
     private sealed class Source(string description, Func<string, bool> contains, Func<string, long[]?> shapeOf,
                                 Func<string, long[], Tensor> load, IEnumerable<string> keys, Action dispose,
                                 Action<IReadOnlySet<string>>? checkUsed = null,
-                                Func<string, string>? whereIs = null, long finiteCheckMaxElements = 0)
+                                Func<string, string>? whereIs = null, long finiteCheckMaxElements = 0,
+                                Func<string, ScalarType, QuantizedTensor?>? quantized = null)
     {
         /// <summary>An extra check run by <see cref="CheckAllUsed"/> with the keys the model asked for.</summary>
         public readonly Action<IReadOnlySet<string>>? CheckUsed = checkUsed;
+        /// <summary>GGUF only: the weight still encoded, or null where it is stored in the asked dtype already.</summary>
+        public readonly Func<string, ScalarType, QuantizedTensor?>? Quantized = quantized;
         public readonly string Description = description;
         public readonly Func<string, bool> Contains = contains;
         public readonly Func<string, long[]?> ShapeOf = shapeOf;
@@ -136,6 +140,44 @@ public sealed class Weights : IDisposable
             if (!weightMap.ContainsKey(key))
                 throw new WeightFileException($"{st.FilePath} holds weight '{key}', which {index} does not list. The shards do not belong to this index; download the model again.");
     }
+
+    /// <summary>
+    /// Weights from a GGUF file, by checkpoint key (<paramref name="keyToTensor"/>: key → GGUF tensor name). <see cref="Get(string, long[])"/>
+    /// decodes a tensor once (F32/F16/BF16 tensors are zero-copy views of the mapping); <see cref="TryGetQuantized"/>
+    /// hands it out still encoded, for layers that decode their weight when they run.
+    /// </summary>
+    public static Weights FromGguf(GgufFile file, IReadOnlyDictionary<string, string> keyToTensor, ScalarType dtype, Device? device = null)
+    {
+        var source = new Source(
+            file.FilePath,
+            keyToTensor.ContainsKey,
+            key => file.Tensors[keyToTensor[key]].Shape,
+            (key, _) =>
+            {
+                using var q = file.LoadTensor(keyToTensor[key]);
+                // Float types as stored (a view; Get converts if needed), block types decoded to fp32.
+                return q.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16
+                    ? q.Dequantize(NativeType(q.Type))
+                    : q.Dequantize(ScalarType.Float32);
+            },
+            keyToTensor.Keys,
+            file.Dispose,
+            whereIs: key => $"{file.FilePath}: tensor '{keyToTensor[key]}'",
+            quantized: (key, want) =>
+            {
+                var info = file.Tensors[keyToTensor[key]];
+                bool stored = info.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && NativeType(info.Type) == want;
+                return stored ? null : file.LoadTensor(info.Name);
+            });
+        return new Weights(source, "", dtype, device ?? CPU);
+    }
+
+    private static ScalarType NativeType(GgmlType t) => t switch
+    {
+        GgmlType.F16 => ScalarType.Float16,
+        GgmlType.BF16 => ScalarType.BFloat16,
+        _ => ScalarType.Float32,
+    };
 
     /// <summary>Weights from tensors already in memory (tests, converters).</summary>
     public static Weights FromTensors(IReadOnlyDictionary<string, Tensor> tensors, ScalarType dtype, Device? device = null, string description = "in-memory weights")
@@ -275,6 +317,25 @@ public sealed class Weights : IDisposable
     {
         try { return SafeTensorsFile.ToDTypeName(t); }
         catch (ArgumentException) { return t.ToString(); }
+    }
+
+    /// <summary>
+    /// A weight to be decoded when used, on <see cref="Device"/>: the GGUF tensor still encoded, unless the source is not
+    /// GGUF or stores it in <paramref name="dtype"/> already (then null: use <see cref="Get(string, ScalarType, long[])"/>,
+    /// which hands that out as a view). Checked against <paramref name="shape"/> and marked used like Get.
+    /// </summary>
+    public QuantizedTensor? TryGetQuantized(string name, ScalarType dtype, long[] shape)
+    {
+        if (_source.Quantized is null) return null;
+        string key = Join(name);
+        if (!_source.Contains(key))
+            throw new WeightFileException($"{_source.Description}: weight '{key}' is missing. The config does not fit these weights, or the file is incomplete; download the model again.");
+        if (_source.ShapeOf(key) is { } have && !have.SequenceEqual(shape))
+            throw new WeightFileException($"{_source.Description}: weight '{key}' has shape [{string.Join(", ", have)}] but the config implies [{string.Join(", ", shape)}]. The config does not fit these weights.");
+        var q = _source.Quantized(key, dtype);
+        if (q is null) return null;
+        _source.Used.Add(key);
+        using (q) return q.To(Device);
     }
 
     /// <summary>Every stored weight must have been asked for: an unexpected one means the config is wrong.</summary>

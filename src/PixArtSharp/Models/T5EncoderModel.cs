@@ -1,4 +1,5 @@
 using PixArtSharp.Loading;
+using PixArtSharp.Loading.Gguf;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -25,6 +26,11 @@ namespace PixArtSharp.Models;
 //   T5 overflows. bf16 has fp32's exponent range, so for bf16 `wo` stays bf16 (as in transformers) and memory
 //   stays at 2 bytes/parameter.
 // - The final RMSNorm is fp32 (its weight is held in fp32): the output is fp32 last_hidden_state.
+//
+// GGUF (FromGguf): the projections and the embedding stay encoded (Q8_0, Q4_K, …) in the file's memory mapping,
+// and each is decoded to its dtype above when it runs, then freed (T5Linear, the embedding's row lookup): the T5
+// costs the file's size plus one decoded matrix, never the whole model in bf16. The arithmetic is then that of a
+// model whose weights are the decoded values, held in the dtype.
 
 /// <summary>
 /// The T5 encoder stack: token embedding (<c>shared</c>), <c>encoder.block.{i}</c>, <c>encoder.final_layer_norm</c>.
@@ -33,9 +39,15 @@ namespace PixArtSharp.Models;
 public sealed class T5EncoderModel : IDisposable, ISequentialModel
 {
     public readonly T5Config config;
-    /// <summary><c>shared.weight</c> [vocab, d_model]: the token embedding table (nn.Embedding).</summary>
-    public readonly Tensor shared;
+    private readonly Tensor? _shared;
+    /// <summary><c>shared.weight</c> still encoded (GGUF): rows are decoded per lookup. Null when <see cref="shared"/> is held.</summary>
+    public readonly QuantizedTensor? shared_quantized;
+    private readonly ScalarType _dtype;
     public readonly T5Stack encoder;
+
+    /// <summary><c>shared.weight</c> [vocab, d_model]: the token embedding table (nn.Embedding). Absent for a GGUF
+    /// model whose embedding stays encoded (<see cref="shared_quantized"/>).</summary>
+    public Tensor shared => _shared ?? throw new InvalidOperationException("This T5's embedding is held encoded (GGUF): see shared_quantized.");
 
     private const string SharedKey = "shared.weight";
     private const string TiedKey = "encoder.embed_tokens.weight";
@@ -57,7 +69,9 @@ public sealed class T5EncoderModel : IDisposable, ISequentialModel
         bool hasShared = w.Contains(SharedKey);
         bool hasTied = !claimsEverything && w.Contains(TiedKey);
         var embKey = hasShared || !hasTied ? SharedKey : TiedKey;
-        shared = w.Get(embKey, config.VocabSize, config.DModel);
+        _dtype = w.DType;
+        shared_quantized = w.TryGetQuantized(embKey, w.DType, [config.VocabSize, config.DModel]);
+        if (shared_quantized is null) _shared = w.Get(embKey, config.VocabSize, config.DModel);
         try
         {
             if (hasShared && hasTied)
@@ -69,7 +83,8 @@ public sealed class T5EncoderModel : IDisposable, ISequentialModel
         }
         catch
         {
-            shared.Dispose();
+            _shared?.Dispose();
+            shared_quantized?.Dispose();
             throw;
         }
         try { w.CheckAllUsed(); }
@@ -91,7 +106,35 @@ public sealed class T5EncoderModel : IDisposable, ISequentialModel
         return new T5EncoderModel(config, w);
     }
 
-    public Device device => shared.device;
+    /// <summary>
+    /// Loads a T5 encoder from a GGUF file (llama.cpp's <c>t5encoder</c>, e.g. city96/t5-v1_1-xxl-encoder-gguf): the
+    /// config from its metadata (<see cref="ConfigFromGguf"/>); projections and embedding stay encoded and are decoded
+    /// to <paramref name="dtype"/> when they run; norms and the relative bias are decoded once. Errors are
+    /// <see cref="GgufFileException"/>s naming the file and the fix.
+    /// </summary>
+    public static T5EncoderModel FromGguf(string path, ScalarType dtype, Device? device = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
+            throw new ArgumentException($"dtype must be Float32, BFloat16 or Float16, not {dtype}.", nameof(dtype));
+        var file = GgufFile.Open(path);
+        try
+        {
+            var config = GgufT5.ReadConfig(file);
+            using var w = GgufT5.OpenWeights(file, config, dtype, device);   // disposes the file; views keep the mapping
+            return new T5EncoderModel(config, w);
+        }
+        finally { file.Dispose(); }
+    }
+
+    /// <summary>The <see cref="T5Config"/> a T5 GGUF file implies (checked against its tensor table); reads only the header.</summary>
+    public static T5Config ConfigFromGguf(string path)
+    {
+        using var file = GgufFile.Open(path);
+        return GgufT5.ReadConfig(file);
+    }
+
+    public Device device => _shared?.device ?? shared_quantized!.device;
 
     /// <summary>
     /// Moves every weight to <paramref name="device"/>, disposing the old tensors (nn.Module.to(device)): the step
@@ -102,7 +145,7 @@ public sealed class T5EncoderModel : IDisposable, ISequentialModel
     /// <summary>The encoder's blocks (sequential offload moves them one at a time).</summary>
     public IReadOnlyList<object> OffloadBlocks => encoder.block;
     public BlockScope? OnBlock { get => encoder.OnBlock; set => encoder.OnBlock = value; }
-    public ScalarType dtype => shared.dtype;
+    public ScalarType dtype => _dtype;
 
     /// <summary>last_hidden_state [B, L, d_model] fp32.</summary>
     /// <param name="inputIds">[B, L] int64 token ids</param>
@@ -135,7 +178,10 @@ public sealed class T5EncoderModel : IDisposable, ISequentialModel
         long B = ids.shape[0], L = ids.shape[1];
 
         // 1. Token embeddings (shared == encoder.embed_tokens), into the fp32 residual stream.
-        var h = shared.index_select(0, ids.reshape(-1)).view(B, L, config.DModel).to(ScalarType.Float32);   // [B, L, D]
+        var rows = _shared is not null
+            ? _shared.index_select(0, ids.reshape(-1))                                                  // [B·L, D] dtype
+            : shared_quantized!.DequantizeRows(ids.reshape(-1), _dtype);                               // only the rows used
+        var h = rows.view(B, L, config.DModel).to(ScalarType.Float32);                                   // [B, L, D]
         trace?.Invoke("embeddings", h);
 
         // 2. The encoder stack.
@@ -145,7 +191,8 @@ public sealed class T5EncoderModel : IDisposable, ISequentialModel
 
     public void Dispose()
     {
-        shared.Dispose();
+        _shared?.Dispose();
+        shared_quantized?.Dispose();
         encoder.Dispose();
     }
 }
@@ -269,7 +316,7 @@ public sealed class T5LayerSelfAttention : IDisposable
 /// </summary>
 public sealed class T5Attention : IDisposable
 {
-    public readonly Linear q, k, v, o;
+    public readonly T5Linear q, k, v, o;
     /// <summary><c>relative_attention_bias.weight</c> [num_buckets, heads] (nn.Embedding), fp32; block 0 only.</summary>
     public readonly Tensor? relative_attention_bias;
     private readonly int _heads, _dkv, _numBuckets, _maxDistance;
@@ -284,10 +331,10 @@ public sealed class T5Attention : IDisposable
         var made = new List<IDisposable>();
         try
         {
-            q = new Linear(w.Sub("q"), d, inner, bias: false); made.Add(q);
-            k = new Linear(w.Sub("k"), d, inner, bias: false); made.Add(k);
-            v = new Linear(w.Sub("v"), d, inner, bias: false); made.Add(v);
-            o = new Linear(w.Sub("o"), inner, d, bias: false); made.Add(o);
+            q = new T5Linear(w.Sub("q"), d, inner, w.DType); made.Add(q);
+            k = new T5Linear(w.Sub("k"), d, inner, w.DType); made.Add(k);
+            v = new T5Linear(w.Sub("v"), d, inner, w.DType); made.Add(v);
+            o = new T5Linear(w.Sub("o"), inner, d, w.DType); made.Add(o);
             if (hasRelativeAttentionBias)
                 relative_attention_bias = w.Sub("relative_attention_bias").GetFloat32("weight", _numBuckets, _heads);
         }
@@ -307,7 +354,7 @@ public sealed class T5Attention : IDisposable
         long B = x.shape[0], L = x.shape[1];
 
         // 1. Projections in the weight dtype, split into heads, attention in fp32.
-        Tensor Heads(Linear proj) => proj.forward(x).view(B, L, _heads, _dkv).transpose(1, 2).to(ScalarType.Float32);   // [B, H, L, dkv]
+        Tensor Heads(T5Linear proj) => proj.forward(x).view(B, L, _heads, _dkv).transpose(1, 2).to(ScalarType.Float32);   // [B, H, L, dkv]
         var qh = Heads(q);
         var kh = Heads(k);
         var vh = Heads(v);
@@ -319,7 +366,7 @@ public sealed class T5Attention : IDisposable
 
         // 3. Weighted values, heads merged, output projection.
         var attn = weights.matmul(vh).transpose(1, 2).reshape(B, L, (long)_heads * _dkv);       // [B, L, inner]
-        return o.forward(attn.to(o.weight.dtype)).MoveToOuterDisposeScope();                      // [B, L, D]
+        return o.forward(attn.to(o.dtype)).MoveToOuterDisposeScope();                      // [B, L, D]
     }
 
     /// <summary>Block 0's position bias [1, H, qLen, kLen] (fp32), from the bidirectional bucket of key − query.</summary>
@@ -405,8 +452,8 @@ public sealed class T5LayerFF : IDisposable
 /// </summary>
 public sealed class T5DenseReluDense : IDisposable
 {
-    public readonly Linear? wi;
-    public readonly Linear? wi_0, wi_1;
+    public readonly T5Linear? wi;
+    public readonly T5Linear? wi_0, wi_1;
     public readonly T5Linear wo;
     private readonly string _act;
 
@@ -419,12 +466,12 @@ public sealed class T5DenseReluDense : IDisposable
         {
             if (config.IsGatedActResolved)
             {
-                wi_0 = new Linear(w.Sub("wi_0"), d, ff, bias: false); made.Add(wi_0);
-                wi_1 = new Linear(w.Sub("wi_1"), d, ff, bias: false); made.Add(wi_1);
+                wi_0 = new T5Linear(w.Sub("wi_0"), d, ff, w.DType); made.Add(wi_0);
+                wi_1 = new T5Linear(w.Sub("wi_1"), d, ff, w.DType); made.Add(wi_1);
             }
             else
             {
-                wi = new Linear(w.Sub("wi"), d, ff, bias: false); made.Add(wi);
+                wi = new T5Linear(w.Sub("wi"), d, ff, w.DType); made.Add(wi);
             }
             // fp16: wo in fp32 (transformers' _keep_in_fp32_modules); see the precision notes at the top.
             var woType = w.DType == ScalarType.Float16 ? ScalarType.Float32 : w.DType;
@@ -450,7 +497,7 @@ public sealed class T5DenseReluDense : IDisposable
             hidden = Act(wi!.forward(x).to(ScalarType.Float32));
 
         // 2. Down-projection in wo's dtype.
-        return wo.forward(hidden.to(wo.weight.dtype)).MoveToOuterDisposeScope();    // [B, L, D]
+        return wo.forward(hidden.to(wo.dtype)).MoveToOuterDisposeScope();    // [B, L, D]
     }
 
     private Tensor Act(Tensor x) => _act switch
@@ -468,20 +515,36 @@ public sealed class T5DenseReluDense : IDisposable
 
 /// <summary>
 /// A bias-free nn.Linear whose weight is held in a chosen dtype, which may differ from the Weights' dtype
-/// (T5 keeps <c>wo</c> in fp32 for fp16 models).
+/// (T5 keeps <c>wo</c> in fp32 for fp16 models). From a GGUF file the weight stays encoded
+/// (<see cref="weight_quantized"/>) and is decoded to that dtype for each call, then freed.
 /// </summary>
 public sealed class T5Linear : IDisposable
 {
-    public readonly Tensor weight;
+    private readonly Tensor? _weight;
+    /// <summary>The weight still encoded (GGUF), or null when <see cref="weight"/> is held.</summary>
+    public readonly QuantizedTensor? weight_quantized;
+    /// <summary>The dtype the layer computes in (its weight's, decoded or held).</summary>
+    public readonly ScalarType dtype;
 
     public T5Linear(Weights w, long inFeatures, long outFeatures, ScalarType dtype)
     {
-        weight = w.Get("weight", dtype, [outFeatures, inFeatures]);
+        this.dtype = dtype;
+        weight_quantized = w.TryGetQuantized("weight", dtype, [outFeatures, inFeatures]);
+        if (weight_quantized is null) _weight = w.Get("weight", dtype, [outFeatures, inFeatures]);
     }
 
-    public Tensor forward(Tensor x) => F.linear(x, weight);
+    /// <summary><c>weight</c> [out, in] as held; a GGUF layer holds it encoded (<see cref="weight_quantized"/>) instead.</summary>
+    public Tensor weight => _weight ?? throw new InvalidOperationException($"This layer's weight is held encoded ({weight_quantized!.Type}): use weight_quantized.Dequantize(dtype).");
 
-    public void Dispose() => weight.Dispose();
+    public Tensor forward(Tensor x)
+    {
+        if (_weight is not null) return F.linear(x, _weight);
+        // Decode [out, in] in the compute dtype, use it once, free it: the one matrix this layer costs.
+        using var w = weight_quantized!.Dequantize(dtype);
+        return F.linear(x, w);
+    }
+
+    public void Dispose() { _weight?.Dispose(); weight_quantized?.Dispose(); }
 }
 
 /// <summary>
