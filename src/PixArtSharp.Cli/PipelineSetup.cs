@@ -38,6 +38,9 @@ public static class PipelineSetup
             Vae = await Component(model.Vae, "vae").ConfigureAwait(false),
             Loras = loras,
         };
+        if (options.TextEncoder is { } te && File.Exists(te))
+            // A single file (GGUF): recorded by name and a short hash of its first 4 MiB (header and tensor table).
+            model = model with { TextEncoder = $"{Path.GetFileName(te)} ({ShortHash(te)})" };
         if (loras.Count > 0)
         {
             // Each adapter is recorded by name, a short hash of its weights and its scale (never its path).
@@ -46,6 +49,15 @@ public static class PipelineSetup
             finally { foreach (var (adapter, _) in adapters) adapter.Dispose(); }
         }
         return (folder, options, model);
+    }
+
+    /// <summary>The first 12 hex digits of the sha256 of a file's first 4 MiB.</summary>
+    public static string ShortHash(string path)
+    {
+        using var f = File.OpenRead(path);
+        var buffer = new byte[(int)Math.Min(f.Length, 4 << 20)];
+        f.ReadExactly(buffer);
+        return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(buffer))[..12];
     }
 
     /// <summary>--lora PATH[:SCALE] → a LoRA spec (a trailing ":number" is the scale; paths may hold ':' otherwise).</summary>

@@ -51,11 +51,19 @@ public sealed class PipelineComponents
         var device = new OffloadPolicy(options.Offload, options.Device ?? CPU).LoadDevice;
         var executionDevice = options.Device ?? CPU;
         var load = options.CopyWeights ? WeightLoadOptions.Copied : WeightLoadOptions.Default;
-        string textEncoderDir = ComponentDir(folder, "text_encoder", options.TextEncoder);
+        // A GGUF file (ComfyUI-GGUF's T5 encoders) stays quantized and is decoded layer by layer when it runs.
+        string? gguf = options.TextEncoder is { } te && File.Exists(te) && te.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) ? Path.GetFullPath(te) : null;
+        string textEncoderDir = gguf ?? ComponentDir(folder, "text_encoder", options.TextEncoder);
         string transformerDir = ComponentDir(folder, "transformer", options.Transformer);
         string vaeDir = ComponentDir(folder, "vae", options.Vae);
         var transformerConfig = PixArtTransformerConfig.Load(Path.Combine(transformerDir, "config.json"));
         var vae = VaeConfigHead.Load(Path.Combine(vaeDir, "config.json"));
+        // The text encoder's width must be the transformer's caption_channels (checked now, from configs only).
+        var t5 = gguf is null ? T5Config.Load(Path.Combine(textEncoderDir, "config.json")) : T5EncoderModel.ConfigFromGguf(gguf);
+        if (gguf is not null) Loading.Gguf.GgufT5.CheckFitsTransformer(gguf, t5, transformerConfig.CaptionChannels!.Value);
+        else if (t5.DModel != transformerConfig.CaptionChannels)
+            throw new WeightFileException($"{Path.Combine(textEncoderDir, "config.json")}: the text encoder's d_model is {t5.DModel}, but the transformer's caption_channels is " +
+                $"{transformerConfig.CaptionChannels}: this text encoder does not belong to this transformer (PixArt uses T5-v1.1-XXL, d_model 4096).");
         var loras = options.Loras ?? [];
         if (loras.Count > 0) CheckLoras(transformerDir, options);
         return new PipelineComponents
@@ -65,7 +73,9 @@ public sealed class PipelineComponents
             TransformerConfig = transformerConfig,
             VaeScaleFactor = vae.ScaleFactor,
             VaeScalingFactor = vae.Scaling,
-            LoadTextEncoder = () => T5EncoderModel.FromFolder(textEncoderDir, options.Variant, options.DType, device, load),
+            LoadTextEncoder = () => gguf is not null
+                ? T5EncoderModel.FromGguf(gguf, options.DType, device)
+                : T5EncoderModel.FromFolder(textEncoderDir, options.Variant, options.DType, device, load),
             LoadTransformer = () =>
             {
                 var adapters = LoraAdapter.LoadAll(loras);
