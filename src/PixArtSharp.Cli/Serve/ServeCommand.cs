@@ -52,10 +52,13 @@ public static class ServeCommand
         };
         dtype.AcceptOnlyFromAmong("fp32", "bf16", "fp16");
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: all cores)" };
+        var (preview, previewVae) = (new Option<string?>("--preview") { HelpName = "tiny|none", Description = "Live previews on the progress events: each step's predicted image, decoded by TAESD (default: tiny when --preview-vae is given)" },
+            new Option<string?>("--preview-vae") { HelpName = "ID|DIR", Description = "The TAESD for previews (default: madebyollin/taesd or taesdxl from the Hugging Face cache)" });
+        var promptCache = new Option<int>("--prompt-cache") { Description = "Prompts whose T5 output is kept for reuse (LRU; 0 = off)", DefaultValueFactory = _ => 64 };
 
         var cmd = new Command("serve", "Serve an HTTP API (OpenAI-like images endpoint) and a web page, batching concurrent requests")
         {
-            model, revision, variant, lora, textEncoder, transformer, vae, host, port, token, maxQueue, maxBatch, dtype, threads,
+            model, revision, variant, lora, textEncoder, transformer, vae, host, port, token, maxQueue, maxBatch, dtype, threads, preview, previewVae, promptCache,
         };
         // Errors become one "error: …" line and pixart's exit codes (2 bad arguments, 3 model not found, …).
         cmd.SetAction(CliApp.Guard(async (parse, _, ct) =>
@@ -74,6 +77,7 @@ public static class ServeCommand
                 Token = parse.GetValue(token) ?? NullIfEmpty(Environment.GetEnvironmentVariable("PIXART_TOKEN")),
                 MaxQueue = parse.GetValue(maxQueue),
                 MaxBatch = parse.GetValue(maxBatch),
+                Preview = parse.GetValue(preview), PreviewVae = parse.GetValue(previewVae), PromptCacheEntries = parse.GetValue(promptCache),
             };
             return await RunAsync(options, ParseDType(parse.GetValue(dtype)!), parse.GetValue(threads), ct);
         }));
@@ -102,7 +106,7 @@ public static class ServeCommand
 
         var (folder, pipelineOptions, model) = await PipelineSetup.ResolveAsync(new CliOutput(Console.Out, Console.Error, ErrIsTerminal: false), quiet: true,
             new ModelInfo(options.Model, options.Revision, options.Variant, DTypeName(dtype)) { TextEncoder = options.TextEncoder, Transformer = options.Transformer, Vae = options.Vae },
-            new PipelineOptions { DType = dtype, KeepLoaded = true }, options.Loras, ct);
+            new PipelineOptions { DType = dtype, KeepLoaded = true, PromptCacheEntries = options.PromptCacheEntries }, options.Loras, ct);
         Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeName(dtype)}) …");
         // The server keeps every component loaded: say so before loading them if they will not fit.
         if (Generate.MemoryCheck.Warning(ModelFolder.Open(folder), options.Variant, dtype, allLoaded: true) is { } memory)
@@ -110,7 +114,8 @@ public static class ServeCommand
         using var pipeline = PixArtPipeline.FromPretrained(folder, pipelineOptions);
         foreach (var w in pipeline.Warnings) Console.Error.WriteLine($"pixart serve: warning: {w}");
         pipeline.Preload();
-        using var queue = new GenerationQueue(pipeline, model, options.MaxQueue, options.MaxBatch, options.KeepFinished);
+        using var previews = await PreviewSetup.CreateAsync(new CliOutput(Console.Out, Console.Error, ErrIsTerminal: false), true, options.Preview, options.PreviewVae, null, pipeline, ct);
+        using var queue = new GenerationQueue(pipeline, model, options.MaxQueue, options.MaxBatch, options.KeepFinished) { Preview = previews };
         await using var app = ServerApp.Build(options, queue);
         await app.StartAsync(ct);
         foreach (var url in app.Urls)
