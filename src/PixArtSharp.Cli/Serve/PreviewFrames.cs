@@ -15,10 +15,14 @@ public static class PreviewFrames
 
     private static int _failures;
 
+    /// <summary>Tests only: a pause per previewed step, so a browser can be seen mid-run on the tiny model.</summary>
+    internal static int TestStepDelayMs;
+
     /// <summary>One data: URL per job (rows b·n of the batch), or null when previews are off or this step has none.</summary>
     public static string?[]? For(PreviewDecoder? decoder, StepInfo step, int jobs, int imagesPerJob)
     {
         if (decoder is null || step.Denoised is not { } denoised) return null;
+        if (TestStepDelayMs > 0) Thread.Sleep(TestStepDelayMs);
         try
         {
             var frames = new string?[jobs];
