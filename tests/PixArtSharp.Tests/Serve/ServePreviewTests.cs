@@ -85,4 +85,12 @@ public sealed class ServePreviewTests(ServeFixture fx, ITestOutputHelper output)
         Assert.Equal(uncached, second);
         await app.StopAsync();
     }
+
+    [Fact]
+    public void BadPreviewAndCacheOptionsAreRefused()
+    {
+        Assert.Contains("--preview must be tiny or none", Assert.Throws<PixArtSharp.Cli.UsageException>(() => new ServeOptions { Preview = "huge" }.Validate()).Message);
+        Assert.Contains("--prompt-cache must be 0 (off) or more, got -1", Assert.Throws<ArgumentException>(() => new ServeOptions { PromptCacheEntries = -1 }.Validate()).Message);
+        new ServeOptions { Preview = "none", PromptCacheEntries = 0 }.Validate();
+    }
 }
