@@ -89,8 +89,9 @@ public sealed class PreviewDecoder : IDisposable
             var z = denoisedLatents[0..1].to(ScalarType.Float32, _taesd.Device);
             long h = z.shape[2], w = z.shape[3];
             int f = _taesd.VaeScaleFactor;
-            long k = (Math.Max(h, w) * f + maxSide - 1) / maxSide;
-            if (k > 1) z = nn.functional.adaptive_avg_pool2d(z, [(h + k - 1) / k, (w + k - 1) / k]);
+            double shrink = (double)maxSide / (Math.Max(h, w) * f);
+            if (shrink < 1)   // area averaging (adaptive pooling), to the latent size of a maxSide frame
+                z = nn.functional.adaptive_avg_pool2d(z, [Math.Max(1, (long)Math.Round(h * shrink)), Math.Max(1, (long)Math.Round(w * shrink))]);
             // 2. TAESD: (1, 4, h', w') → (1, 3, f·h', f·w') in [−1, 1]; then 8-bit RGB as the pipeline rounds it.
             var image = _taesd.Decode(z);
             var bytes = image.div(2).add(0.5).clamp(0, 1).mul(255).round().to(ScalarType.Byte).permute(0, 2, 3, 1).contiguous().cpu();
