@@ -152,6 +152,23 @@ public sealed class LivePreviewTests(TinyPipelines pipes, ITestOutputHelper outp
         output.WriteLine($"tiny-taesd fixture, 128×128 latents → 512px frame: {tc.Elapsed.TotalSeconds:F3} s");
     }
 
+    /// <summary>PixArt-Σ (SDXL-VAE latents) takes madebyollin/taesdxl; previews leave its image unchanged too.</summary>
+    [Fact]
+    public void SigmaUsesTaesdxlAndKeepsItsImage()
+    {
+        using var sigma = PixArtPipeline.FromPretrained(Fixtures.Path("tiny-pixart-sigma"));
+        Assert.Equal(PreviewDecoder.SigmaRepo, PreviewDecoder.RepoFor(sigma));
+        Assert.Equal(PreviewDecoder.AlphaRepo, PreviewDecoder.RepoFor(pipes.Lcm));
+        using var decoder = PreviewDecoder.Load(TinyTaesd);
+        var request = Request(3, 4.5);
+        byte[] plain;
+        using (var a = sigma.Generate(request)) plain = a.ToRgb8()[0];
+        int frames = 0;
+        using var b = sigma.Generate(request, info => { Assert.True(decoder.Encode(info.Denoised!).Length > 100); frames++; return true; });
+        Assert.Equal(plain, b.ToRgb8()[0]);
+        Assert.Equal(3, frames);
+    }
+
     [Fact]
     public void BadLatentsAreRefusedClearly()
     {
