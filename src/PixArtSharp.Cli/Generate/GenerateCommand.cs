@@ -65,6 +65,10 @@ public static class GenerateCommand
         public bool ResizeToFit { get; init; }
         public bool Quiet { get; init; }
         public bool Json { get; init; }
+        /// <summary>Live previews: --preview tiny|none, --preview-vae ID|DIR, --preview-file PATH (see PreviewSetup).</summary>
+        public string? Preview { get; init; }
+        public string? PreviewVae { get; init; }
+        public string? PreviewFile { get; init; }
     }
 
     /// <summary>One pipeline call: its settings (seed fixed), and which of its images are saved (null = all).</summary>
@@ -118,6 +122,9 @@ public static class GenerateCommand
         var resizeToFit = new Option<bool>("--resize-to-fit") { Description = "With --image: scale it to at most the model's pixel area (keeping its aspect ratio), sides rounded down to multiples of 16 (Lanczos-3)." };
         var fromPng = new Option<string?>("--from-png") { Description = "Reproduce an image from its metadata (model, prompt, seed, everything); flags given as well override it.", HelpName = "FILE" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "No progress or warnings; print only the files written." };
+        var (preview, previewVae, previewFile) = (new Option<string?>("--preview") { HelpName = "tiny|none", Description = "Live previews: after each step a TAESD decodes the predicted image into --preview-file [default: tiny when --preview-vae or --preview-file is given]." },
+            new Option<string?>("--preview-vae") { HelpName = "ID|DIR", Description = "The TAESD for previews [default: madebyollin/taesd (α/LCM) or madebyollin/taesdxl (Σ) from the Hugging Face cache]." },
+            new Option<string?>("--preview-file") { HelpName = "FILE", Description = "Where each step's preview is written (atomically; .jpg or .webp) [default: <output>.preview.jpg]." });
         var json = new Option<bool>("--json") { Description = "Print one JSON object (files, seed, timings, settings) on stdout instead of text." };
 
         var command = new Command("generate",
@@ -134,7 +141,7 @@ public static class GenerateCommand
             "  pixart generate \"a watercolor painting\" --image photo.jpg --strength 0.6 --resize-to-fit")
         {
             prompts, promptsFile, batchSize, negative, model, revision, variant, steps, timesteps, maxSeq, lora, textEncoder, transformer, vae, guidance, seed, height, width, numImages,
-            noBinning, noClean, scheduler, dtype, device, offload, threads, output, style, fromPng, quiet, json, image, strength, resizeToFit,
+            noBinning, noClean, scheduler, dtype, device, offload, threads, output, style, fromPng, quiet, json, image, strength, resizeToFit, preview, previewVae, previewFile,
         };
 
         command.SetAction(CliApp.Guard((parseResult, cli, ct) =>
@@ -176,6 +183,7 @@ public static class GenerateCommand
                 ResizeToFit = parseResult.GetValue(resizeToFit),
                 Quiet = parseResult.GetValue(quiet),
                 Json = parseResult.GetValue(json),
+                Preview = parseResult.GetValue(preview), PreviewVae = parseResult.GetValue(previewVae), PreviewFile = parseResult.GetValue(previewFile),
             };
             // A mistyped option lands among the prompts (their arity is open): refuse it, unless it follows "--".
             if (!parseResult.Tokens.Any(t => t.Type == TokenType.DoubleDash) && args.Prompts.FirstOrDefault(p => p.Length > 1 && p[0] == '-') is { } stray)
@@ -315,6 +323,7 @@ public static class GenerateCommand
         var total = Stopwatch.StartNew();
         var plan = MakePlan(a);
         OutputNaming.CheckWritable(plan.Files);
+        PreviewSetup.Wanted(a.Preview, a.PreviewVae, a.PreviewFile); // a mistyped --preview fails before any download
         var warnings = new List<string>();
         void Warn(string w) { warnings.Add(w); if (!a.Quiet) cli.Warn(w); }
 
@@ -365,6 +374,8 @@ public static class GenerateCommand
                                   : ""));
         using var imageTensor = source is null ? null : ImageToImage.Preprocess(source);
 
+        using var previews = await PreviewSetup.CreateAsync(cli, a.Quiet, a.Preview, a.PreviewVae, a.PreviewFile, pipe, ct).ConfigureAwait(false);
+        string previewPath = a.PreviewFile ?? PreviewSetup.DefaultFile(plan.Files[0]);
         var progress = GenerateProgress.Create(cli, a.Quiet);
         var timings = new Dictionary<string, double> { ["load"] = 0, ["encode"] = 0, ["denoise"] = 0, ["decode"] = 0, ["save"] = 0 };
         var saved = new List<Saved>();
@@ -400,6 +411,7 @@ public static class GenerateCommand
             }, info =>
             {
                 stepsDone++;
+                if (previews is not null) PreviewSetup.WriteFrame(previews, info, previewPath);
                 double perStep = timings["denoise"] + stepClock.Elapsed.TotalSeconds;
                 perStep /= stepsDone;
                 progress.Step(stepsDone, totalSteps, perStep, perStep * (totalSteps - stepsDone), batches.Count > 1 ? $"batch {info.Request + 1}/{batches.Count}" : null);

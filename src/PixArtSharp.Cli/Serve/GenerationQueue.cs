@@ -32,6 +32,8 @@ public sealed class GenerationQueue : IDisposable
     public int MaxBatch { get; }
     public int KeepFinished { get; }
     public PixArtPipeline Pipeline => _pipeline;
+    /// <summary>Live previews on the jobs' progress (pixart serve --preview tiny); null = none. The queue does not own it.</summary>
+    public PreviewDecoder? Preview { get; set; }
 
     public long Completed { get; private set; }
     public long Failed { get; private set; }
@@ -273,7 +275,8 @@ public sealed class GenerationQueue : IDisposable
         {
             using var output = _pipeline.Generate(request, info =>
             {
-                foreach (var j in jobs) j.ReportStep(info.Step, info.TotalSteps);
+                var frames = PreviewFrames.For(Preview, info, jobs.Count, s0.NumImages);
+                for (int b = 0; b < jobs.Count; b++) jobs[b].ReportStep(info.Step, info.TotalSteps, frames?[b]);
                 return !allCancelled.IsCancellationRequested;
             }, allCancelled.Token);
 

@@ -26,7 +26,12 @@ public sealed record JobInfo(
     [property: JsonPropertyName("batch_size")] int BatchSize,
     [property: JsonPropertyName("settings")] GenerationSettings Settings,
     [property: JsonPropertyName("result")] ImagesResponse? Result,
-    [property: JsonPropertyName("error")] ErrorDetail? Error);
+    [property: JsonPropertyName("error")] ErrorDetail? Error)
+{
+    /// <summary>While running with previews on: the latest step's frame as a data: URL (JPEG), else absent.</summary>
+    [JsonPropertyName("preview"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? Preview { get; init; }
+}
 
 /// <summary>
 /// One accepted request: its resolved settings, where it is (queued, running step k/N, finished) and its result.
@@ -97,7 +102,9 @@ public sealed class Job
         }
     }
 
-    internal void ReportStep(int step, int total)
+    private string? _preview;
+
+    internal void ReportStep(int step, int total, string? preview = null)
     {
         lock (_gate)
         {
@@ -105,6 +112,7 @@ public sealed class Job
             Step = step;
             TotalSteps = total;
             Phase = step >= total ? "decoding" : "denoising";
+            _preview = preview ?? _preview;
             Changed();
         }
     }
@@ -156,7 +164,7 @@ public sealed class Job
         lock (_gate)
             return new JobInfo(Id, "job", Status, Created.ToUnixTimeSeconds(), Step, TotalSteps, Phase,
                 Status == JobStatus.Queued ? queuePosition : null, BatchSize, Settings, Result,
-                Error is null ? null : (ErrorDetailOf(Error)));
+                Error is null ? null : (ErrorDetailOf(Error))) { Preview = Status == JobStatus.Running ? _preview : null };
     }
 
     internal static ErrorDetail ErrorDetailOf(ApiException e) => e.Body.Error;

@@ -54,10 +54,13 @@ public static class ServeCommand
         var device = new Option<string>("--device") { Description = $"Where the models run: {DeviceSpec.Choices}", DefaultValueFactory = _ => "auto" };
         var offload = new Option<string>("--offload") { Description = $"GPU memory policy: {OffloadPolicy.Choices}", DefaultValueFactory = _ => "none" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: all cores)" };
+        var (preview, previewVae) = (new Option<string?>("--preview") { HelpName = "tiny|none", Description = "Live previews on the progress events: each step's predicted image, decoded by TAESD (default: tiny when --preview-vae is given)" },
+            new Option<string?>("--preview-vae") { HelpName = "ID|DIR", Description = "The TAESD for previews (default: madebyollin/taesd or taesdxl from the Hugging Face cache)" });
+        var promptCache = new Option<int>("--prompt-cache") { Description = "Prompts whose T5 output is kept for reuse (LRU; 0 = off)", DefaultValueFactory = _ => 64 };
 
         var cmd = new Command("serve", "Serve an HTTP API (OpenAI-like images endpoint) and a web page, batching concurrent requests")
         {
-            model, revision, variant, lora, textEncoder, transformer, vae, host, port, token, maxQueue, maxBatch, dtype, device, offload, threads,
+            model, revision, variant, lora, textEncoder, transformer, vae, host, port, token, maxQueue, maxBatch, dtype, device, offload, threads, preview, previewVae, promptCache,
         };
         // Errors become one "error: …" line and pixart's exit codes (2 bad arguments, 3 model not found, …).
         cmd.SetAction(CliApp.Guard(async (parse, _, ct) =>
@@ -76,6 +79,7 @@ public static class ServeCommand
                 Token = parse.GetValue(token) ?? NullIfEmpty(Environment.GetEnvironmentVariable("PIXART_TOKEN")),
                 MaxQueue = parse.GetValue(maxQueue),
                 MaxBatch = parse.GetValue(maxBatch),
+                Preview = parse.GetValue(preview), PreviewVae = parse.GetValue(previewVae), PromptCacheEntries = parse.GetValue(promptCache),
             };
             if (!DTypeChoice.IsValid(parse.GetValue(dtype))) throw new ArgumentException($"--dtype must be {DTypeChoice.Choices}.", "--dtype");
             options = options with { DType = parse.GetValue(dtype)!, Device = parse.GetValue(device)!, Offload = parse.GetValue(offload)! };
@@ -103,7 +107,7 @@ public static class ServeCommand
         var (folder, pipelineOptions, model) = await PipelineSetup.ResolveAsync(new CliOutput(Console.Out, Console.Error, ErrIsTerminal: false), quiet: true,
             new ModelInfo(options.Model, options.Revision, options.Variant, DTypeChoice.Name(dtype)) { TextEncoder = options.TextEncoder, Transformer = options.Transformer, Vae = options.Vae },
             // Weights copied out of their files: a weight file replaced under the running server cannot kill it.
-            new PipelineOptions { DType = dtype, KeepLoaded = true, CopyWeights = true, Device = device, Offload = OffloadPolicy.Parse(options.Offload) }, options.Loras, ct);
+            new PipelineOptions { DType = dtype, KeepLoaded = true, CopyWeights = true, Device = device, Offload = OffloadPolicy.Parse(options.Offload), PromptCacheEntries = options.PromptCacheEntries }, options.Loras, ct);
         Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeChoice.Name(dtype)}) …");
         // The server keeps every component loaded: say so before loading them if they will not fit.
         if (Generate.MemoryCheck.Warning(ModelFolder.Open(folder), options.Variant, dtype, allLoaded: true) is { } memory)
@@ -111,7 +115,8 @@ public static class ServeCommand
         using var pipeline = PixArtPipeline.FromPretrained(folder, pipelineOptions);
         foreach (var w in pipeline.Warnings) Console.Error.WriteLine($"pixart serve: warning: {w}");
         pipeline.Preload();
-        using var queue = new GenerationQueue(pipeline, model, options.MaxQueue, options.MaxBatch, options.KeepFinished);
+        using var previews = await PreviewSetup.CreateAsync(new CliOutput(Console.Out, Console.Error, ErrIsTerminal: false), true, options.Preview, options.PreviewVae, null, pipeline, ct);
+        using var queue = new GenerationQueue(pipeline, model, options.MaxQueue, options.MaxBatch, options.KeepFinished) { Preview = previews };
         await using var app = ServerApp.Build(options, queue);
         await app.StartAsync(ct);
         foreach (var url in app.Urls)

@@ -34,12 +34,19 @@ public sealed record ServeOptions
     public int MaxBatch { get; init; } = 4;
     /// <summary>Finished jobs kept for GET /v1/jobs/{id}.</summary>
     public int KeepFinished { get; init; } = 64;
+    /// <summary>Live previews (--preview tiny|none, --preview-vae ID|DIR; see PreviewSetup) on the progress events.</summary>
+    public string? Preview { get; init; }
+    public string? PreviewVae { get; init; }
+    /// <summary>Prompt texts whose T5 output the pipeline keeps (an LRU); 0 = off.</summary>
+    public int PromptCacheEntries { get; init; } = 64;
 
     public void Validate()
     {
         if (Port is < 0 or > 65535) throw new ArgumentException($"--port must be between 0 and 65535, got {Port}.", "--port");
         if (MaxQueue < 1) throw new ArgumentException($"--max-queue must be at least 1, got {MaxQueue}.", "--max-queue");
         if (MaxBatch < 1) throw new ArgumentException($"--max-batch must be at least 1, got {MaxBatch}.", "--max-batch");
+        if (PromptCacheEntries < 0) throw new ArgumentException($"--prompt-cache must be 0 (off) or more, got {PromptCacheEntries}.", "--prompt-cache");
+        PreviewSetup.Wanted(Preview, PreviewVae); // --preview tiny|none, checked before the model loads
         if (Token is { } t && (t.Length < 8 || t.Any(char.IsWhiteSpace)))
             throw new ArgumentException("--token must be at least 8 characters with no spaces.", "--token");
         if (string.IsNullOrWhiteSpace(Host)) throw new ArgumentException("--host must not be empty.", "--host");

@@ -102,6 +102,7 @@ public static class ServerApp
             model = queue.ModelLabel,
             queue = new { pending = queue.Pending, running = queue.Running, max_queue = queue.MaxQueue, max_batch = queue.MaxBatch },
             auth_required = tokenHash is not null,
+            prompt_cache = new { entries = queue.Pipeline.PromptCache?.Count ?? 0, capacity = queue.Pipeline.Options.PromptCacheEntries, hits = queue.Pipeline.PromptCacheHits, misses = queue.Pipeline.PromptCacheMisses },
         }, Json));
         var models = ModelsList(queue); // fixed for the server's life: the model and its defaults never change
         app.MapGet("/v1/models", () => Results.Json(models, Json));

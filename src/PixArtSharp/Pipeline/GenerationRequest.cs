@@ -79,6 +79,8 @@ public sealed record StepInfo(int Step, int TotalSteps, long Timestep, Tensor La
 {
     /// <summary>Which request of a <see cref="PixArtPipeline.GenerateMany"/> call this step belongs to (0 for Generate).</summary>
     public int Request { get; init; }
+    /// <summary>The step's predicted clean latents x̂₀ (fp32, like Latents; valid during the callback only), for live previews; null when the scheduler has no ᾱ table.</summary>
+    public Tensor? Denoised { get; init; }
 }
 
 /// <summary>Images (N, H, W, 3) in [0, 1] unless latents were asked for, and always the final latents.</summary>

@@ -59,6 +59,8 @@ public sealed record PipelineOptions
     /// process memory and a slower load (a 1.2 GB bf16 transformer: 3.8–4.0 s instead of 0.6–1.6 s).
     /// </summary>
     public bool CopyWeights { get; init; }
+    /// <summary>Prompt texts whose T5 output is kept for reuse (an LRU, <see cref="PromptEmbeddingCache"/>); 0 = off (the default; a server turns it on).</summary>
+    public int PromptCacheEntries { get; init; }
 }
 
 /// <summary>What a stage event reports: the stage, and its time once it has ended.</summary>
@@ -92,6 +94,14 @@ public abstract class PixArtPipeline : IDisposable
     private T5EncoderModel? _textEncoder;
     private PixArtTransformer2DModel? _transformer;
     private IVae? _vae;
+    private readonly PromptEmbeddingCache? _promptCache;
+
+    /// <summary>Prompt texts served from the prompt cache, and texts T5 had to encode (0 with the cache off).</summary>
+    public long PromptCacheHits => _promptCache?.Hits ?? 0;
+    /// <inheritdoc cref="PromptCacheHits"/>
+    public long PromptCacheMisses => _promptCache?.Misses ?? 0;
+    /// <summary>The prompt cache (null when <see cref="PipelineOptions.PromptCacheEntries"/> is 0).</summary>
+    public PromptEmbeddingCache? PromptCache => _promptCache;
 
     /// <summary>The model folder the pipeline was loaded from (null when built from components alone).</summary>
     public ModelFolder? Folder => _components.Folder;
@@ -157,6 +167,7 @@ public abstract class PixArtPipeline : IDisposable
         // The library sets libtorch up on first use (load check, huge pages, NNPACK off): callers write no setup code.
         TorchRuntime.EnsureLoaded();
         Scheduler = components.CreateScheduler(options.Scheduler);
+        if (options.PromptCacheEntries > 0) _promptCache = new PromptEmbeddingCache(options.PromptCacheEntries);
     }
 
     /// <summary>
@@ -305,6 +316,12 @@ public abstract class PixArtPipeline : IDisposable
     {
         var tokenizer = Tokenizer ?? throw new InvalidOperationException("This pipeline has no tokenizer: give prompt embeddings instead of prompts.");
         var cleaned = texts.Select(t => CaptionCleaner.Preprocess(t, cleanCaption)).ToList();
+        if (_promptCache is not null) return _promptCache.GetOrEncode(cleaned, maxLength, cleanCaption, misses => EncodeCleaned(tokenizer, misses, maxLength));
+        return EncodeCleaned(tokenizer, cleaned, maxLength);
+    }
+
+    private (Tensor Embeds, Tensor Mask) EncodeCleaned(T5Tokenizer tokenizer, IReadOnlyList<string> cleaned, int maxLength)
+    {
         var batch = tokenizer.Encode(cleaned, maxLength);
         var ids = tensor(batch.InputIds, [cleaned.Count, maxLength], ScalarType.Int64, Device);
         var mask = tensor(batch.AttentionMask, [cleaned.Count, maxLength], ScalarType.Int64, Device);
@@ -548,6 +565,7 @@ public abstract class PixArtPipeline : IDisposable
             // compute previous image: x_t -> x_t-1. α's one-step branch returns the scheduler's
             // pred_original_sample (DMD); schedulers without one (LCM, DPM-Solver++) return their prev_sample, which with
             // one step already is the denoised estimate (what diffusers 0.29.2's crashing branch meant to return).
+            var denoised = onStep is null ? null : PredictedClean.Estimate(scheduler, t, latents, noisePred);  // previews
             var next = scheduler.Step(noisePred, t, latents, noise);
             if (HasOneStepBranch && timesteps.Length == 1 && scheduler.PredOriginalSample is { } x0)
                 next = x0;
@@ -555,7 +573,7 @@ public abstract class PixArtPipeline : IDisposable
             latents.Dispose();
             latents = next;
 
-            if (onStep != null && !onStep(new StepInfo(i + 1, timesteps.Length, t, latents) { Request = requestIndex }))
+            if (onStep != null && !onStep(new StepInfo(i + 1, timesteps.Length, t, latents) { Request = requestIndex, Denoised = denoised }))
                 throw new OperationCanceledException("Cancelled by the step callback.");
         }
         onStage?.Invoke(new StageEvent(PipelineStage.Denoise, "", clock.Elapsed));
@@ -752,6 +770,7 @@ public abstract class PixArtPipeline : IDisposable
         _transformer?.Dispose();
         _vae?.Dispose();
         _textEncoder = null; _transformer = null; _vae = null;
+        _promptCache?.Dispose();
         Scheduler.Dispose();
         GC.SuppressFinalize(this);
     }

@@ -32,6 +32,8 @@ public sealed class DDPMScheduler : IScheduler
     /// <summary>β, ᾱ (float32, CPU, num_train_timesteps values).</summary>
     public Tensor Betas { get; }
     public Tensor AlphasCumprod { get; }
+    /// <summary>ᾱ_t for the live previews' x̂₀ (<see cref="IScheduler.AlphaProd"/>).</summary>
+    public double? AlphaProd(long timestep) { using var a = AlphasCumprod[timestep]; return a.item<float>(); }
     /// <summary>ᾱ before the first timestep (diffusers' <c>self.one</c>).</summary>
     private readonly Tensor _one = torch.tensor(1.0f);
 

@@ -28,6 +28,8 @@ public sealed class DPMSolverMultistepScheduler : IScheduler
     /// <summary>Training tables (float32, CPU, num_train_timesteps values): β, ᾱ, α_t = √ᾱ, σ_t = √(1−ᾱ), λ_t = log α_t − log σ_t.</summary>
     public Tensor Betas { get; }
     public Tensor AlphasCumprod { get; }
+    /// <summary>ᾱ_t for the live previews' x̂₀ (<see cref="IScheduler.AlphaProd"/>).</summary>
+    public double? AlphaProd(long timestep) { using var a = AlphasCumprod[timestep]; return a.item<float>(); }
     public Tensor AlphaT { get; }
     public Tensor SigmaT { get; }
     public Tensor LambdaT { get; }

@@ -28,6 +28,11 @@ public interface IScheduler : IDisposable
     /// (DDPM); null for the others. It lives in the dispose scope of that Step call.
     /// </summary>
     Tensor? PredOriginalSample => null;
+    /// <summary>
+    /// ᾱ_t (<c>alphas_cumprod[t]</c>) of the training schedule, for the predicted clean latents the live previews show
+    /// (x̂₀ = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t); null when the scheduler has no such table.
+    /// </summary>
+    double? AlphaProd(long timestep) => null;
     Tensor AddNoise(Tensor originalSamples, Tensor noise, Tensor timesteps);
 }
 

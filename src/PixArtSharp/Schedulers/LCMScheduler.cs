@@ -23,6 +23,8 @@ public sealed class LCMScheduler : IScheduler
     /// <summary>β, ᾱ (float32, CPU, num_train_timesteps values).</summary>
     public Tensor Betas { get; }
     public Tensor AlphasCumprod { get; }
+    /// <summary>ᾱ_t for the live previews' x̂₀ (<see cref="IScheduler.AlphaProd"/>).</summary>
+    public double? AlphaProd(long timestep) { using var a = AlphasCumprod[timestep]; return a.item<float>(); }
     /// <summary>ᾱ used after the last timestep: 1 with set_alpha_to_one, else ᾱ₀ (0-dim float32).</summary>
     public Tensor FinalAlphaCumprod { get; }
     /// <summary>Standard deviation of the initial noise.</summary>

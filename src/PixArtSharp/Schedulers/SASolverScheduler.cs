@@ -70,6 +70,8 @@ public sealed class SASolverScheduler : IScheduler
 
     // Training tables (float32, as diffusers' torch tensors).
     public float[] AlphasCumprod { get; }
+    /// <summary>ᾱ_t for the live previews' x̂₀ (<see cref="IScheduler.AlphaProd"/>).</summary>
+    public double? AlphaProd(long timestep) => AlphasCumprod[timestep];
     public float[] AlphaT { get; }
     public float[] SigmaT { get; }
     public float[] LambdaT { get; }

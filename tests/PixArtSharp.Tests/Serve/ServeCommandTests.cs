@@ -11,7 +11,7 @@ public sealed class ServeCommandTests
     {
         var cmd = ServeCommand.Create();
         Assert.Equal("serve", cmd.Name);
-        Assert.Equal(["--model", "--revision", "--variant", "--lora", "--text-encoder", "--transformer", "--vae", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--device", "--offload", "--threads"],
+        Assert.Equal(["--model", "--revision", "--variant", "--lora", "--text-encoder", "--transformer", "--vae", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--device", "--offload", "--threads", "--preview", "--preview-vae", "--prompt-cache"],
             cmd.Options.Select(o => o.Name).Where(n => n.StartsWith("--", StringComparison.Ordinal) && n != "--help"));
         var parse = cmd.Parse([]);
         Assert.Empty(parse.Errors);
@@ -20,6 +20,8 @@ public sealed class ServeCommandTests
         Assert.Equal(32, parse.GetValue<int>("--max-queue"));
         Assert.Equal(4, parse.GetValue<int>("--max-batch"));
         Assert.Equal("auto", parse.GetValue<string>("--dtype"));
+        Assert.Equal(64, parse.GetValue<int>("--prompt-cache"));
+        Assert.Null(parse.GetValue<string?>("--preview"));
 
         Assert.Null(parse.GetValue<string?>("--variant"));
 

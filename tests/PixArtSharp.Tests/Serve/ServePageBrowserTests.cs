@@ -165,6 +165,57 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         Assert.Contains("a small boat", await page.TextContentAsync(".card pre"));
     }
 
+    /// <summary>
+    /// A server started with previews (tiny-taesd as --preview-vae): mid-run the page shows the step's frame (a data:
+    /// URL) before the final image arrives; the screenshot serve-page-preview.png shows it. Steps are slowed by the
+    /// test hook so the tiny model's run can be watched.
+    /// </summary>
+    [Fact]
+    public async Task LivePreviewShowsTheImageFormingBeforeTheResult()
+    {
+        await using var app = await TestApp.StartAsync(fx, kestrel: true);
+        using var decoder = PixArtSharp.Pipeline.PreviewDecoder.Load(PixArtSharp.Tests.Support.Fixtures.Path("taesd", "tiny-taesd"));
+        app.Queue.Preview = decoder;
+        PixArtSharp.Cli.Serve.PreviewFrames.TestStepDelayMs = 700;
+        try
+        {
+            using var playwright = await Playwright.CreateAsync();
+            await using var browser = await Launch(playwright);
+            var (page, consoleErrors) = await NewPage(browser);
+            await page.GotoAsync(app.BaseUrl + "/");
+            await WaitFor(page, "() => document.querySelectorAll('#style option').length === 10");
+            Assert.True(await page.IsHiddenAsync("#live-preview"));
+            await page.FillAsync("#prompt", "a lighthouse on a cliff at sunset");
+            await page.FillAsync("#width", "256");
+            await page.FillAsync("#height", "256");
+            await page.FillAsync("#steps", "4");
+            await page.UncheckAsync("#binning");
+            await page.UncheckAsync("#randomize");
+            await page.FillAsync("#seed", "5");
+            await page.ClickAsync("#generate");
+
+            // Mid-run: a frame is shown and decoded, and no final image yet.
+            await WaitFor(page, "() => { const p = document.getElementById('live-preview'); return !p.hidden && p.src.startsWith('data:image/jpeg;base64,') && p.complete && p.naturalWidth > 0; }");
+            Assert.Equal(0, await page.Locator(".card").CountAsync());
+            Assert.Equal(256, await page.EvalOnSelectorAsync<int>("#live-preview", "i => i.naturalWidth"));
+            string status = (await page.TextContentAsync("#status"))!;
+            Assert.StartsWith("step ", status);
+            string shot = Path.Combine(AppContext.BaseDirectory, "serve-page-preview.png");
+            await page.ScreenshotAsync(new PageScreenshotOptions { Path = shot, FullPage = true });
+            Assert.True(new FileInfo(shot).Length > 10_000);
+
+            // Then the result: the gallery has it and the preview is gone.
+            await page.WaitForSelectorAsync(".card img", new PageWaitForSelectorOptions { Timeout = 90_000 });
+            await WaitFor(page, "() => document.getElementById('live-preview').hidden");
+            Assert.Empty(consoleErrors);
+            output.WriteLine($"preview frame shown at '{status}', before the result; screenshot {shot} ({new FileInfo(shot).Length} bytes)");
+        }
+        finally
+        {
+            PixArtSharp.Cli.Serve.PreviewFrames.TestStepDelayMs = 0;
+        }
+    }
+
     /// <summary>The bytes behind the first gallery card's download link, as base64 (as the API answers them).</summary>
     private static Task<string> DownloadedPngBase64(IPage page) => page.EvalOnSelectorAsync<string>(".card a[download]", """
         async a => {

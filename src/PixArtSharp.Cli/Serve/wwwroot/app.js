@@ -127,8 +127,17 @@ function addToGallery(result) {
   $("gallery").prepend(...cards); // newest request first, its images in order
 }
 
+function showPreview(url) {
+  // A server started with --preview tiny sends each step's predicted image (a small JPEG data: URL).
+  const img = $("live-preview");
+  if (url) img.src = url;
+  img.hidden = !url;
+  if (!url) img.removeAttribute("src");
+}
+
 function onProgress(p) {
   if (running) running.jobId = p.id;
+  if (p.preview) showPreview(p.preview);
   if (p.status === "queued") setStatus(`queued${p.queue_position ? " (position " + p.queue_position + ")" : ""}`, null);
   else if (p.status === "running" && p.phase === "encoding") setStatus(`encoding prompt (batch of ${p.batch_size})`, 0);
   else if (p.status === "running" && p.phase === "decoding") setStatus("decoding", 1);
@@ -180,6 +189,7 @@ async function generate(ev) {
     else { showError(e.message); setStatus("failed", 0); }
   } finally {
     running = null;
+    showPreview(null); // the gallery shows the result
     $("generate").disabled = false;
     $("cancel").disabled = true;
   }
