@@ -29,12 +29,15 @@ public static class BenchCommand
         var vaeTile = new Option<int>("--vae-tile") { Description = "Decode in tiles of this many latents (0 = whole image). With --component vae, also decodes whole and reports the difference.", DefaultValueFactory = _ => 0 };
         var compare = new Option<bool>("--compare-fp32") { Description = "With --model: run the pipeline again in fp32 and report the image difference." };
         var prompt = new Option<string?>("--prompt") { Description = "Prompt (with --model; its length does not change the cost: T5 always runs 120 tokens)." };
+        var tinyVae = new Option<bool>("--tiny-vae") { Description = "Decode with TAESD (AutoencoderTiny, random weights in its real config) instead of the SD VAE." };
+        var t5Quant = new Option<string?>("--t5-quant") { HelpName = "TYPE", Description = "Write the random T5 as a GGUF file of this type (q8_0, q4_k, q5_k, f16, bf16) and load it as a user's file would be." };
+        var textEncoder = new Option<string?>("--text-encoder") { HelpName = "FILE.gguf", Description = "Time a real T5 GGUF file (e.g. from city96/t5-v1_1-xxl-encoder-gguf) as the text encoder." };
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of the table." };
         var save = new Option<string?>("--save-random-model") { Description = "Write the seeded random full-size weights as a diffusers folder here (bf16, or fp16 with --variant fp16), then exit." };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "spiece.model to copy into a saved folder (default: the repo's fixtures, ../shared/fixtures/tokenizer/spiece.model)." };
 
         var cmd = new Command("bench", "Time the full-size PixArt-LCM stages (load, T5, per-step transformer, VAE, end to end, peak RSS, GFLOP/s vs a GEMM rate measured in the same run).");
-        foreach (var o in new Option[] { component, steps, size, batch, dtype, threads, device, offload, model, variant, seed, vaeTile, compare, prompt, json, save, tokenizer })
+        foreach (var o in new Option[] { component, steps, size, batch, dtype, threads, device, offload, tinyVae, t5Quant, textEncoder, model, variant, seed, vaeTile, compare, prompt, json, save, tokenizer })
             cmd.Add(o);
 
         // Errors go through CliApp.Guard like every command: one line, the shared exit codes (2 bad arguments, 3 model
@@ -73,6 +76,9 @@ public static class BenchCommand
                 Seed = parse.GetValue(seed),
                 VaeTileLatents = parse.GetValue(vaeTile),
                 CompareFp32 = parse.GetValue(compare),
+                TinyVae = parse.GetValue(tinyVae),
+                T5Quant = parse.GetValue(t5Quant),
+                TextEncoder = parse.GetValue(textEncoder),
                 Prompt = parse.GetValue(prompt) ?? new BenchOptions().Prompt,
             };
             bool asJson = parse.GetValue(json);

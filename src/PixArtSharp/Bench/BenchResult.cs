@@ -25,6 +25,13 @@ public sealed class BenchResult
     public string Weights { get; set; } = "";
     /// <summary>How the stages ran: "pipeline" (PixArtAlphaPipeline on a folder) or "stages" (the models one by one).</summary>
     public string Mode { get; set; } = "stages";
+    /// <summary>The VAE that decoded: "AutoencoderKL" or "AutoencoderTiny" (--tiny-vae).</summary>
+    public string Vae { get; set; } = "AutoencoderKL";
+    /// <summary>The T5 as a GGUF file: its tensor type (--t5-quant) or file (--text-encoder), and its size.</summary>
+    public string? T5Gguf { get; set; }
+    public long? T5GgufBytes { get; set; }
+    /// <summary>Seconds to write the random T5 as GGUF (--t5-quant; not part of the run).</summary>
+    public double? T5GgufWriteSeconds { get; set; }
     public double? LoadAverageStart { get; set; }
     public double? LoadAverageEnd { get; set; }
 

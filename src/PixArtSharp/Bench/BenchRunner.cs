@@ -32,6 +32,12 @@ public sealed record BenchOptions
     public long Seed { get; init; }
     /// <summary>Decode in tiles of this many latents (0 = whole). With component vae, untiled is also run and compared.</summary>
     public int VaeTileLatents { get; init; }
+    /// <summary>Decode with TAESD (random weights in the real AutoencoderTiny config) instead of the SD VAE.</summary>
+    public bool TinyVae { get; init; }
+    /// <summary>Write the random full-size T5 as a GGUF file of this type (q8_0, q4_k, q5_k, f16, bf16) and load it through the GGUF path.</summary>
+    public string? T5Quant { get; init; }
+    /// <summary>A T5 GGUF file to time instead of the random (or the folder's) text encoder.</summary>
+    public string? TextEncoder { get; init; }
     /// <summary>With a model folder and component all: run the pipeline again in fp32 and compare the images.</summary>
     public bool CompareFp32 { get; init; }
     public string Prompt { get; init; } = "A small cabin on top of a snowy mountain in the style of Disney, artstation";
@@ -138,13 +144,48 @@ public static class BenchRunner
                             Action<Action<long?>> stagePeak, Action<string> log)
     {
         r.Mode = folder is not null && o.Component == BenchComponent.All ? "pipeline" : "stages";
-        var images = RunOnce(o, o.DType, r, folder, dir, tConfig, vConfig, device, height, width, stagePeak, log);
+        r.Vae = o.TinyVae ? "AutoencoderTiny" : "AutoencoderKL";
+        string? t5Gguf = o.T5Quant is { } quant ? WriteQuantizedT5(o, dir, quant, r, log) : o.TextEncoder;
+        if (t5Gguf is not null)
+        {
+            r.T5Gguf ??= Path.GetFileName(t5Gguf);
+            r.T5GgufBytes = new FileInfo(t5Gguf).Length;
+        }
+        try { RunAndCompare(o, r, folder, dir, tConfig, vConfig, device, height, width, stagePeak, log, t5Gguf); }
+        finally { if (o.T5Quant is not null && t5Gguf is not null) File.Delete(t5Gguf); }
+    }
+
+    /// <summary>
+    /// The random full-size T5 (the weights <see cref="Weights.Random"/> gives the stages) written as a GGUF file of
+    /// <paramref name="quant"/>, so the run loads it through the same code as a user's file.
+    /// </summary>
+    private static string WriteQuantizedT5(BenchOptions o, Func<string, string> dir, string quant, BenchResult r, Action<string> log)
+    {
+        if (!Enum.TryParse<Loading.Gguf.GgmlType>(quant, ignoreCase: true, out var type))
+            throw new ArgumentException($"--t5-quant must be a GGML type such as q8_0, q4_k, q5_k, f16 or bf16, not '{quant}'.", nameof(o));
+        var t5Config = T5Config.Load(Path.Combine(dir("text_encoder"), "config.json"));
+        string path = Path.Combine(Path.GetTempPath(), $"pixart-bench-t5-{type}-{Environment.ProcessId}.gguf");
+        var sw = Stopwatch.StartNew();
+        log($"writing the random T5 as {type} GGUF ({path}) …");
+        using (var w = Weights.Random(RandomModelWriter.T5Seed(o.Seed), ScalarType.Float32))
+            Loading.Gguf.GgufWriter.WriteT5(path, t5Config, (key, shape) => w.Get(key, shape), type);
+        r.T5Gguf = type.ToString();
+        r.T5GgufWriteSeconds = sw.Elapsed.TotalSeconds;
+        log($"wrote {new FileInfo(path).Length / 1e9:0.00} GB in {sw.Elapsed.TotalSeconds:0} s");
+        return path;
+    }
+
+    private static void RunAndCompare(BenchOptions o, BenchResult r, ModelFolder? folder, Func<string, string> dir,
+                                      PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device, int height, int width,
+                                      Action<Action<long?>> stagePeak, Action<string> log, string? t5Gguf)
+    {
+        var images = RunOnce(o, o.DType, r, folder, dir, tConfig, vConfig, device, height, width, stagePeak, log, t5Gguf);
         using (images)
         {
             if (o.CompareFp32 && images is not null)
             {
                 log("running again in fp32 for --compare-fp32");
-                using var reference = RunOnce(o, ScalarType.Float32, null, folder, dir, tConfig, vConfig, device, height, width, _ => { }, _ => { });
+                using var reference = RunOnce(o, ScalarType.Float32, null, folder, dir, tConfig, vConfig, device, height, width, _ => { }, _ => { }, t5Gguf);
                 using var diff = reference!.sub(images).abs_();
                 r.Fp32ImageMaxAbsDiff = diff.max().item<float>();
                 r.Fp32ImageMeanAbsDiff = diff.mean().item<float>();
@@ -154,20 +195,29 @@ public static class BenchRunner
 
     /// <summary>The pipeline for this run: the folder's, or the real configs with seeded random weights.</summary>
     private static PixArtPipeline Build(BenchOptions o, ScalarType dtype, ModelFolder? folder, Func<string, string> dir,
-                                        PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device)
+                                        PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device, string? t5Gguf = null)
     {
         var options = new PipelineOptions { DType = dtype, Device = device, Offload = o.Offload, Variant = o.Variant, KeepLoaded = false, VaeTileLatents = o.VaeTileLatents switch { > 0 => o.VaeTileLatents, 0 => null, _ => 0 } };
-        if (folder is not null) return PixArtPipeline.FromPretrained(folder.Root, options);
+        string? gguf = o.TextEncoder ?? t5Gguf;
+        if (folder is not null && !o.TinyVae) return PixArtPipeline.FromPretrained(folder.Root, options with { TextEncoder = gguf });
         var t5Config = T5Config.Load(Path.Combine(dir("text_encoder"), "config.json"));
-        var configs = ModelFolder.Open(Path.GetDirectoryName(dir("scheduler"))!);
+        var configs = folder ?? ModelFolder.Open(Path.GetDirectoryName(dir("scheduler"))!);
+        var tinyConfig = new AutoencoderTinyConfig();
         return new PixArtAlphaPipeline(new PipelineComponents
         {
+            Folder = folder,
+            Tokenizer = folder is null ? null : Text.T5Tokenizer.FromModelFolder(folder.ComponentDir("tokenizer")),
             TransformerConfig = tConfig,
             VaeScaleFactor = vConfig.VaeScaleFactor,
-            VaeScalingFactor = vConfig.ScalingFactor,
-            LoadTextEncoder = () => FromRandom(RandomModelWriter.T5Seed(o.Seed), dtype, device, w => new T5EncoderModel(t5Config, w)),
-            LoadTransformer = () => FromRandom(RandomModelWriter.TransformerSeed(o.Seed), dtype, device, w => new PixArtTransformer2DModel(tConfig, w)),
-            LoadVae = () => FromRandom(RandomModelWriter.VaeSeed(o.Seed), dtype, device, w => new AutoencoderKL(vConfig, w)),
+            VaeScalingFactor = o.TinyVae ? 1.0 : vConfig.ScalingFactor,
+            LoadTextEncoder = () => gguf is not null ? T5EncoderModel.FromGguf(gguf, dtype, device)
+                : folder is not null ? T5EncoderModel.FromFolder(dir("text_encoder"), o.Variant, dtype, device)
+                : FromRandom(RandomModelWriter.T5Seed(o.Seed), dtype, device, w => new T5EncoderModel(t5Config, w)),
+            LoadTransformer = () => folder is not null ? PixArtTransformer2DModel.FromFolder(dir("transformer"), o.Variant, dtype, device)
+                : FromRandom(RandomModelWriter.TransformerSeed(o.Seed), dtype, device, w => new PixArtTransformer2DModel(tConfig, w)),
+            LoadVae = () => o.TinyVae ? FromRandom(RandomModelWriter.VaeSeed(o.Seed), dtype, device, w => (IVae)new AutoencoderTiny(tinyConfig, w))
+                : folder is not null ? AutoencoderKL.FromFolder(dir("vae"), o.Variant, dtype, device)
+                : FromRandom(RandomModelWriter.VaeSeed(o.Seed), dtype, device, w => new AutoencoderKL(vConfig, w)),
             CreateScheduler = name => SchedulerFactory.Create(configs, name),
         }, options);
     }
@@ -175,10 +225,10 @@ public static class BenchRunner
     /// <summary>One timed run; returns the images (component all) or null.</summary>
     private static Tensor? RunOnce(BenchOptions o, ScalarType dtype, BenchResult? r, ModelFolder? folder, Func<string, string> dir,
                                    PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device, int height, int width,
-                                   Action<Action<long?>> stagePeak, Action<string> log)
+                                   Action<Action<long?>> stagePeak, Action<string> log, string? t5Gguf)
     {
         bool all = o.Component == BenchComponent.All;
-        using var pipe = Build(o, dtype, folder, dir, tConfig, vConfig, device);
+        using var pipe = Build(o, dtype, folder, dir, tConfig, vConfig, device, t5Gguf);
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         double loads = 0, compute = 0;
@@ -285,7 +335,7 @@ public static class BenchRunner
                 if (!all)
                 {
                     // The tolerance of tiling: the same latents decoded whole.
-                    using var whole = Build(o with { VaeTileLatents = -1 /* whole, never automatic tiles */ }, dtype, folder, dir, tConfig, vConfig, device);
+                    using var whole = Build(o with { VaeTileLatents = -1 /* whole, never automatic tiles */ }, dtype, folder, dir, tConfig, vConfig, device, t5Gguf);
                     var diff = whole.Decode(latents).sub(image).abs_();
                     r.VaeTiledMaxAbsDiff = diff.max().item<float>();
                     r.VaeTiledMeanAbsDiff = diff.mean().item<float>();

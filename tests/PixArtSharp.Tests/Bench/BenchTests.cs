@@ -90,4 +90,20 @@ public sealed class BenchTests(ITestOutputHelper output)
         Assert.True(missing.ExitCode == 3, missing.ToString());
         Assert.Empty(missing.Stdout);
     }
+
+    [Fact]
+    public void TinyVaeAndAQuantizedT5RunThroughTheUsersCodePath()
+    {
+        // --tiny-vae: TAESD (random weights, real config) decodes; --t5-quant q8_0: the folder's T5 config written as a
+        // GGUF file of random Q8_0 weights and loaded by T5EncoderModel.FromGguf, as a user's file is.
+        var r = PixArtSharp.Tests.Cli.CliRunner.Run("bench", "--model", Fixtures.Path("tiny-pixart-lcm"), "--size", "64", "--steps", "1",
+            "--tiny-vae", "--t5-quant", "q8_0", "--dtype", "bf16", "--json");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        using var doc = JsonDocument.Parse(r.Stdout);
+        Assert.Equal("AutoencoderTiny", doc.RootElement.GetProperty("vae").GetString());
+        Assert.Equal("Q8_0", doc.RootElement.GetProperty("t5_gguf").GetString());
+        Assert.True(doc.RootElement.GetProperty("t5_gguf_bytes").GetInt64() > 0);
+        Assert.True(doc.RootElement.GetProperty("vae_seconds").GetDouble() > 0);
+        Assert.True(doc.RootElement.GetProperty("t5_seconds").GetDouble() > 0);
+    }
 }

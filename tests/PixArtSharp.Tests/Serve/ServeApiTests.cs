@@ -343,7 +343,11 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
             .ToList();
         var steps = events.Where(e => e.Name == "progress" && e.Data.GetProperty("status").GetString() == "running")
             .Select(e => e.Data.GetProperty("step").GetInt32()).Distinct().ToList();
-        Assert.Contains(3, steps);
+        // The stream sends the job's latest state whenever it changes, so a loaded machine may skip steps (or, when
+        // the whole run fits between two sends, every running state): what is sent is in order and in range.
+        Assert.Contains(events, e => e.Name == "progress");
+        Assert.Equal(steps.Order(), steps);
+        Assert.All(steps, s => Assert.InRange(s, 0, 3));
         Assert.All(events.Where(e => e.Name == "progress"), e => Assert.Equal(3, e.Data.GetProperty("total_steps").GetInt32()));
         Assert.Equal("result", events[^1].Name);
         Assert.Equal(Api.FirstPng(events[^1].Data), CliPng(SmallSettings("a lantern", 9, steps: 3)));
