@@ -48,10 +48,14 @@ public static class ServeCommand
         };
         dtype.AcceptOnlyFromAmong("fp32", "bf16", "fp16");
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: all cores)" };
+        var queue = new Option<string?>("--queue")
+        {
+            Description = "Front only: queue jobs on this Redis (redis://HOST:PORT[/DB]) for `pixart worker` processes to run",
+        };
 
         var cmd = new Command("serve", "Serve an HTTP API (OpenAI-like images endpoint) and a web page, batching concurrent requests")
         {
-            model, revision, variant, host, port, token, maxQueue, maxBatch, dtype, threads,
+            model, revision, variant, host, port, token, maxQueue, maxBatch, dtype, threads, queue,
         };
         // Errors become one "error: …" line and pixart's exit codes (2 bad arguments, 3 model not found, …).
         cmd.SetAction(CliApp.Guard(async (parse, _, ct) =>
@@ -67,6 +71,7 @@ public static class ServeCommand
                 MaxQueue = parse.GetValue(maxQueue),
                 MaxBatch = parse.GetValue(maxBatch),
             };
+            if (parse.GetValue(queue) is { } queueUrl) return await Queue.RedisFront.RunAsync(options, queueUrl, ct);
             return await RunAsync(options, ParseDType(parse.GetValue(dtype)!), parse.GetValue(threads), ct);
         }));
         return cmd;
