@@ -205,9 +205,10 @@ public sealed class RedisWorker : IDisposable
                 await job.WaitForChangeAsync(seen, CancellationToken.None);
                 seen = job.Version;
                 if (job.IsFinished) break;
+                var info = job.Snapshot(null);
+                if (info.Status == JobStatus.Queued) continue; // waiting behind another batch of this round
                 try
                 {
-                    var info = job.Snapshot(null);
                     await Db.ScriptEvaluateAsync(RedisKeys.Progress, new
                     {
                         key = RedisKeys.Job(job.Id), phase = info.Phase, step = info.Step, total = info.TotalSteps,

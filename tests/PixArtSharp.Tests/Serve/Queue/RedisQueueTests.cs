@@ -1,0 +1,279 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Text.Json;
+using PixArtSharp.Cli.Serve.Queue;
+using StackExchange.Redis;
+using Xunit.Abstractions;
+
+namespace PixArtSharp.Tests.Serve.Queue;
+
+/// <summary>
+/// <c>pixart serve --queue</c> fronts and <c>pixart worker</c>s over a real redis-server on a free loopback port:
+/// answers equal to <c>pixart generate</c>'s whichever worker ran the job, a worker SIGKILLed mid-job, a front
+/// restarted with jobs queued, Redis stopped and started again, cancellation reaching the worker.
+/// </summary>
+[Collection("Serve")]
+public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
+{
+    private static Dictionary<string, object?> Request(string prompt, long seed, int side = 64, int steps = 2)
+    {
+        var r = Api.Small(prompt, seed, steps);
+        r["width"] = side;
+        r["height"] = side;
+        return r;
+    }
+
+    /// <summary>The in-process server's answers (GenerationQueue, the same code `pixart serve` runs) for these requests.</summary>
+    private async Task<string[]> InProcessPngs(IReadOnlyList<Dictionary<string, object?>> requests)
+    {
+        await using var app = await TestApp.StartAsync(fx);
+        var pngs = new string[requests.Count];
+        for (int i = 0; i < requests.Count; i++)
+        {
+            var r = await Api.Post(app.Client, requests[i]);
+            Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+            pngs[i] = (await Api.ReadJson(r)).GetProperty("data")[0].GetProperty("b64_json").GetString()!;
+        }
+        return pngs;
+    }
+
+    /// <summary>What `pixart generate` writes for a request (in-process, into a temporary folder).</summary>
+    private string CliPng(Dictionary<string, object?> request)
+    {
+        string dir = Directory.CreateTempSubdirectory("pixart-queue-cli-").FullName;
+        try
+        {
+            string I(string k) => Convert.ToString(request[k], CultureInfo.InvariantCulture)!;
+            var r = PixArtSharp.Tests.Cli.CliRunner.Run("generate", I("prompt"), "--model", fx.Folder, "--seed", I("seed"),
+                "-W", I("width"), "-H", I("height"), "--steps", I("steps"), "--no-resolution-binning", "-o", Path.Combine(dir, "out.png"), "--quiet");
+            Assert.True(r.ExitCode == 0, r.ToString());
+            return Convert.ToBase64String(File.ReadAllBytes(Path.Combine(dir, "out.png")));
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    private sealed record LoadResult(double RequestsPerSecond, double P50, double P95, HttpStatusCode[] Status, string[] Pngs);
+
+    /// <summary>requests.Count requests from `clients` concurrent clients, synchronous (the POST answers the images).</summary>
+    private static async Task<LoadResult> Load(string baseUrl, IReadOnlyList<Dictionary<string, object?>> requests, int clients)
+    {
+        int next = -1;
+        var status = new HttpStatusCode[requests.Count];
+        var pngs = new string[requests.Count];
+        var seconds = new double[requests.Count];
+        var sw = Stopwatch.StartNew();
+        await Task.WhenAll(Enumerable.Range(0, clients).Select(async _ =>
+        {
+            using var client = new HttpClient { BaseAddress = new Uri(baseUrl), Timeout = TimeSpan.FromMinutes(2) };
+            int i;
+            while ((i = Interlocked.Increment(ref next)) < requests.Count)
+            {
+                var t0 = sw.Elapsed;
+                var r = await Api.Post(client, requests[i]);
+                var json = await Api.ReadJson(r);
+                seconds[i] = (sw.Elapsed - t0).TotalSeconds;
+                status[i] = r.StatusCode;
+                pngs[i] = r.StatusCode == HttpStatusCode.OK ? json.GetProperty("data")[0].GetProperty("b64_json").GetString()! : json.ToString();
+            }
+        }));
+        double total = sw.Elapsed.TotalSeconds;
+        var sorted = seconds.Order().ToArray();
+        double P(double q) => sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)];
+        return new LoadResult(requests.Count / total, P(0.50), P(0.95), status, pngs);
+    }
+
+    [Fact]
+    public async Task OneFrontAndTwoWorkersAnswer40RequestsFrom8ClientsWithTheImagesOfPixartGenerate()
+    {
+        const int requests = 40, clients = 8;
+        var one = Enumerable.Range(0, requests).Select(i => Request($"one worker {i}", 3000 + i)).ToArray();
+        var two = Enumerable.Range(0, requests).Select(i => Request($"two workers {i}", 4000 + i)).ToArray();
+        var expected = await InProcessPngs(two);
+        // The in-process answers are pixart generate's (ServeApiTests); check two of them here as well.
+        Assert.Equal(CliPng(two[0]), expected[0]);
+        Assert.Equal(CliPng(two[17]), expected[17]);
+
+        using var redis = new RedisTestServer();
+        await using var front = await QueueFront.StartAsync(fx, redis);
+        LoadResult a, b;
+        await using (var w1 = new InProcessWorker(fx, redis, "w1"))
+        {
+            a = await Load(front.BaseUrl, one, clients);
+            await using var w2 = new InProcessWorker(fx, redis, "w2");
+            b = await Load(front.BaseUrl, two, clients);
+            Assert.True(w2.Worker.Completed > 0 && w1.Worker.Completed > a.Status.Length, $"both workers ran jobs (w1 {w1.Worker.Completed}, w2 {w2.Worker.Completed})");
+        }
+        output.WriteLine($"1 front + 1 worker, {requests} requests from {clients} clients, 64×64, 2 steps: {a.RequestsPerSecond:F1} req/s, p50 {a.P50 * 1000:F0} ms, p95 {a.P95 * 1000:F0} ms");
+        output.WriteLine($"1 front + 2 workers, {requests} requests from {clients} clients, 64×64, 2 steps: {b.RequestsPerSecond:F1} req/s, p50 {b.P50 * 1000:F0} ms, p95 {b.P95 * 1000:F0} ms");
+
+        Assert.All(a.Status, s => Assert.Equal(HttpStatusCode.OK, s));
+        Assert.All(b.Status, s => Assert.Equal(HttpStatusCode.OK, s));
+        for (int i = 0; i < requests; i++)
+            Assert.True(expected[i] == b.Pngs[i], $"request {i}: the queued answer differs from pixart generate's");
+        Assert.Equal(requests, a.Pngs.Distinct().Count());
+        await AssertStreamEmpty(redis);
+    }
+
+    [Fact]
+    public async Task AWorkerKilledMidJobAndAFrontRestartedWithJobsQueuedLoseNoAnswer()
+    {
+        const int jobs = 6;
+        var requests = Enumerable.Range(0, jobs).Select(i => Request($"survivor {i}", 500 + i, side: 256, steps: 16)).ToArray();
+        var expected = await InProcessPngs(requests);
+
+        using var redis = new RedisTestServer();
+        var ids = new string[jobs];
+        // 1. Jobs queued through a front that then goes away (no worker yet: they wait in Redis).
+        await using (var first = await QueueFront.StartAsync(fx, redis))
+        {
+            using var c = first.Client();
+            for (int i = 0; i < jobs; i++)
+            {
+                var r = await Api.Post(c, requests[i], "?async=true");
+                Assert.Equal(HttpStatusCode.Accepted, r.StatusCode);
+                ids[i] = (await Api.ReadJson(r)).GetProperty("id").GetString()!;
+            }
+        }
+        await using var front = await QueueFront.StartAsync(fx, redis);
+        using var client = front.Client();
+        Assert.Equal("queued", (await Api.ReadJson(await client.GetAsync($"/v1/jobs/{ids[0]}"))).GetProperty("status").GetString());
+
+        // 2. Two worker processes; the first is SIGKILLed while it is in the middle of a job.
+        using var mux = redis.Address.Connect("test");
+        var db = mux.GetDatabase();
+        using var w1 = new ChildWorker(fx, redis, "w1", "--visibility-timeout", "2", "--max-batch", "1");
+        await w1.WaitReady(TimeSpan.FromSeconds(90));
+        using var w2 = new ChildWorker(fx, redis, "w2", "--visibility-timeout", "2", "--max-batch", "1");
+        string? victim = null;
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (victim is null)
+        {
+            foreach (var id in ids)
+            {
+                var v = await db.HashGetAsync(RedisKeys.Job(id), ["status", "worker", "step", "total_steps"]);
+                if (v[0] == "running" && v[1] == "w1" && (int)v[2] >= 1 && (int)v[2] < (int)v[3] - 2)
+                {
+                    w1.Kill();
+                    victim = id;
+                    output.WriteLine($"killed w1 at step {v[2]}/{v[3]} of {id}");
+                    break;
+                }
+            }
+            Assert.True(DateTime.UtcNow < until, "w1 never ran a job:\n" + w1.Log);
+            if (victim is null) await Task.Delay(10);
+        }
+        await w2.WaitReady(TimeSpan.FromSeconds(90));
+
+        // 3. Every job completes, through the restarted front, with its own image: none lost, none answered twice.
+        for (int i = 0; i < jobs; i++)
+        {
+            var job = await Api.WaitJob(client, ids[i], TimeSpan.FromSeconds(120));
+            Assert.True(job.GetProperty("status").GetString() == "succeeded", job.ToString() + "\n" + w2.Log);
+            Assert.Equal(ids[i], job.GetProperty("result").GetProperty("id").GetString());
+            Assert.True(expected[i] == Convert.ToBase64String(Api.FirstPng(job.GetProperty("result"))), $"job {i}: differs from pixart generate's image");
+        }
+        var vv = await db.HashGetAsync(RedisKeys.Job(victim), ["attempts", "worker"]);
+        Assert.Equal(2, (int)vv[0]); // started on w1, finished on w2
+        Assert.Equal("w2", (string?)vv[1]);
+        await AssertStreamEmpty(redis);
+    }
+
+    [Fact]
+    public async Task RedisStoppedAndStartedAgainGives503MeanwhileAndWorkResumes_CancellationReachesTheWorker()
+    {
+        using var redis = new RedisTestServer();
+        await using var front = await QueueFront.StartAsync(fx, redis);
+        await using var worker = new InProcessWorker(fx, redis, "w1");
+        using var client = front.Client();
+        var first = await Api.Post(client, Request("before", 1));
+        Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+
+        // A running job cancelled at the front stops at its worker.
+        var slow = await Api.ReadJson(await Api.Post(client, Request("cancel me", 2, side: 256, steps: 50), "?async=true"));
+        string slowId = slow.GetProperty("id").GetString()!;
+        using (var mux = redis.Address.Connect("test"))
+        {
+            var db = mux.GetDatabase();
+            var until = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+            while ((int)await db.HashGetAsync(RedisKeys.Job(slowId), "step") < 1)
+            {
+                Assert.True(DateTime.UtcNow < until, "the job never started");
+                await Task.Delay(10);
+            }
+            var del = await client.DeleteAsync($"/v1/jobs/{slowId}");
+            Assert.Equal(HttpStatusCode.OK, del.StatusCode);
+            until = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+            while ((string?)await db.HashGetAsync(RedisKeys.Job(slowId), "status") != "cancelled")
+            {
+                Assert.True(DateTime.UtcNow < until, "the worker did not stop the job");
+                await Task.Delay(20);
+            }
+            Assert.True((int)await db.HashGetAsync(RedisKeys.Job(slowId), "step") < 50, "stopped before its last step");
+        }
+
+        // Redis goes away: the front answers 503 with Retry-After at once, and says so on /health.
+        redis.Stop(save: true);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        HttpResponseMessage during;
+        var sw = Stopwatch.StartNew();
+        while (true)
+        {
+            sw.Restart();
+            during = await Api.Post(client, Request("during", 3));
+            if (during.StatusCode == HttpStatusCode.ServiceUnavailable) break;
+            Assert.True(DateTime.UtcNow < deadline, $"still {(int)during.StatusCode} with Redis down");
+            await Task.Delay(50);
+        }
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(3), $"a 503 took {sw.Elapsed.TotalSeconds:F1} s");
+        Assert.Equal("2", during.Headers.GetValues("Retry-After").Single());
+        Assert.Equal("queue_unavailable", (await Api.ReadJson(during)).GetProperty("error").GetProperty("code").GetString());
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, (await client.GetAsync("/health")).StatusCode);
+
+        // Redis is back (with its data): the front and the worker reconnect by themselves and work resumes.
+        redis.Start();
+        deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        HttpResponseMessage after;
+        while ((after = await Api.Post(client, Request("after", 4))).StatusCode != HttpStatusCode.OK)
+        {
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, after.StatusCode);
+            Assert.True(DateTime.UtcNow < deadline, "the front never came back");
+            await Task.Delay(100);
+        }
+        Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/health")).StatusCode);
+        // A job answered before the outage is still there to read.
+        string firstId = first.Headers.GetValues("X-Job-Id").Single();
+        Assert.Equal("succeeded", (await Api.WaitJob(client, firstId)).GetProperty("status").GetString());
+    }
+
+    [Theory]
+    [InlineData("redis://127.0.0.1:6390", "127.0.0.1", 6390, 0)]
+    [InlineData("redis://cache.internal/3", "cache.internal", 6379, 3)]
+    [InlineData("redis://:s3cret@10.0.0.5:7000/1", "10.0.0.5", 7000, 1)]
+    public void QueueAddressesParse(string url, string host, int port, int db)
+    {
+        var a = RedisQueueAddress.Parse(url);
+        Assert.Equal((host, port, db), (a.Host, a.Port, a.Database));
+        Assert.DoesNotContain("s3cret", a.ToString()); // logs and errors never show the password
+    }
+
+    [Theory]
+    [InlineData("127.0.0.1:6379")]
+    [InlineData("http://127.0.0.1:6379")]
+    [InlineData("redis://127.0.0.1:6379/x")]
+    [InlineData("redis://127.0.0.1:6379/16")]
+    public void BadQueueAddressesNameTheOptionAndTheForm(string url)
+    {
+        var e = Assert.Throws<ArgumentException>(() => RedisQueueAddress.Parse(url));
+        Assert.Contains("--queue", e.Message);
+    }
+
+    private static async Task AssertStreamEmpty(RedisTestServer redis)
+    {
+        using var mux = redis.Address.Connect("test");
+        var db = mux.GetDatabase();
+        var stream = RedisKeys.Stream(ServeFixture.ModelLabel);
+        Assert.Equal(0, await db.StreamLengthAsync(stream));
+        Assert.Equal(0, (await db.StreamPendingAsync(stream, RedisKeys.Group)).PendingMessageCount);
+    }
+}
