@@ -42,6 +42,8 @@ public sealed class GenerationQueue : IJobQueue, IDisposable
     public int Pending { get { lock (_gate) return _pending.Count; } }
     /// <summary>In process the queue is always there.</summary>
     public string? Unavailable => null;
+    Task<Job> IJobQueue.SubmitAsync(GenerationSettings resolved, RgbImage? source) => Task.FromResult(Submit(resolved, source));
+    Task<Job?> IJobQueue.FindAsync(string id) => Task.FromResult(Find(id));
 
     /// <summary>Test hook: runs on the worker before each batch (throwing from it fails the batch).</summary>
     internal Action<IReadOnlyList<Job>>? BeforeBatch { get; set; }

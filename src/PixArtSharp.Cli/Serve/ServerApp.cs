@@ -107,11 +107,11 @@ public static class ServerApp
         var models = ModelsList(queue); // fixed for the server's life: the model and its defaults never change
         app.MapGet("/v1/models", () => Results.Json(models, Json));
         app.MapPost("/v1/images/generations", (HttpContext ctx) => Generate(ctx, queue));
-        app.MapGet("/v1/jobs/{id}", (string id) => Results.Json(queue.Info(FindJob(queue, id)), Json));
-        app.MapGet("/v1/jobs/{id}/events", (HttpContext ctx, string id) => StreamEvents(ctx, queue, FindJob(queue, id), cancelOnDisconnect: false));
-        app.MapDelete("/v1/jobs/{id}", (string id) =>
+        app.MapGet("/v1/jobs/{id}", async (string id) => Results.Json(queue.Info(await FindJob(queue, id)), Json));
+        app.MapGet("/v1/jobs/{id}/events", async (HttpContext ctx, string id) => await StreamEvents(ctx, queue, await FindJob(queue, id), cancelOnDisconnect: false));
+        app.MapDelete("/v1/jobs/{id}", async (string id) =>
         {
-            var job = FindJob(queue, id);
+            var job = await FindJob(queue, id);
             if (!job.Cancel() && job.Status != JobStatus.Cancelled)
                 throw new ApiException(409, $"Job {id} already finished ({job.Status.ToString().ToLowerInvariant()}); there is nothing to cancel.", "id", "already_finished");
             return Results.Json(queue.Info(job), Json);
@@ -137,8 +137,8 @@ public static class ServerApp
         return CryptographicOperations.FixedTimeEquals(given, tokenHash);
     }
 
-    private static Job FindJob(IJobQueue queue, string id) =>
-        queue.Find(id) ?? throw new ApiException(404, $"No job '{id}' (finished jobs are kept for the last {queue.KeepFinished} requests).", "id", "job_not_found");
+    private static async Task<Job> FindJob(IJobQueue queue, string id) =>
+        await queue.FindAsync(id) ?? throw new ApiException(404, $"No job '{id}' (finished jobs are kept for the last {queue.KeepFinished} requests).", "id", "job_not_found");
 
     internal static Task WriteError(HttpContext ctx, ApiException e)
     {
@@ -210,7 +210,7 @@ public static class ServerApp
             (settings, upload) = ImageUpload.Apply(request.Image, request.ResizeToFit ?? false, settings, queue.Pipeline);
         try { settings = settings.Resolve(queue.Pipeline); }
         catch (ArgumentException e) { throw ImagesRequest.BadSetting(e, request); }
-        var job = queue.Submit(settings, upload?.Image);
+        var job = await queue.SubmitAsync(settings, upload?.Image);
         ctx.Response.Headers["X-Job-Id"] = job.Id;
 
         if (Flag(ctx.Request, "async"))

@@ -28,9 +28,10 @@ public interface IJobQueue
     string? Unavailable { get; }
 
     /// <summary>Queues resolved settings as a job; 429 ApiException when full, 503 when the queue is unreachable.</summary>
-    Job Submit(GenerationSettings resolved, RgbImage? source = null);
+    /// <remarks>Asynchronous: a Redis round trip must not hold a thread-pool thread (blocking ones starve the pool).</remarks>
+    Task<Job> SubmitAsync(GenerationSettings resolved, RgbImage? source = null);
     /// <summary>A job by id (queued, running or recently finished), or null.</summary>
-    Job? Find(string id);
+    Task<Job?> FindAsync(string id);
     /// <summary>What GET /v1/jobs/{id} shows.</summary>
     JobInfo Info(Job job);
     /// <summary>Seconds a client turned away with 429 should wait.</summary>

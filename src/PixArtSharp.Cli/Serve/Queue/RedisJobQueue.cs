@@ -59,15 +59,15 @@ public sealed class RedisJobQueue : IJobQueue, IDisposable
 
     private IDatabase Db => _redis.GetDatabase();
 
-    public Job Submit(GenerationSettings resolved, RgbImage? source = null)
+    public async Task<Job> SubmitAsync(GenerationSettings resolved, RgbImage? source = null)
     {
         ThrowIfUnavailable();
         var job = new Job(resolved, source);
         var stream = RedisKeys.Stream(ModelLabel);
         var key = RedisKeys.Job(job.Id);
-        Guard(() =>
+        await Guard(async () =>
         {
-            long waiting = Db.StreamLength(stream);
+            long waiting = await Db.StreamLengthAsync(stream);
             if (waiting >= MaxQueue)
                 throw new ApiException(429, $"The queue is full ({MaxQueue} requests waiting). Retry after {RetryAfterSeconds()} s.", code: "queue_full");
             var fields = new List<HashEntry>
@@ -87,25 +87,26 @@ public sealed class RedisJobQueue : IJobQueue, IDisposable
             _ = tx.HashSetAsync(key, [.. fields]);
             _ = tx.KeyExpireAsync(key, RedisKeys.QueuedTtl);
             _ = tx.StreamAddAsync(stream, "id", job.Id);
-            if (!tx.Execute()) throw new RedisException("the transaction was not applied");
-            Db.Publish(RedisKeys.Wake(ModelLabel), job.Id, CommandFlags.FireAndForget);
+            if (!await tx.ExecuteAsync()) throw new RedisException("the transaction was not applied");
+            await Db.PublishAsync(RedisKeys.Wake(ModelLabel), job.Id, CommandFlags.FireAndForget);
+            return 0;
         });
         Track(job);
         return job;
     }
 
-    public Job? Find(string id)
+    public async Task<Job?> FindAsync(string id)
     {
         if (_mirrors.TryGetValue(id, out var job)) return job;
         if (!RedisKeys.IsJobId(id)) return null;
         ThrowIfUnavailable();
         // A job this front did not submit (another front, or this one before a restart): mirror it from Redis.
-        var v = Guard(() => Db.HashGet(RedisKeys.Job(id), ["settings", "created"]));
+        var v = await Guard(() => Db.HashGetAsync(RedisKeys.Job(id), ["settings", "created"]));
         if (v[0].IsNull) return null;
         job = new Job(RedisKeys.Settings(v[0]!), null, id, DateTimeOffset.FromUnixTimeSeconds((long)v[1]));
         job = _mirrors.GetOrAdd(id, job);
         Track(job, added: false);
-        Refresh(id).GetAwaiter().GetResult();
+        await Refresh(id);
         return job;
     }
 
@@ -233,11 +234,9 @@ public sealed class RedisJobQueue : IJobQueue, IDisposable
         if (Unavailable is { } problem) throw new ApiException(503, problem, code: "queue_unavailable");
     }
 
-    private void Guard(Action a) => Guard(() => { a(); return 0; });
-
-    private T Guard<T>(Func<T> f)
+    private async Task<T> Guard<T>(Func<Task<T>> f)
     {
-        try { return f(); }
+        try { return await f(); }
         catch (Exception e) when (e is RedisException or TimeoutException)
         {
             throw new ApiException(503, $"The job queue at {_address} did not answer ({e.GetType().Name}); retry in a few seconds.", code: "queue_unavailable");

@@ -163,7 +163,7 @@ public sealed class ChildWorker : IDisposable
         Name = name;
         string dll = typeof(PixArtSharp.Cli.Program).Assembly.Location;
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { dll, "worker", "--queue", redis.Url, "--model", fx.Folder, "--name", name, "--threads", "1" }.Concat(extra))
+        foreach (var a in new[] { dll, "worker", "--queue", redis.Url, "--model", fx.Folder, "--name", name }.Concat(extra))
             psi.ArgumentList.Add(a);
         Process = Process.Start(psi)!;
         Process.OutputDataReceived += (_, e) => { lock (_log) _log.AppendLine(e.Data); };
