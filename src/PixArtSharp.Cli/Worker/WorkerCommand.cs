@@ -27,6 +27,7 @@ public static class WorkerCommand
         var variant = new Option<string?>("--variant") { Description = "Weights variant such as fp16" };
         var dtype = new Option<string>("--dtype") { Description = "Weights and compute precision: fp32, bf16 or fp16", DefaultValueFactory = _ => "fp32" };
         dtype.AcceptOnlyFromAmong("fp32", "bf16", "fp16");
+        var device = new Option<string>("--device") { Description = "cpu, or cuda / cuda:N with a CUDA build of TorchSharp (one worker per GPU)", DefaultValueFactory = _ => "cpu" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: all cores)" };
         var maxBatch = new Option<int>("--max-batch") { Description = "Jobs taken at once; compatible ones run as one batch", DefaultValueFactory = _ => 4 };
         var name = new Option<string?>("--name") { Description = "This worker's consumer name (default: host-pid)" };
@@ -40,7 +41,7 @@ public static class WorkerCommand
 
         var cmd = new Command("worker", "Run queued jobs from Redis for pixart serve --queue fronts (one process per GPU)")
         {
-            queue, model, revision, variant, dtype, threads, maxBatch, name, visibility, attempts, ttl,
+            queue, model, revision, variant, dtype, device, threads, maxBatch, name, visibility, attempts, ttl,
         };
         cmd.SetAction(CliApp.Guard(async (parse, output, ct) =>
         {
@@ -61,8 +62,8 @@ public static class WorkerCommand
             TorchRuntime.EnsureLoaded();
             if (parse.GetValue(threads) is { } t) TorchRuntime.SetThreads(t);
             string folder = await ModelLocator.ResolveAsync(modelArg, parse.GetValue(revision), variantArg, settings: HubSettings.FromEnvironment(), ct: ct);
-            output.Err.WriteLine($"pixart worker: loading {modelArg} ({DTypeName(dt)}) …");
-            using var pipeline = PixArtPipeline.FromPretrained(folder, new PipelineOptions { DType = dt, Variant = variantArg, KeepLoaded = true });
+            output.Err.WriteLine($"pixart worker: loading {modelArg} ({DTypeName(dt)}, {parse.GetValue(device)}) …");
+            using var pipeline = PixArtPipeline.FromPretrained(folder, new PipelineOptions { DType = dt, Variant = variantArg, KeepLoaded = true, Device = new Device(parse.GetValue(device)!) });
             foreach (var w in pipeline.Warnings) output.Err.WriteLine($"pixart worker: warning: {w}");
             pipeline.Preload();
             using var generation = new GenerationQueue(pipeline, ModelRecord(modelArg, folder, variantArg, dt), maxQueue: 1 << 16, maxBatch: options.MaxBatch);
