@@ -11,7 +11,7 @@ public sealed class ServeCommandTests
     {
         var cmd = ServeCommand.Create();
         Assert.Equal("serve", cmd.Name);
-        Assert.Equal(["--model", "--revision", "--variant", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--threads"],
+        Assert.Equal(["--model", "--revision", "--variant", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--threads", "--queue"],
             cmd.Options.Select(o => o.Name).Where(n => n.StartsWith("--", StringComparison.Ordinal) && n != "--help"));
         var parse = cmd.Parse([]);
         Assert.Empty(parse.Errors);
@@ -22,6 +22,7 @@ public sealed class ServeCommandTests
         Assert.Equal("fp32", parse.GetValue<string>("--dtype"));
 
         Assert.Null(parse.GetValue<string?>("--variant"));
+        Assert.Null(parse.GetValue<string?>("--queue")); // no queue: jobs run in this process
 
         parse = cmd.Parse(["--model", "some/model", "--revision", "v1.0", "--variant", "fp16", "--port", "8080", "--token", "abcdefgh12", "--max-batch", "8", "--dtype", "bf16", "--threads", "3"]);
         Assert.Empty(parse.Errors);

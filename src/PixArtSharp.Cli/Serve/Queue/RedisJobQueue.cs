@@ -103,9 +103,9 @@ public sealed class RedisJobQueue : IJobQueue, IDisposable
         // A job this front did not submit (another front, or this one before a restart): mirror it from Redis.
         var v = await Guard(() => Db.HashGetAsync(RedisKeys.Job(id), ["settings", "created"]));
         if (v[0].IsNull) return null;
-        job = new Job(RedisKeys.Settings(v[0]!), null, id, DateTimeOffset.FromUnixTimeSeconds((long)v[1]));
-        job = _mirrors.GetOrAdd(id, job);
-        Track(job, added: false);
+        var mirror = new Job(RedisKeys.Settings(v[0]!), null, id, DateTimeOffset.FromUnixTimeSeconds((long)v[1]));
+        job = _mirrors.GetOrAdd(id, mirror);
+        if (ReferenceEquals(job, mirror)) Track(job, added: false); // else another request mirrored it meanwhile
         await Refresh(id);
         return job;
     }

@@ -96,22 +96,27 @@ public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
 
         using var redis = new RedisTestServer();
         await using var front = await QueueFront.StartAsync(fx, redis);
-        LoadResult a, b;
-        // Each phase starts with a warm-up round (first calls compile and allocate), not counted in its figures.
+        LoadResult a, b, c;
+        // Each phase starts with a warm-up round (first calls compile and allocate), not counted in its figures;
+        // one worker is measured again after the two-worker phase, when the JIT has settled.
         var warm = Enumerable.Range(0, clients).Select(i => Request($"warm-up {i}", 9000 + i)).ToArray();
+        var again = Enumerable.Range(0, requests).Select(i => Request($"one worker again {i}", 5000 + i)).ToArray();
         await using (var w1 = new InProcessWorker(fx, redis, "w1"))
         {
             await Load(front.BaseUrl, warm, clients);
             a = await Load(front.BaseUrl, one, clients);
-            await using var w2 = new InProcessWorker(fx, redis, "w2");
-            await Load(front.BaseUrl, warm, clients);
-            b = await Load(front.BaseUrl, two, clients);
-            Assert.True(w2.Worker.Completed > 0 && w1.Worker.Completed > a.Status.Length + warm.Length, $"both workers ran jobs (w1 {w1.Worker.Completed}, w2 {w2.Worker.Completed})");
+            await using (var w2 = new InProcessWorker(fx, redis, "w2"))
+            {
+                await Load(front.BaseUrl, warm, clients);
+                b = await Load(front.BaseUrl, two, clients);
+                Assert.True(w2.Worker.Completed > 0 && w1.Worker.Completed > a.Status.Length + warm.Length, $"both workers ran jobs (w1 {w1.Worker.Completed}, w2 {w2.Worker.Completed})");
+            }
+            c = await Load(front.BaseUrl, again, clients);
         }
-        output.WriteLine($"1 front + 1 worker, {requests} requests from {clients} clients, 64×64, 2 steps: {a.RequestsPerSecond:F1} req/s, p50 {a.P50 * 1000:F0} ms, p95 {a.P95 * 1000:F0} ms");
-        output.WriteLine($"1 front + 2 workers, {requests} requests from {clients} clients, 64×64, 2 steps: {b.RequestsPerSecond:F1} req/s, p50 {b.P50 * 1000:F0} ms, p95 {b.P95 * 1000:F0} ms");
+        foreach (var (label, r) in new[] { ("1 worker", a), ("2 workers", b), ("1 worker (again)", c) })
+            output.WriteLine($"1 front + {label}, {requests} requests from {clients} clients, 64×64, 2 steps: {r.RequestsPerSecond:F1} req/s, p50 {r.P50 * 1000:F0} ms, p95 {r.P95 * 1000:F0} ms");
 
-        for (int i = 0; i < requests; i++) Assert.True(a.Status[i] == HttpStatusCode.OK, $"{a.Status[i]}: {a.Pngs[i]}");
+        Assert.All(a.Status.Concat(c.Status), s => Assert.Equal(HttpStatusCode.OK, s));
         Assert.All(b.Status, s => Assert.Equal(HttpStatusCode.OK, s));
         for (int i = 0; i < requests; i++)
             Assert.True(expected[i] == b.Pngs[i], $"request {i}: the queued answer differs from pixart generate's");
@@ -124,7 +129,9 @@ public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
     {
         const int jobs = 6;
         var requests = Enumerable.Range(0, jobs).Select(i => Request($"survivor {i}", 500 + i, side: 256, steps: 16)).ToArray();
+        var clock = Stopwatch.StartNew();
         var expected = await InProcessPngs(requests);
+        output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: in-process answers");
 
         using var redis = new RedisTestServer();
         var ids = new string[jobs];
@@ -147,8 +154,8 @@ public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
         using var mux = redis.Address.Connect("test");
         var db = mux.GetDatabase();
         using var w1 = new ChildWorker(fx, redis, "w1", "--visibility-timeout", "2", "--max-batch", "1");
-        await w1.WaitReady(TimeSpan.FromSeconds(90));
         using var w2 = new ChildWorker(fx, redis, "w2", "--visibility-timeout", "2", "--max-batch", "1");
+        await w1.WaitReady(TimeSpan.FromSeconds(90));
         string? victim = null;
         var until = DateTime.UtcNow + TimeSpan.FromSeconds(60);
         while (victim is null)
@@ -160,7 +167,7 @@ public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
                 {
                     w1.Kill();
                     victim = id;
-                    output.WriteLine($"killed w1 at step {v[2]}/{v[3]} of {id}");
+                    output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: killed w1 at step {v[2]}/{v[3]} of {id}");
                     break;
                 }
             }
@@ -168,6 +175,7 @@ public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
             if (victim is null) await Task.Delay(10);
         }
         await w2.WaitReady(TimeSpan.FromSeconds(90));
+        output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: w1 killed, w2 ready");
 
         // 3. Every job completes, through the restarted front, with its own image: none lost, none answered twice.
         for (int i = 0; i < jobs; i++)
@@ -177,6 +185,7 @@ public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
             Assert.Equal(ids[i], job.GetProperty("result").GetProperty("id").GetString());
             Assert.True(expected[i] == Convert.ToBase64String(Api.FirstPng(job.GetProperty("result"))), $"job {i}: differs from pixart generate's image");
         }
+        output.WriteLine($"{clock.Elapsed.TotalSeconds:F1} s: all {jobs} jobs answered");
         var vv = await db.HashGetAsync(RedisKeys.Job(victim), ["attempts", "worker"]);
         Assert.Equal(2, (int)vv[0]); // started on w1, finished on w2
         Assert.Equal("w2", (string?)vv[1]);
@@ -248,6 +257,55 @@ public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
         // A job answered before the outage is still there to read.
         string firstId = first.Headers.GetValues("X-Job-Id").Single();
         Assert.Equal("succeeded", (await Api.WaitJob(client, firstId)).GetProperty("status").GetString());
+    }
+
+    [Fact]
+    public async Task AJobWhoseWorkersKeepDyingFailsClearlyAndAJobAlreadyAnsweredIsNotRunAgain()
+    {
+        using var redis = new RedisTestServer();
+        await using var front = await QueueFront.StartAsync(fx, redis);
+        using var client = front.Client();
+        var lost = (await Api.ReadJson(await Api.Post(client, Request("lost", 1), "?async=true"))).GetProperty("id").GetString()!;
+        var done = (await Api.ReadJson(await Api.Post(client, Request("done", 2), "?async=true"))).GetProperty("id").GetString()!;
+
+        // A "ghost" worker reads both and dies: one after three starts, one after storing its result but before
+        // acknowledging it.
+        using var mux = redis.Address.Connect("test");
+        var db = mux.GetDatabase();
+        var stream = RedisKeys.Stream(ServeFixture.ModelLabel);
+        await db.StreamCreateConsumerGroupAsync(stream, RedisKeys.Group, "0-0");
+        Assert.Equal(2, (await db.StreamReadGroupAsync(stream, RedisKeys.Group, "ghost", ">", 10)).Length);
+        await db.HashSetAsync(RedisKeys.Job(lost), "attempts", 3);
+        var stored = JsonSerializer.Serialize(new PixArtSharp.Cli.Serve.ImagesResponse(1, [new("c3RvcmVk", 2, "stored", "done")], done,
+            PixArtSharp.Pipeline.GenerationSettings.FromJson((string)(await db.HashGetAsync(RedisKeys.Job(done), "settings"))!), 1),
+            PixArtSharp.Cli.Serve.ServerApp.Json);
+        await db.HashSetAsync(RedisKeys.Job(done), [new("status", "succeeded"), new("result", stored)]);
+
+        await using var worker = new InProcessWorker(fx, redis, "w1", visibilitySeconds: 1);
+        var failed = await Api.WaitJob(client, lost, TimeSpan.FromSeconds(30));
+        Assert.Equal("failed", failed.GetProperty("status").GetString());
+        Assert.Equal("worker_lost", failed.GetProperty("error").GetProperty("code").GetString());
+        Assert.Contains("started 3 times", failed.GetProperty("error").GetProperty("message").GetString());
+        var answered = await Api.WaitJob(client, done, TimeSpan.FromSeconds(30));
+        Assert.Equal("c3RvcmVk", answered.GetProperty("result").GetProperty("data")[0].GetProperty("b64_json").GetString()); // the first result
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (await db.StreamLengthAsync(stream) > 0 && DateTime.UtcNow < until) await Task.Delay(50);
+        await AssertStreamEmpty(redis);
+        Assert.Equal(0, worker.Worker.Completed); // neither job ran again
+    }
+
+    [Fact]
+    public void WorkerParsesItsOptions()
+    {
+        var cmd = PixArtSharp.Cli.Worker.WorkerCommand.Create();
+        Assert.NotEmpty(cmd.Parse([]).Errors); // --queue is required
+        var parse = cmd.Parse(["--queue", "redis://127.0.0.1:6379", "--model", "m", "--max-batch", "2", "--visibility-timeout", "5", "--max-attempts", "2", "--result-ttl", "60", "--name", "gpu0", "--device", "cuda:1"]);
+        Assert.Empty(parse.Errors);
+        Assert.Equal((2, 5.0, 2, 60.0, "gpu0", "cuda:1"), (parse.GetValue<int>("--max-batch"), parse.GetValue<double>("--visibility-timeout"),
+            parse.GetValue<int>("--max-attempts"), parse.GetValue<double>("--result-ttl"), parse.GetValue<string?>("--name"), parse.GetValue<string>("--device")));
+        var bad = PixArtSharp.Tests.Cli.CliRunner.Run("worker", "--queue", "localhost:6379", "--model", "m");
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("--queue must look like redis://HOST:PORT", bad.Stderr);
     }
 
     [Theory]
