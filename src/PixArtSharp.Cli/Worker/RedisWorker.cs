@@ -187,12 +187,16 @@ public sealed class RedisWorker : IDisposable
             jobs.Add((job, entry.Id));
         }
         if (jobs.Count == 0) return;
+        var roundClock = System.Diagnostics.Stopwatch.StartNew();
         foreach (var j in jobs) _held[j.Job.Id] = j;
         // Queued together under a hold: the generation thread sees them all at once and batches what is compatible.
         using (_queue.Hold())
             foreach (var j in jobs) _queue.Submit(j.Job);
         await Task.WhenAll(jobs.Select(j => Follow(j.Job, j.Entry)));
+        if (Trace) _log.WriteLine($"round of {jobs.Count}: {roundClock.Elapsed.TotalMilliseconds:F0} ms");
     }
+
+    internal bool Trace { get; set; }
 
     /// <summary>Mirrors a running job's progress into Redis, then stores its end and acknowledges it.</summary>
     private async Task Follow(Job job, RedisValue entry)

@@ -127,6 +127,7 @@ public sealed class InProcessWorker : IAsyncDisposable
     private readonly GenerationQueue _queue;
     private readonly CancellationTokenSource _stop = new();
     public RedisWorker Worker { get; }
+    public StringWriter Log { get; } = new();
     public Task Running { get; }
 
     public InProcessWorker(ServeFixture fx, RedisTestServer redis, string name, int maxBatch = 4, double visibilitySeconds = 5)
@@ -136,7 +137,8 @@ public sealed class InProcessWorker : IAsyncDisposable
         Worker = new RedisWorker(redis.Address, _queue, new WorkerOptions
         {
             Consumer = name, MaxBatch = maxBatch, VisibilityTimeout = TimeSpan.FromSeconds(visibilitySeconds),
-        }, TextWriter.Null);
+        }, Log);
+        Worker.Trace = Environment.GetEnvironmentVariable("PIXART_QUEUE_TRACE") == "1";
         Running = Task.Run(() => Worker.RunAsync(_stop.Token));
     }
 
