@@ -26,6 +26,7 @@ public static class Program
         root.Add(DownloadCommand.Create());
         root.Add(ServeCommand.Create());
         root.Add(BenchCommand.Create());
+        root.Add(Worker.WorkerCommand.Create());
         return root;
     }
 

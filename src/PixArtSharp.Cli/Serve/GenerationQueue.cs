@@ -11,7 +11,7 @@ namespace PixArtSharp.Cli.Serve;
 /// guidance, scheduler, images per request — see <see cref="BatchKey"/>) up to MaxBatch, and runs them as one
 /// pipeline call with one generator per request, so each gets exactly the images it would get alone.
 /// </summary>
-public sealed class GenerationQueue : IDisposable
+public sealed class GenerationQueue : IJobQueue, IDisposable
 {
     private readonly PixArtPipeline _pipeline;
     private readonly object _gate = new();
@@ -42,6 +42,10 @@ public sealed class GenerationQueue : IDisposable
     public long Rejected { get; private set; }
     public int Running { get; private set; }
     public int Pending { get { lock (_gate) return _pending.Count; } }
+    /// <summary>In process the queue is always there.</summary>
+    public string? Unavailable => null;
+    Task<Job> IJobQueue.SubmitAsync(GenerationSettings resolved, RgbImage? source) => Task.FromResult(Submit(resolved, source));
+    Task<Job?> IJobQueue.FindAsync(string id) => Task.FromResult(Find(id));
 
     /// <summary>Test hook: runs on the worker before each batch (throwing from it fails the batch).</summary>
     internal Action<IReadOnlyList<Job>>? BeforeBatch { get; set; }
@@ -65,9 +69,11 @@ public sealed class GenerationQueue : IDisposable
         (s.Width, s.Height, s.Steps, s.Guidance, s.Scheduler, s.NumImages, s.ResolutionBinning, s.CleanCaption, s.Strength);
 
     /// <summary>Queues resolved settings as a job, or throws a 429 ApiException (with a retry estimate) when full.</summary>
-    public Job Submit(GenerationSettings resolved, RgbImage? source = null)
+    public Job Submit(GenerationSettings resolved, RgbImage? source = null) => Submit(new Job(resolved, source));
+
+    /// <summary>Queues a job made elsewhere (a Redis worker's copy of a queued job keeps its id).</summary>
+    public Job Submit(Job job)
     {
-        var job = new Job(resolved, source);
         lock (_gate)
         {
             if (_stopping.IsCancellationRequested)

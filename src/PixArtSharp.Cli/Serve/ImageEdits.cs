@@ -33,10 +33,10 @@ public static class ImageEdits
     ];
 
     /// <summary>Maps the route (one line in <see cref="ServerApp.Build"/>).</summary>
-    public static void Map(WebApplication app, GenerationQueue queue) =>
+    public static void Map(WebApplication app, IJobQueue queue) =>
         app.MapPost("/v1/images/edits", (HttpContext ctx) => EditAsync(ctx, queue));
 
-    private static async Task EditAsync(HttpContext ctx, GenerationQueue queue)
+    private static async Task EditAsync(HttpContext ctx, IJobQueue queue)
     {
         RefuseCrossSite(ctx.Request);
         if (!ctx.Request.HasFormContentType || !(ctx.Request.ContentType ?? "").StartsWith("multipart/form-data", StringComparison.OrdinalIgnoreCase))
@@ -69,7 +69,7 @@ public static class ImageEdits
         try { settings = withImage.Resolve(queue.Pipeline); }
         catch (ArgumentException e) { throw ImagesRequest.BadSetting(e, request); }
 
-        var job = queue.Submit(settings, upload.Image);
+        var job = await queue.SubmitAsync(settings, upload.Image);
         ctx.Response.Headers["X-Job-Id"] = job.Id;
         try
         {

@@ -44,9 +44,9 @@ public sealed class Job
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly CancellationTokenSource _cancel = new();
 
-    public string Id { get; } = "job_" + Guid.NewGuid().ToString("N")[..20];
+    public string Id { get; }
     public GenerationSettings Settings { get; }
-    public DateTimeOffset Created { get; } = DateTimeOffset.UtcNow;
+    public DateTimeOffset Created { get; }
     public JobStatus Status { get; private set; } = JobStatus.Queued;
     public int Step { get; private set; }
     public int TotalSteps { get; private set; }
@@ -66,12 +66,17 @@ public sealed class Job
     /// <summary>Image-to-image: the source, already at the output size; null for text-to-image.</summary>
     public PixArtSharp.Imaging.RgbImage? Source { get; }
 
-    public Job(GenerationSettings resolved, PixArtSharp.Imaging.RgbImage? source = null)
+    /// <param name="id">A job queued elsewhere (Redis) keeps its id here; new jobs get a fresh one.</param>
+    public Job(GenerationSettings resolved, PixArtSharp.Imaging.RgbImage? source = null, string? id = null, DateTimeOffset? created = null)
     {
+        Id = id ?? NewId();
+        Created = created ?? DateTimeOffset.UtcNow;
         Settings = resolved;
         Source = source;
         TotalSteps = resolved.Steps ?? 0;
     }
+
+    public static string NewId() => "job_" + Guid.NewGuid().ToString("N")[..20];
 
     /// <summary>Waits until the version moves past <paramref name="seenVersion"/> (returns at once if it has).</summary>
     public Task WaitForChangeAsync(int seenVersion, CancellationToken ct)

@@ -58,9 +58,14 @@ public static class ServeCommand
             new Option<string?>("--preview-vae") { HelpName = "ID|DIR", Description = "The TAESD for previews (default: madebyollin/taesd or taesdxl from the Hugging Face cache)" });
         var promptCache = new Option<int>("--prompt-cache") { Description = "Prompts whose T5 output is kept for reuse (LRU; 0 = off)", DefaultValueFactory = _ => 64 };
 
+        var queue = new Option<string?>("--queue")
+        {
+            Description = "Front only: queue jobs on this Redis (redis://HOST:PORT[/DB]) for `pixart worker` processes to run",
+        };
+
         var cmd = new Command("serve", "Serve an HTTP API (OpenAI-like images endpoint) and a web page, batching concurrent requests")
         {
-            model, revision, variant, lora, textEncoder, transformer, vae, host, port, token, maxQueue, maxBatch, dtype, device, offload, threads, preview, previewVae, promptCache,
+            model, revision, variant, lora, textEncoder, transformer, vae, host, port, token, maxQueue, maxBatch, dtype, device, offload, threads, preview, previewVae, promptCache, queue,
         };
         // Errors become one "error: …" line and pixart's exit codes (2 bad arguments, 3 model not found, …).
         cmd.SetAction(CliApp.Guard(async (parse, _, ct) =>
@@ -85,6 +90,7 @@ public static class ServeCommand
             options = options with { DType = parse.GetValue(dtype)!, Device = parse.GetValue(device)!, Offload = parse.GetValue(offload)! };
             DeviceSpec.Parse(options.Device);
             OffloadPolicy.Parse(options.Offload);
+            if (parse.GetValue(queue) is { } queueUrl) return await Queue.RedisFront.RunAsync(options, queueUrl, ct);
             return await RunAsync(options, parse.GetValue(threads), ct);
         }));
         return cmd;

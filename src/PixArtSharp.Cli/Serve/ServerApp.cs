@@ -31,7 +31,7 @@ public static class ServerApp
     /// Builds the app around a running queue. <paramref name="configure"/> lets tests swap in TestServer; otherwise
     /// Kestrel listens on options.Host:options.Port.
     /// </summary>
-    public static WebApplication Build(ServeOptions options, GenerationQueue queue, Action<WebApplicationBuilder>? configure = null)
+    public static WebApplication Build(ServeOptions options, IJobQueue queue, Action<WebApplicationBuilder>? configure = null)
     {
         options.Validate();
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
@@ -98,21 +98,22 @@ public static class ServerApp
         MapPage(app);
         app.MapGet("/health", () => Results.Json(new
         {
-            status = "ok",
+            status = queue.Unavailable is null ? "ok" : "unavailable",
+            problem = queue.Unavailable,
             model = queue.ModelLabel,
             queue = new { pending = queue.Pending, running = queue.Running, max_queue = queue.MaxQueue, max_batch = queue.MaxBatch },
             auth_required = tokenHash is not null,
             prompt_cache = new { entries = queue.Pipeline.PromptCache?.Count ?? 0, capacity = queue.Pipeline.Options.PromptCacheEntries, hits = queue.Pipeline.PromptCacheHits, misses = queue.Pipeline.PromptCacheMisses },
-        }, Json));
+        }, Json, statusCode: queue.Unavailable is null ? 200 : 503));
         var models = ModelsList(queue); // fixed for the server's life: the model and its defaults never change
         app.MapGet("/v1/models", () => Results.Json(models, Json));
         app.MapPost("/v1/images/generations", (HttpContext ctx) => Generate(ctx, queue));
         ImageEdits.Map(app, queue);
-        app.MapGet("/v1/jobs/{id}", (string id) => Results.Json(queue.Info(FindJob(queue, id)), Json));
-        app.MapGet("/v1/jobs/{id}/events", (HttpContext ctx, string id) => StreamEvents(ctx, queue, FindJob(queue, id), cancelOnDisconnect: false));
-        app.MapDelete("/v1/jobs/{id}", (string id) =>
+        app.MapGet("/v1/jobs/{id}", async (string id) => Results.Json(queue.Info(await FindJob(queue, id)), Json));
+        app.MapGet("/v1/jobs/{id}/events", async (HttpContext ctx, string id) => await StreamEvents(ctx, queue, await FindJob(queue, id), cancelOnDisconnect: false));
+        app.MapDelete("/v1/jobs/{id}", async (string id) =>
         {
-            var job = FindJob(queue, id);
+            var job = await FindJob(queue, id);
             if (!job.Cancel() && job.Status != JobStatus.Cancelled)
                 throw new ApiException(409, $"Job {id} already finished ({job.Status.ToString().ToLowerInvariant()}); there is nothing to cancel.", "id", "already_finished");
             return Results.Json(queue.Info(job), Json);
@@ -138,18 +139,20 @@ public static class ServerApp
         return CryptographicOperations.FixedTimeEquals(given, tokenHash);
     }
 
-    private static Job FindJob(GenerationQueue queue, string id) =>
-        queue.Find(id) ?? throw new ApiException(404, $"No job '{id}' (finished jobs are kept for the last {queue.KeepFinished} requests).", "id", "job_not_found");
+    private static async Task<Job> FindJob(IJobQueue queue, string id) =>
+        await queue.FindAsync(id) ?? throw new ApiException(404, $"No job '{id}' (finished jobs are kept for the last {queue.KeepFinished} requests).", "id", "job_not_found");
 
     internal static Task WriteError(HttpContext ctx, ApiException e)
     {
         ctx.Response.StatusCode = e.Status;
-        if (e.Status == 429) ctx.Response.Headers.RetryAfter = e.Code == "queue_full" && ctx.RequestServices.GetService<GenerationQueue>() is { } q
+        if (e.Status == 429) ctx.Response.Headers.RetryAfter = e.Code == "queue_full" && ctx.RequestServices.GetService<IJobQueue>() is { } q
             ? q.RetryAfterSeconds().ToString(System.Globalization.CultureInfo.InvariantCulture) : "1";
+        // The job queue (Redis) is unreachable: come back shortly, the front does not wait on it.
+        if (e.Status == 503 && e.Code == "queue_unavailable") ctx.Response.Headers.RetryAfter = Queue.RedisJobQueue.RetryAfterUnavailableSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
         return ctx.Response.WriteAsJsonAsync(e.Body, Json);
     }
 
-    private static object ModelsList(GenerationQueue queue)
+    private static object ModelsList(IJobQueue queue)
     {
         var p = queue.Pipeline;
         var bins = p.AspectRatioBins;
@@ -195,7 +198,7 @@ public static class ServerApp
     /// <c>?stream=true</c>: answers server-sent events (progress, then the result) on this connection.
     /// <c>?async=true</c>: answers 202 with the job at once; poll GET /v1/jobs/{id} or follow its events.
     /// </summary>
-    private static async Task Generate(HttpContext ctx, GenerationQueue queue)
+    private static async Task Generate(HttpContext ctx, IJobQueue queue)
     {
         var mediaType = ctx.Request.ContentType?.Split(';')[0].Trim();
         // Only application/json: a cross-site form post cannot send it without a CORS preflight we never grant.
@@ -209,7 +212,7 @@ public static class ServerApp
             (settings, upload) = ImageUpload.Apply(request.Image, request.ResizeToFit ?? false, settings, queue.Pipeline);
         try { settings = settings.Resolve(queue.Pipeline); }
         catch (ArgumentException e) { throw ImagesRequest.BadSetting(e, request); }
-        var job = queue.Submit(settings, upload?.Image);
+        var job = await queue.SubmitAsync(settings, upload?.Image);
         ctx.Response.Headers["X-Job-Id"] = job.Id;
 
         if (Flag(ctx.Request, "async"))
@@ -266,7 +269,7 @@ public static class ServerApp
     /// every second while queued, then one "result" (the images answer) or "error" event, then the stream ends.
     /// </summary>
     /// <param name="encode">The request's output_format (its own stream); null: the job's PNGs (GET /v1/jobs/{id}/events).</param>
-    private static async Task StreamEvents(HttpContext ctx, GenerationQueue queue, Job job, bool cancelOnDisconnect, Func<ImagesResponse, ImagesResponse>? encode = null)
+    private static async Task StreamEvents(HttpContext ctx, IJobQueue queue, Job job, bool cancelOnDisconnect, Func<ImagesResponse, ImagesResponse>? encode = null)
     {
         var ct = ctx.RequestAborted;
         ctx.Response.ContentType = "text/event-stream; charset=utf-8";

@@ -11,7 +11,7 @@ public sealed class ServeCommandTests
     {
         var cmd = ServeCommand.Create();
         Assert.Equal("serve", cmd.Name);
-        Assert.Equal(["--model", "--revision", "--variant", "--lora", "--text-encoder", "--transformer", "--vae", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--device", "--offload", "--threads", "--preview", "--preview-vae", "--prompt-cache"],
+        Assert.Equal(["--model", "--revision", "--variant", "--lora", "--text-encoder", "--transformer", "--vae", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--device", "--offload", "--threads", "--preview", "--preview-vae", "--prompt-cache", "--queue"],
             cmd.Options.Select(o => o.Name).Where(n => n.StartsWith("--", StringComparison.Ordinal) && n != "--help"));
         var parse = cmd.Parse([]);
         Assert.Empty(parse.Errors);
@@ -24,6 +24,7 @@ public sealed class ServeCommandTests
         Assert.Null(parse.GetValue<string?>("--preview"));
 
         Assert.Null(parse.GetValue<string?>("--variant"));
+        Assert.Null(parse.GetValue<string?>("--queue")); // no queue: jobs run in this process
 
         parse = cmd.Parse(["--model", "some/model", "--revision", "v1.0", "--variant", "fp16", "--port", "8080", "--token", "abcdefgh12", "--max-batch", "8", "--dtype", "bf16", "--threads", "3"]);
         Assert.Empty(parse.Errors);
