@@ -535,6 +535,8 @@ public abstract class PixArtPipeline : IDisposable
         onStage?.Invoke(new StageEvent(PipelineStage.Denoise, "", clock.Elapsed));
         ct.ThrowIfCancellationRequested();
         if (last) Release(ref _transformer);
+        // NaN/Inf latents decode to an all-black image that looks like success: fail here, naming the stage.
+        NonFiniteOutputException.ThrowIfNonFinite(latents, "denoise", "final latents");
 
         if (request.OutputType == OutputType.Latent)
             return new PipelineOutput(null, latents.MoveToOuterDisposeScope(), c.Height, c.Width, seed);
@@ -542,6 +544,7 @@ public abstract class PixArtPipeline : IDisposable
         // 8. Decode: the VAE sees latents / scaling_factor; binning resizes back before the [0,1] postprocess.
         var image = Decode(latents, onStage);
         if (last) Release(ref _vae);
+        NonFiniteOutputException.ThrowIfNonFinite(image, "decode", "decoded image values");
         if (c.Binning)
             image = Pipeline.AspectRatioBins.ResizeAndCropTensor(image, c.OrigWidth, c.OrigHeight);
         var images = image.div(2).add(0.5).clamp(0, 1).permute(0, 2, 3, 1).contiguous();
