@@ -70,14 +70,16 @@ public static class PipelineSetup
         {
             return PixArtPipeline.FromPretrained(folder, options);
         }
-        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or IndexOutOfRangeException or ArgumentOutOfRangeException
-                                      or OverflowException or FormatException or InvalidOperationException && !CliApp.IsOutOfMemory(e))
+        catch (Exception e) when (e is not (WeightFileException or ModelNotFoundException or NotSupportedException or OperationCanceledException
+                                             or UnauthorizedAccessException or FileNotFoundException or DirectoryNotFoundException)
+                                  && !CliApp.IsOutOfMemory(e))
         {
+            // Configs name their own file and key; anything else thrown here (a NullReference or an index out of
+            // range from a truncated spiece.model, …) is the tokenizer's when it cannot be loaded on its own.
             string spiece = Path.Combine(folder, "tokenizer", "spiece.model");
-            bool tokenizer = e.Message.Contains("spiece", StringComparison.OrdinalIgnoreCase) || !TokenizerLoads(folder);
-            throw new WeightFileException(tokenizer
-                ? $"{spiece}: the tokenizer cannot be read ({e.Message.TrimEnd('.')}). Download the model again (or copy tokenizer/ from the original)."
-                : $"{folder}: the model cannot be opened ({e.Message.TrimEnd('.')}). Download the model again.", e);
+            if (e is InvalidDataException or EndOfStreamException || !TokenizerLoads(folder))
+                throw new WeightFileException($"{spiece}: the tokenizer cannot be read ({e.Message.TrimEnd('.')}). Download the model again (or copy tokenizer/ from the original).", e);
+            throw;
         }
     }
 
