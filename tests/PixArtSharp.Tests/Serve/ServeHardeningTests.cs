@@ -57,6 +57,35 @@ public sealed class ServeHardeningTests(ServeFixture fx, ITestOutputHelper outpu
         }
     }
 
+    // Before: "Generation failed: <the absolute path> …" (500) — the path of this machine in a remote answer.
+    [Fact]
+    public async Task AWeightFileGoneAfterStartIsA503NamingTheFileWithoutItsPath()
+    {
+        using var tmp = new PixArtSharp.Tests.Loading.TempDir();
+        string folder = PixArtSharp.Tests.Cli.CliRunner.CopyModel(PixArtSharp.Tests.Cli.CliRunner.TinyLcm, tmp.Path("tiny-pixart-lcm"));
+        // Loaded per request (KeepLoaded = false), so the file is read after the server started.
+        using var pipe = PixArtPipeline.FromPretrained(folder, new PipelineOptions { KeepLoaded = false });
+        var (app, queue, client) = await Start(pipe, ServeSafety.ServedModel(new ModelInfo(folder, null, null, "fp32"), Path.Combine(folder, "transformer")));
+        try
+        {
+            string weights = Path.Combine(folder, "transformer", "diffusion_pytorch_model.safetensors");
+            using (var fs = new FileStream(weights, FileMode.Open, FileAccess.Write)) fs.SetLength(fs.Length / 2);
+            var r = await Api.Post(client, Api.Small("a cat", 1));
+            string text = await r.Content.ReadAsStringAsync();
+            output.WriteLine($"{(int)r.StatusCode} {text}");
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, r.StatusCode);
+            Assert.Equal("model_unavailable", JsonDocument.Parse(text).RootElement.GetProperty("error").GetProperty("code").GetString());
+            Assert.Contains("diffusion_pytorch_model.safetensors", text);
+            Assert.DoesNotContain(tmp.Root, text);
+            Assert.Equal(HttpStatusCode.OK, (await client.GetAsync("/health")).StatusCode);
+        }
+        finally
+        {
+            queue.Dispose();
+            await app.DisposeAsync();
+        }
+    }
+
     // Before: a 500 after the whole generation (the PNG text chunk refused the NUL).
     [Fact]
     public async Task APromptWithControlCharactersIsAnsweredAndEscapedInTheMetadata()
