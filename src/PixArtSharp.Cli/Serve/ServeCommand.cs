@@ -96,6 +96,8 @@ public static class ServeCommand
     {
         options.Validate();
         PipelineSetup.CheckThreads(threads);
+        if (options.Variant is { } v && !Generate.InputFiles.IsVariantName(v))
+            throw new UsageException($"--variant '{v}' is not a variant name (letters, digits, '-', '_', '.', e.g. fp16).");
         // Bind the port first: a taken port is a one-line exit 2 now, not after a minute of loading.
         using var reservation = ServeSafety.ReservePort(options.Host, options.Port);
         if (!ServerApp.IsLoopback(options.Host) && options.Token is null)
