@@ -95,10 +95,18 @@ public static class CliApp
         _ when IsOutOfMemory(e) => ExitCodes.OutOfMemory,
         // A model file that cannot be read at all (a symlink loop, no permission, gone): the model is not there.
         // Writing the images fails as ImageWriteException (exit 1) instead.
-        UnauthorizedAccessException or IOException when e is not ImageWriteException => ExitCodes.ModelNotFound,
+        _ when IsUnreadable(e) => ExitCodes.ModelNotFound,
         _ when ct.IsCancellationRequested => ExitCodes.Interrupted,
         _ => ExitCodes.Failure,
     };
+
+    /// <summary>
+    /// A file that cannot be opened at all: no permission, gone, or a symlink loop (ELOOP, which .NET reports as a
+    /// plain IOException "Too many levels of symbolic links"). Other IOExceptions (a full disk) stay exit 1.
+    /// </summary>
+    public static bool IsUnreadable(Exception e) =>
+        e is UnauthorizedAccessException or FileNotFoundException or DirectoryNotFoundException
+        || (e is IOException && e is not ImageWriteException && e.Message.Contains("symbolic link", StringComparison.OrdinalIgnoreCase));
 
     /// <summary>Managed OOM, or libtorch's allocator failing (an ExternalException "DefaultCPUAllocator: not enough memory").</summary>
     public static bool IsOutOfMemory(Exception e)
@@ -123,7 +131,7 @@ public static class CliApp
         if (e is ArgumentException { ParamName: { } p } a && a.Message.EndsWith($" (Parameter '{p}')", StringComparison.Ordinal))
             return a.Message[..^$" (Parameter '{p}')".Length];
         if (e is ImageWriteException || e is UsageException || e is ImageReadException) return e.Message;
-        if (e is UnauthorizedAccessException or IOException && e is not ImageWriteException)
+        if (IsUnreadable(e))
             return $"cannot read a model file: {FirstLine(e.Message)} (check that the file exists, is a regular file or a link that resolves, and is readable).";
         return FirstLine(e.Message);
     }

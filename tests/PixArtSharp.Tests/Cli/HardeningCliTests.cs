@@ -184,14 +184,18 @@ public sealed class HardeningCliTests(ITestOutputHelper output) : IDisposable
         string tok = CliRunner.CopyModel(CliRunner.TinyLcm, _tmp.Path("bad-tokenizer"));
         string spiece = Path.Combine(tok, "tokenizer", "spiece.model");
         File.WriteAllBytes(spiece, File.ReadAllBytes(spiece)[..1000]);
-        var r = Run(["generate", "a cat", "--model", tok, "-o", _tmp.Path("t.png"), .. Small]);
+        // In a child process, as a user runs it: a corrupt tokenizer must not take the test host with it (in-process,
+        // next to the pipeline tests, this run once ended the whole test host).
+        var r = CliRunner.RunProcess(_tmp.Root, null, ["generate", "a cat", "--model", tok, "-o", _tmp.Path("t.png"), .. Small]);
+        output.WriteLine(r.ToString());
         Assert.Equal(ExitCodes.BadWeights, r.ExitCode);
-        Assert.Contains("spiece.model", r.Stderr);
+        Assert.Contains("spiece.model: the tokenizer cannot be read", r.Stderr);
 
         string cfg = CliRunner.CopyModel(CliRunner.TinyLcm, _tmp.Path("bad-config"));
         string config = Path.Combine(cfg, "transformer", "config.json");
         File.WriteAllText(config, File.ReadAllText(config).Replace("\"ada_norm_single\"", "\"ada_norm_zero\""));
-        r = Run(["generate", "a cat", "--model", cfg, "-o", _tmp.Path("c.png"), .. Small]);
+        r = CliRunner.RunProcess(_tmp.Root, null, ["generate", "a cat", "--model", cfg, "-o", _tmp.Path("c.png"), .. Small]);
+        output.WriteLine(r.ToString());
         Assert.Equal(ExitCodes.BadWeights, r.ExitCode);
         Assert.Contains("norm_type 'ada_norm_zero' is not supported", r.Stderr);
         Assert.Contains("config.json", r.Stderr);

@@ -66,7 +66,11 @@ public sealed class ServerProcess : IAsyncDisposable
     }
 }
 
-/// <summary>Issue 15 against a real server process: uploads decoded a few at a time, and a weight file truncated under it.</summary>
+/// <summary>
+/// Issue 15 against a real server process: uploads decoded one at a time, and a weight file truncated under it.
+/// In the Serve collection so its CPU-heavy uploads never run beside the in-memory server's timing-sensitive tests.
+/// </summary>
+[Collection("Serve")]
 public sealed class ServeProcessTests(ITestOutputHelper output) : IDisposable
 {
     private readonly PixArtSharp.Tests.Loading.TempDir _tmp = new();
