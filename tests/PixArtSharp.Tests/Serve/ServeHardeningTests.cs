@@ -173,6 +173,14 @@ public sealed class ServeHardeningTests(ServeFixture fx, ITestOutputHelper outpu
             Assert.NotEqual("x", e.GetProperty("param").GetString());
             Assert.DoesNotContain("LineNumber", e.GetProperty("message").GetString());
 
+            // A size the model cannot run (multiples of 16 without binning) is a 400 before any model work.
+            var tiny = Api.Small("a cat", 7);
+            tiny["width"] = 24;
+            tiny["height"] = 24;
+            r = await Api.Post(client, tiny);
+            Assert.Equal(HttpStatusCode.BadRequest, r.StatusCode);
+            Assert.Equal("width", (await Api.ReadJson(r)).GetProperty("error").GetProperty("param").GetString());
+
             // Before: "CFG scale: -0" and guidance -0.0 in the answer's settings.
             var body = Api.Small("a cat", 7);
             body["guidance"] = -0.0;
