@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using PixArtSharp.Hub;
 using PixArtSharp.Imaging;
 using PixArtSharp.Loading;
+using PixArtSharp.Pipeline;
 using Spectre.Console;
 
 namespace PixArtSharp.Cli;
@@ -88,10 +89,24 @@ public static class CliApp
         UsageException or ArgumentException or ImageReadException => ExitCodes.BadArguments,
         ModelNotFoundException or HubDownloadException => ExitCodes.ModelNotFound,
         WeightFileException => ExitCodes.BadWeights,
+        // A config asking for what this port does not implement (its message names the file and the key), a
+        // corrupt tokenizer or other model file, or a generation that ended in NaN/Inf: the model is broken.
+        NotSupportedException or InvalidDataException or EndOfStreamException or NonFiniteOutputException => ExitCodes.BadWeights,
         _ when IsOutOfMemory(e) => ExitCodes.OutOfMemory,
+        // A model file that cannot be read at all (a symlink loop, no permission, gone): the model is not there.
+        // Writing the images fails as ImageWriteException (exit 1) instead.
+        _ when IsUnreadable(e) => ExitCodes.ModelNotFound,
         _ when ct.IsCancellationRequested => ExitCodes.Interrupted,
         _ => ExitCodes.Failure,
     };
+
+    /// <summary>
+    /// A file that cannot be opened at all: no permission, gone, or a symlink loop (ELOOP, which .NET reports as a
+    /// plain IOException "Too many levels of symbolic links"). Other IOExceptions (a full disk) stay exit 1.
+    /// </summary>
+    public static bool IsUnreadable(Exception e) =>
+        e is UnauthorizedAccessException or FileNotFoundException or DirectoryNotFoundException
+        || (e is IOException && e is not ImageWriteException && e.Message.Contains("symbolic link", StringComparison.OrdinalIgnoreCase));
 
     /// <summary>Managed OOM, or libtorch's allocator failing (an ExternalException "DefaultCPUAllocator: not enough memory").</summary>
     public static bool IsOutOfMemory(Exception e)
@@ -116,6 +131,8 @@ public static class CliApp
         if (e is ArgumentException { ParamName: { } p } a && a.Message.EndsWith($" (Parameter '{p}')", StringComparison.Ordinal))
             return a.Message[..^$" (Parameter '{p}')".Length];
         if (e is ImageWriteException || e is UsageException || e is ImageReadException) return e.Message;
+        if (IsUnreadable(e))
+            return $"cannot read a model file: {FirstLine(e.Message)} (check that the file exists, is a regular file or a link that resolves, and is readable).";
         return FirstLine(e.Message);
     }
 

@@ -1,6 +1,7 @@
 using PixArtSharp.Cli.Download;
 using PixArtSharp.Hub;
 using PixArtSharp.Imaging;
+using PixArtSharp.Loading;
 using PixArtSharp.Loading.Lora;
 using PixArtSharp.Pipeline;
 
@@ -23,7 +24,8 @@ public static class PipelineSetup
         bool isLocal = Directory.Exists(model.Model);
         model = model with
         {
-            Model = isLocal ? Path.GetFullPath(model.Model) : model.Model,
+            // As the user named it (never made absolute): the image records what the user typed, not this machine's layout.
+            Model = model.Model,
             // The snapshot folder is named after the commit: record that, not "main", so --from-png gets the same files.
             ModelRevision = isLocal ? null : Path.GetFileName(Path.TrimEndingDirectorySeparator(folder)),
         };
@@ -58,6 +60,45 @@ public static class PipelineSetup
         var buffer = new byte[(int)Math.Min(f.Length, 4 << 20)];
         f.ReadExactly(buffer);
         return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(buffer))[..12];
+    }
+
+    /// <summary>The most --threads accepted: 4 per core (libtorch gains nothing past one per core; 100000 exhausts the process table).</summary>
+    public static int MaxThreads => 4 * Environment.ProcessorCount;
+
+    /// <summary>--threads in 1..<see cref="MaxThreads"/>, checked before any model work (exit 2 / a one-line error).</summary>
+    public static void CheckThreads(int? threads)
+    {
+        if (threads is { } n && (n < 1 || n > MaxThreads))
+            throw new UsageException($"--threads must be between 1 and {MaxThreads} (4 per core on this machine), got {n}.");
+    }
+
+    /// <summary>
+    /// <see cref="PixArtPipeline.FromPretrained"/> (configs and the tokenizer), with a tokenizer that cannot be read
+    /// named: a corrupt or truncated spiece.model is a <see cref="WeightFileException"/> (exit 4) naming the file.
+    /// </summary>
+    public static PixArtPipeline Open(string folder, PipelineOptions options)
+    {
+        try
+        {
+            return PixArtPipeline.FromPretrained(folder, options);
+        }
+        catch (Exception e) when (e is not (WeightFileException or ModelNotFoundException or NotSupportedException or OperationCanceledException
+                                             or UnauthorizedAccessException or FileNotFoundException or DirectoryNotFoundException)
+                                  && !CliApp.IsOutOfMemory(e))
+        {
+            // Configs name their own file and key; anything else thrown here (a NullReference or an index out of
+            // range from a truncated spiece.model, …) is the tokenizer's when it cannot be loaded on its own.
+            string spiece = Path.Combine(folder, "tokenizer", "spiece.model");
+            if (e is InvalidDataException or EndOfStreamException || !TokenizerLoads(folder))
+                throw new WeightFileException($"{spiece}: the tokenizer cannot be read ({e.Message.TrimEnd('.')}). Download the model again (or copy tokenizer/ from the original).", e);
+            throw;
+        }
+    }
+
+    private static bool TokenizerLoads(string folder)
+    {
+        try { PixArtSharp.Text.T5Tokenizer.FromModelFolder(Path.Combine(folder, "tokenizer")); return true; }
+        catch (Exception) { return false; }
     }
 
     /// <summary>--lora PATH[:SCALE] → a LoRA spec (a trailing ":number" is the scale; paths may hold ':' otherwise).</summary>

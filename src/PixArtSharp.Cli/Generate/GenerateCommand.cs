@@ -78,7 +78,11 @@ public static class GenerateCommand
     }
 
     /// <summary>What a run will do, decided before any model work (so argument errors cost nothing).</summary>
-    public sealed record Plan(IReadOnlyList<Batch> Batches, ModelInfo Model, IReadOnlyList<string> Files, ImageInput? Image = null);
+    public sealed record Plan(IReadOnlyList<Batch> Batches, ModelInfo Model, IReadOnlyList<string> Files, ImageInput? Image = null)
+    {
+        /// <summary>With --from-png: what was taken from the file, said on stderr before the run.</summary>
+        public string? FromPngNote { get; init; }
+    }
 
     public static Command Create()
     {
@@ -87,7 +91,7 @@ public static class GenerateCommand
             Arity = ArgumentArity.ZeroOrMore,
             Description = "The prompt(s). Several prompts run as one batch, like a diffusers prompt list.",
         };
-        var promptsFile = new Option<string?>("--prompts-file") { Description = "A text file with one prompt per line (blank lines skipped), run in batches of --batch-size.", HelpName = "FILE" };
+        var promptsFile = new Option<string?>("--prompts-file") { Description = $"A text file with one prompt per line (blank lines skipped), run in batches of --batch-size. A regular file of at most {InputFiles.MaxPromptsFileBytes / 1024} KiB.", HelpName = "FILE" };
         var batchSize = new Option<int?>("--batch-size") { Description = "Prompts per pipeline call [default: 1 with --prompts-file, all positional prompts together otherwise]. Batch b uses seed + b." };
         var negative = new Option<string?>("--negative-prompt", "-n") { Description = "What the image should not show [default: \"\"]. Only has an effect with --guidance above 1." };
         var model = new Option<string?>("--model", "-m") { Description = $"A Hugging Face id or a local diffusers folder [default: {DefaultModel}].", HelpName = "ID|FOLDER" };
@@ -113,14 +117,14 @@ public static class GenerateCommand
         dtype.AcceptOnlyFromAmong("auto", "fp32", "bf16", "fp16");
         var device = new Option<string?>("--device") { Description = $"Where the models run: {DeviceSpec.Choices} [default: auto = a GPU when a CUDA libtorch and a GPU are there, else the CPU]." };
         var offload = new Option<string?>("--offload") { Description = $"GPU memory policy: {OffloadPolicy.Choices} [default: none]. model: each component moves to the GPU for its stage (the model card's CPU offload); sequential: layer by layer, for GPUs smaller than the T5." };
-        var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch [default: libtorch's, one per core]." };
+        var threads = new Option<int?>("--threads") { Description = $"CPU threads for libtorch, 1 to {PipelineSetup.MaxThreads} (4 per core) [default: libtorch's, one per core]." };
         var output = new Option<string?>("--output", "-o") { Description = "The PNG file (or an existing folder). With several images: <stem>-<i>.png, i from 0, prompt-major [default: pixart-<seed>.png].", HelpName = "FILE" };
         var style = new Option<string?>("--style") { HelpName = "NAME", Description = $"A PixArt demo style preset: {string.Join(", ", StylePresets.All.Select(s => s.Name))}." };
         style.CompletionSources.Add(StylePresets.All.Select(s => s.Name).ToArray());
-        var image = new Option<string?>("--image", "-i") { Description = "Image-to-image: start from this PNG, JPEG or WebP instead of noise. The output has its size (sides multiples of 16, or --resize-to-fit); the PNG records its sha256 and the strength.", HelpName = "FILE" };
+        var image = new Option<string?>("--image", "-i") { Description = $"Image-to-image: start from this PNG, JPEG or WebP instead of noise. The output has its size (sides multiples of 16, or --resize-to-fit); the PNG records its sha256 and the strength. A regular file of at most {ImageReader.MaxFileBytes >> 20} MiB and {ImageReader.DefaultMaxPixels / 1_000_000} megapixels.", HelpName = "FILE" };
         var strength = new Option<double?>("--strength") { Description = "With --image: how much of it is repainted, in (0, 1] [default: 0.8]. LCM still runs all its steps; DPM-Solver and SA-Solver run int(steps x strength)." };
         var resizeToFit = new Option<bool>("--resize-to-fit") { Description = "With --image: scale it to at most the model's pixel area (keeping its aspect ratio), sides rounded down to multiples of 16 (Lanczos-3)." };
-        var fromPng = new Option<string?>("--from-png") { Description = "Reproduce an image from its metadata (model, prompt, seed, everything); flags given as well override it.", HelpName = "FILE" };
+        var fromPng = new Option<string?>("--from-png") { Description = $"Reproduce an image from its metadata (prompt, seed, everything); flags given as well override it. A model recorded as a local folder must be given again with --model (paths are never taken from an image). A regular PNG file of at most {InputFiles.MaxFromPngBytes >> 20} MiB with text chunks of at most {InputFiles.MaxPngTextChunkBytes >> 20} MiB.", HelpName = "FILE" };
         var quiet = new Option<bool>("--quiet", "-q") { Description = "No progress or warnings; print only the files written." };
         var (preview, previewVae, previewFile) = (new Option<string?>("--preview") { HelpName = "tiny|none", Description = "Live previews: after each step a TAESD decodes the predicted image into --preview-file [default: tiny when --preview-vae or --preview-file is given]." },
             new Option<string?>("--preview-vae") { HelpName = "ID|DIR", Description = "The TAESD for previews [default: madebyollin/taesd (α/LCM) or madebyollin/taesdxl (Σ) from the Hugging Face cache]." },
@@ -214,14 +218,16 @@ public static class GenerateCommand
         if (a.Prompts.Count > 0) prompts = a.Prompts;
         if (a.PromptsFile is not null)
         {
-            if (!File.Exists(a.PromptsFile)) throw new UsageException($"--prompts-file: file not found: {a.PromptsFile}.");
-            prompts = File.ReadAllLines(a.PromptsFile).Where(l => !string.IsNullOrWhiteSpace(l)).ToList();
+            // A regular file of at most 1 MiB, checked before reading (/dev/zero or a FIFO would never end).
+            prompts = InputFiles.ReadPrompts(a.PromptsFile);
             if (prompts.Count == 0) throw new UsageException($"--prompts-file: {a.PromptsFile} has no prompts (one per line).");
         }
         if (prompts is null && a.FromPng is null)
             throw new UsageException("Give a prompt, e.g. pixart generate \"A small cactus with a happy face in the Sahara desert.\" (or --prompts-file, or --from-png).");
         if (a.BatchSize is < 1) throw new UsageException($"--batch-size must be at least 1, got {a.BatchSize}.");
-        if (a.Threads is < 1) throw new UsageException($"--threads must be at least 1, got {a.Threads}.");
+        PipelineSetup.CheckThreads(a.Threads);
+        if (a.Variant is { } v && !InputFiles.IsVariantName(v))
+            throw new UsageException($"--variant '{v}' is not a variant name (letters, digits, '-', '_', '.', e.g. fp16).");
 
         // Flags override the record.
         bool batchChanged = prompts is not null || a.NumImages is not null || a.BatchSize is not null;
@@ -233,7 +239,7 @@ public static class GenerateCommand
             Steps = a.Timesteps is not null ? null : a.Steps ?? settings.Steps,
             Timesteps = a.Timesteps is not null ? ParseTimesteps(a.Timesteps) : a.Steps is not null ? null : settings.Timesteps,
             MaxSequenceLength = a.MaxSequenceLength ?? settings.MaxSequenceLength,
-            Guidance = a.Guidance ?? settings.Guidance,
+            Guidance = (a.Guidance ?? settings.Guidance) + 0.0, // -0 + 0 = +0: recorded and printed as 0
             Height = a.Height ?? settings.Height,
             Width = a.Width ?? settings.Width,
             NumImages = a.NumImages ?? settings.NumImages,
@@ -264,8 +270,19 @@ public static class GenerateCommand
             batches[0] = batches[0] with { OnlyImage = k };
         }
 
-        // Model: flags, else the record, else the default.
+        // Model: flags, else the record, else the default. A PNG may come from anyone: its model is taken only if
+        // it is a Hub id (a recorded local path needs --model again), and its variant and revision only if they are
+        // names, so nothing in a file someone sent can point at a path on this machine.
         bool modelGiven = a.Model is not null;
+        if (recorded is not null && !modelGiven)
+        {
+            if (!InputFiles.IsHubId(recorded.Model))
+                throw new UsageException($"--from-png: {a.FromPng} was made with the local model '{recorded.Model}'; give it again with --model FOLDER (local paths are never taken from an image).");
+            if (recorded.Variant is { } rv && !InputFiles.IsVariantName(rv))
+                throw new UsageException($"--from-png: {a.FromPng} records the variant '{rv}', which is not a variant name; give --model (and --variant) yourself.");
+            if (recorded.ModelRevision is { } rr && !InputFiles.IsRevision(rr))
+                throw new UsageException($"--from-png: {a.FromPng} records the revision '{rr}', which is not a Hub revision; give --model (and --revision) yourself.");
+        }
         var modelInfo = new ModelInfo(
             a.Model ?? recorded?.Model ?? DefaultModel,
             a.Revision ?? (modelGiven ? null : recorded?.ModelRevision),
@@ -290,7 +307,12 @@ public static class GenerateCommand
             : $"pixart-{seed}.png";
         string outputPath = OutputNaming.Normalize(a.Output, defaultName);
         var files = OutputNaming.Paths(outputPath, batches.Sum(b => b.ImageCount));
-        return new Plan(batches, modelInfo, files, imageInput);
+        string? fromNote = a.FromPng is null ? null
+            : $"from {Path.GetFileName(a.FromPng)}: model {(modelGiven ? "(from --model)" : modelInfo.Model)}" +
+              $"{(!modelGiven && modelInfo.ModelRevision is { } rev ? $"@{rev}" : "")}{(modelInfo.Variant is { } va ? $", variant {va}" : "")}, " +
+              $"seed {(a.Seed is null ? seed.ToString(CultureInfo.InvariantCulture) : "(from --seed)")}, " +
+              $"{settings.Prompts.Count} prompt(s), {(settings.Steps is { } st ? $"{st} steps" : "default steps")}, {modelInfo.DType}";
+        return new Plan(batches, modelInfo, files, imageInput) { FromPngNote = fromNote };
     }
 
     /// <summary>--timesteps "999,499" → [999, 499].</summary>
@@ -324,6 +346,7 @@ public static class GenerateCommand
         var plan = MakePlan(a);
         OutputNaming.CheckWritable(plan.Files);
         PreviewSetup.Wanted(a.Preview, a.PreviewVae, a.PreviewFile); // a mistyped --preview fails before any download
+        if (plan.FromPngNote is { } note && !a.Quiet) cli.Err.WriteLine(note);
         var warnings = new List<string>();
         void Warn(string w) { warnings.Add(w); if (!a.Quiet) cli.Warn(w); }
 
@@ -341,7 +364,7 @@ public static class GenerateCommand
 
         // One pipeline for the whole run: configs and tokenizer now, each model when its stage starts (and freed
         // after it: T5 once every prompt is encoded; the transformer and the VAE after the last batch).
-        using var pipe = PixArtPipeline.FromPretrained(folder, options);
+        using var pipe = PipelineSetup.Open(folder, options);
         foreach (var w in pipe.Warnings) Warn(w);
         if (MemoryCheck.Warning(pipe.Folder!, model.Variant, dtype, allLoaded: plan.Batches.Count > 1) is { } memory) Warn(memory);
 
@@ -402,7 +425,8 @@ public static class GenerateCommand
                         string file = plan.Files[fileIndex++];
                         progress.Begin(Stage.Save, Path.GetFileName(file));
                         // The same bytes pixart serve answers for this request (ImageFiles.EncodePng), written atomically.
-                        PngWriter.WriteBytes(file, ImageFiles.EncodePng(settings, i, rgb[i], result.Width, result.Height, model));
+                        // Control characters in the prompt are escaped in the metadata (PNG text cannot hold NUL).
+                        PngWriter.WriteBytes(file, InputFiles.EncodePng(settings, i, rgb[i], result.Width, result.Height, model));
                         saved.Add(new Saved(file, bi, i, settings.Prompts[i / settings.NumImages], settings.Seed!.Value));
                     }
                     timings["save"] += clock.Elapsed.TotalSeconds;

@@ -15,16 +15,11 @@ public sealed record ImageInput(string Path, string Sha256, RgbImage Image, bool
     /// <summary>Reads the file once: its bytes give the sha256 and the pixels. Any failure is an ImageReadException (exit code 2).</summary>
     public static (string Sha256, RgbImage Image) Read(string path)
     {
-        if (!File.Exists(path)) throw new ImageReadException($"--image: file not found: {path}.");
-        var length = new FileInfo(path).Length;
-        if (length > ImageReader.MaxFileBytes)
-            throw new ImageReadException($"--image: {path} has {length:N0} bytes; images larger than {ImageReader.MaxFileBytes:N0} bytes are refused.");
+        // A regular file (not /dev/zero, a FIFO, a device) within the size limit, checked before reading; never
+        // more than the limit is read.
         byte[] bytes;
-        try { bytes = File.ReadAllBytes(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new ImageReadException($"--image: cannot read {path}: {e.Message}", e);
-        }
+        try { bytes = InputFiles.ReadBounded("--image", path, ImageReader.MaxFileBytes); }
+        catch (UsageException e) { throw new ImageReadException(e.Message, e); }
         return (Convert.ToHexStringLower(SHA256.HashData(bytes)), ImageReader.Decode(bytes, path));
     }
 

@@ -24,7 +24,8 @@ public static class ImageMetadata
     /// <summary>Reads what <see cref="Chunks"/> wrote. A PNG without it (or not a PNG) is a <see cref="UsageException"/>.</summary>
     public static (GenerationSettings Settings, ModelInfo Model, int ImageIndex) Read(string pngPath)
     {
-        if (!File.Exists(pngPath)) throw new UsageException($"--from-png: file not found: {pngPath}.");
+        // A regular file within the size limits, its text chunks bounded, before PngReader reads it whole.
+        InputFiles.CheckFromPng(pngPath);
         IReadOnlyList<(string Keyword, string Text)> chunks;
         try { chunks = PngReader.ReadTextChunks(pngPath); }
         catch (InvalidDataException e) { throw new UsageException($"--from-png: {e.Message}"); }

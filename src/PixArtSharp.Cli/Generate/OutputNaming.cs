@@ -30,10 +30,22 @@ public static class OutputNaming
     /// Fails before any model work when the images could not be saved: the folder is missing or not writable,
     /// or a name is taken by a folder. Probes with a temporary file that is removed again.
     /// </summary>
+    /// <summary>What PngWriter.WriteBytes adds for its temporary file: "." + name + "." + 32 hex digits + ".tmp".</summary>
+    public const int TempNameExtraBytes = 1 + 1 + 32 + 4;
+    /// <summary>The longest output file name (UTF-8 bytes) whose temporary name still fits in 255 bytes.</summary>
+    public const int MaxFileNameBytes = 255 - TempNameExtraBytes;
+
     public static void CheckWritable(IReadOnlyList<string> paths)
     {
         foreach (var p in paths)
+        {
             if (Directory.Exists(p)) throw new UsageException($"Cannot write the image {p}: a folder of that name exists. Give a file name (e.g. -o out.png).");
+            // PngWriter writes ".<name>.<32 hex>.tmp" first and renames it: that name must fit the file system too.
+            string name = Path.GetFileName(p);
+            int bytes = System.Text.Encoding.UTF8.GetByteCount(name);
+            if (bytes > MaxFileNameBytes)
+                throw new UsageException($"-o/--output: the file name {name[..Math.Min(40, name.Length)]}… has {bytes} bytes; at most {MaxFileNameBytes} fit (the file system's 255 minus the {TempNameExtraBytes} of the temporary name it is written under first). Choose a shorter name.");
+        }
         foreach (var dir in paths.Select(p => Path.GetDirectoryName(p)!).Distinct())
         {
             if (!Directory.Exists(dir))

@@ -165,7 +165,7 @@ public sealed class GenerationQueue : IJobQueue, IDisposable
             catch (Exception e)
             {
                 // RunBatch answers every job itself; this is the last line that keeps the worker alive.
-                foreach (var j in batch) j.Fail(new ApiException(500, "Generation failed: " + e.Message, code: "generation_failed"));
+                foreach (var j in batch) j.Fail(ServeSafety.ToApiError(e));
             }
             lock (_gate)
             {
@@ -257,7 +257,7 @@ public sealed class GenerationQueue : IJobQueue, IDisposable
         catch (Exception e)
         {
             Console.Error.WriteLine($"serve: job {jobs[0].Id} failed: {e.GetType().Name}: {e.Message}");
-            jobs[0].Fail(new ApiException(500, $"Generation failed: {e.Message}", code: "generation_failed"));
+            jobs[0].Fail(ServeSafety.ToApiError(e)); // NaN output, a broken weight file, …: named, without local paths
         }
     }
 
@@ -295,10 +295,10 @@ public sealed class GenerationQueue : IJobQueue, IDisposable
                 if (job.IsFinished) continue; // cancelled while its batch-mates went on
                 var data = new List<ImageData>(n);
                 // Image k of this request is image k of the same request run by `pixart generate`: same bytes.
-                string parameters = ImageFiles.Metadata(job.Settings, 0, Model)[0].Text;
+                string parameters = PixArtSharp.Cli.Generate.InputFiles.Metadata(job.Settings, 0, Model)[0].Text;
                 for (int k = 0; k < n; k++)
                 {
-                    byte[] png = ImageFiles.EncodePng(job.Settings, k, rgb[b * n + k], output.Width, output.Height, Model);
+                    byte[] png = PixArtSharp.Cli.Generate.InputFiles.EncodePng(job.Settings, k, rgb[b * n + k], output.Width, output.Height, Model);
                     data.Add(new ImageData(Convert.ToBase64String(png), job.Settings.Seed!.Value, parameters, job.Settings.Styled().Prompts[0]));
                 }
                 job.Succeed(new ImagesResponse(created, data, job.Id, job.Settings, jobs.Count));

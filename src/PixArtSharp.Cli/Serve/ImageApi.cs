@@ -119,7 +119,7 @@ public sealed record ImagesRequest
             Steps = Steps,
             Timesteps = Timesteps,
             MaxSequenceLength = MaxSequenceLength,
-            Guidance = Guidance,
+            Guidance = Guidance + 0.0, // -0 + 0 = +0: a guidance of -0 is recorded and printed as 0
             Seed = Seed,
             Width = width,
             Height = height,
@@ -176,7 +176,10 @@ public sealed record ImagesRequest
     /// <summary>Parses the body; malformed JSON, wrong types and unknown fields are 400s naming the field.</summary>
     public static ImagesRequest Parse(ReadOnlySpan<byte> body)
     {
+        // A UTF-8 byte-order mark is accepted and skipped (some Windows tools write one); JSON itself has none.
+        if (body.StartsWith((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF])) body = body[3..];
         if (body.IsEmpty) throw new ApiException(400, "The request body is empty; send a JSON object such as {\"prompt\": \"a cat\"}.", "");
+        RejectDuplicateKeys(body);
         try
         {
             return JsonSerializer.Deserialize<ImagesRequest>(body, JsonOptions)
@@ -185,10 +188,43 @@ public sealed record ImagesRequest
         catch (JsonException e)
         {
             string path = e.Path is { Length: > 2 } p ? p.TrimStart('$', '.') : "";
-            string what = e.Message.Contains("could not be mapped", StringComparison.Ordinal)
-                ? $"Unknown field '{ExtractQuoted(e.Message) ?? path}'. Known fields: {KnownFields}."
+            bool unknown = e.Message.Contains("could not be mapped", StringComparison.Ordinal);
+            // The parameter is the field (from the JSON path), never a fragment of the parser's message.
+            string param = unknown ? ExtractQuoted(e.Message) ?? path : path;
+            string what = unknown
+                ? $"Unknown field '{param}'. Known fields: {KnownFields}."
                 : path.Length > 0 ? $"The field '{path}' has the wrong type or is malformed JSON." : "The request body is not a valid JSON object.";
-            throw new ApiException(400, what, ExtractQuoted(e.Message) ?? path);
+            throw new ApiException(400, what, param);
+        }
+    }
+
+    /// <summary>
+    /// A field given twice is a 400 naming it: parsers disagree on which copy wins (first, last, error), so a
+    /// proxy that checked one copy could pass the other through.
+    /// </summary>
+    private static void RejectDuplicateKeys(ReadOnlySpan<byte> body)
+    {
+        var reader = new Utf8JsonReader(body, new JsonReaderOptions { MaxDepth = 8 });
+        var seen = new Stack<HashSet<string>>();
+        try
+        {
+            while (reader.Read())
+            {
+                switch (reader.TokenType)
+                {
+                    case JsonTokenType.StartObject: seen.Push(new HashSet<string>(StringComparer.Ordinal)); break;
+                    case JsonTokenType.EndObject: seen.Pop(); break;
+                    case JsonTokenType.PropertyName:
+                        string name = reader.GetString()!;
+                        if (!seen.Peek().Add(name))
+                            throw new ApiException(400, $"The field '{name}' is given twice; send each field once.", name, "duplicate_field");
+                        break;
+                }
+            }
+        }
+        catch (JsonException)
+        {
+            // Malformed JSON: the deserializer reports it with the field's path.
         }
     }
 
@@ -214,6 +250,7 @@ public sealed class ApiException(int status, string message, string? param = nul
         404 => "not_found_error",
         409 => "conflict_error",
         413 => "invalid_request_error",
+        415 => "invalid_request_error",
         429 => "rate_limit_error",
         499 => "cancelled",
         _ => "server_error",

@@ -21,10 +21,17 @@ public sealed record ImageUpload(string Sha256, RgbImage Image)
     public static (GenerationSettings Settings, ImageUpload Upload) Apply(string base64, bool resizeToFit, GenerationSettings settings, PixArtPipeline model)
     {
         byte[] bytes = DecodeBase64(base64);
+        // At most ServeSafety.MaxConcurrentDecodes decodes at once (the others wait briefly, then 429), the pixel
+        // count checked from the header before any pixel is decoded, and the memory given back afterwards.
+        return ServeSafety.LimitDecode(() => Fit(bytes, resizeToFit, settings, model));
+    }
+
+    private static (GenerationSettings Settings, ImageUpload Upload) Fit(byte[] bytes, bool resizeToFit, GenerationSettings settings, PixArtPipeline model)
+    {
         RgbImage image;
         try
         {
-            image = ImageReader.Decode(bytes, "the uploaded image");
+            image = ImageReader.Decode(bytes, "the uploaded image", ServeSafety.MaxUploadPixels);
         }
         catch (ImageReadException e)
         {

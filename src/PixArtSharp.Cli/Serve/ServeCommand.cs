@@ -102,6 +102,11 @@ public static class ServeCommand
     public static async Task<int> RunAsync(ServeOptions options, int? threads, CancellationToken ct)
     {
         options.Validate();
+        PipelineSetup.CheckThreads(threads);
+        if (options.Variant is { } v && !Generate.InputFiles.IsVariantName(v))
+            throw new UsageException($"--variant '{v}' is not a variant name (letters, digits, '-', '_', '.', e.g. fp16).");
+        // Bind the port first: a taken port is a one-line exit 2 now, not after a minute of loading.
+        using var reservation = ServeSafety.ReservePort(options.Host, options.Port);
         if (!ServerApp.IsLoopback(options.Host) && options.Token is null)
             Console.Error.WriteLine($"pixart serve: WARNING: listening on {options.Host} without --token: anyone who can reach this port can generate images.");
         // The first thing that touches libtorch: the device decides which libtorch loads.
@@ -114,17 +119,24 @@ public static class ServeCommand
             new ModelInfo(options.Model, options.Revision, options.Variant, DTypeChoice.Name(dtype)) { TextEncoder = options.TextEncoder, Transformer = options.Transformer, Vae = options.Vae },
             // Weights copied out of their files: a weight file replaced under the running server cannot kill it.
             new PipelineOptions { DType = dtype, KeepLoaded = true, CopyWeights = true, Device = device, Offload = OffloadPolicy.Parse(options.Offload), PromptCacheEntries = options.PromptCacheEntries }, options.Loras, ct);
-        Console.Error.WriteLine($"pixart serve: loading {options.Model} ({DTypeChoice.Name(dtype)}) …");
+        Console.Error.WriteLine($"pixart serve: loading {ImageFiles.ModelLabel(options.Model)} ({DTypeChoice.Name(dtype)}) …");
         // The server keeps every component loaded: say so before loading them if they will not fit.
         if (Generate.MemoryCheck.Warning(ModelFolder.Open(folder), options.Variant, dtype, allLoaded: true) is { } memory)
             Console.Error.WriteLine($"pixart serve: warning: {memory}");
-        using var pipeline = PixArtPipeline.FromPretrained(folder, pipelineOptions);
+        using var pipeline = PipelineSetup.Open(folder, pipelineOptions);
         foreach (var w in pipeline.Warnings) Console.Error.WriteLine($"pixart serve: warning: {w}");
         pipeline.Preload();
+        // Answers go to remote clients: the model by name and weights hash, never this machine's paths.
+        var served = ServeSafety.ServedModel(model, pipelineOptions.Transformer ?? Path.Combine(folder, "transformer"));
         using var previews = await PreviewSetup.CreateAsync(new CliOutput(Console.Out, Console.Error, ErrIsTerminal: false), true, options.Preview, options.PreviewVae, null, pipeline, ct);
-        using var queue = new GenerationQueue(pipeline, model, options.MaxQueue, options.MaxBatch, options.KeepFinished) { Preview = previews };
+        using var queue = new GenerationQueue(pipeline, served, options.MaxQueue, options.MaxBatch, options.KeepFinished) { Preview = previews };
         await using var app = ServerApp.Build(options, queue);
-        await app.StartAsync(ct);
+        reservation.Dispose(); // hand the port to Kestrel
+        try { await app.StartAsync(ct); }
+        catch (IOException e) when (e.InnerException is System.Net.Sockets.SocketException { SocketErrorCode: System.Net.Sockets.SocketError.AddressAlreadyInUse } || e.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new UsageException($"--port {options.Port}: {options.Host}:{options.Port} was taken while the model loaded. Stop that server or choose another --port.");
+        }
         foreach (var url in app.Urls)
             Console.Error.WriteLine($"pixart serve: ready on {url} (page at /, API at /v1, OpenAPI at /openapi.json); Ctrl+C stops");
         // Ctrl+C / SIGTERM: the host's console lifetime stops the app; the command's token does the same.

@@ -91,7 +91,7 @@ public static class ServerApp
             catch (Exception e) when (!ctx.Response.HasStarted)
             {
                 app.Logger.LogError(e, "Unhandled error on {Path}", ctx.Request.Path);
-                await WriteError(ctx, new ApiException(500, "Internal error: " + e.Message, code: "internal_error"));
+                await WriteError(ctx, new ApiException(500, "Internal error: " + ServeSafety.ScrubPaths(e.Message), code: "internal_error"));
             }
         });
 
@@ -109,7 +109,11 @@ public static class ServerApp
         app.MapGet("/v1/models", () => Results.Json(models, Json));
         app.MapPost("/v1/images/generations", (HttpContext ctx) => Generate(ctx, queue));
         ImageEdits.Map(app, queue);
-        app.MapGet("/v1/jobs/{id}", async (string id) => Results.Json(queue.Info(await FindJob(queue, id)), Json));
+        app.MapGet("/v1/jobs/{id}", async (HttpContext ctx, string id) =>
+        {
+            ctx.Response.Headers.CacheControl = "no-store"; // may carry the images: never cached by a proxy
+            return Results.Json(queue.Info(await FindJob(queue, id)), Json);
+        });
         app.MapGet("/v1/jobs/{id}/events", async (HttpContext ctx, string id) => await StreamEvents(ctx, queue, await FindJob(queue, id), cancelOnDisconnect: false));
         app.MapDelete("/v1/jobs/{id}", async (string id) =>
         {
@@ -200,6 +204,8 @@ public static class ServerApp
     /// </summary>
     private static async Task Generate(HttpContext ctx, IJobQueue queue)
     {
+        // The answer holds the images (and errors): a shared cache must never keep or replay them.
+        ctx.Response.Headers.CacheControl = "no-store";
         var mediaType = ctx.Request.ContentType?.Split(';')[0].Trim();
         // Only application/json: a cross-site form post cannot send it without a CORS preflight we never grant.
         if (!string.Equals(mediaType, "application/json", StringComparison.OrdinalIgnoreCase))

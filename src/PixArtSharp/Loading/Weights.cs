@@ -304,9 +304,11 @@ public sealed class Weights : IDisposable
             using var total = raw.sum(type: ScalarType.Float32);
             if (!float.IsFinite(total.item<float>()))
             {
+                // The sum also overflows for large finite weights: only NaN and ±Inf elements condemn the file.
                 using var bad = torch.isfinite(raw).logical_not().sum();
-                throw new WeightFileException($"{_source.WhereIs(key)}: weight '{key}' holds {bad.item<long>()} NaN or infinite value(s). " +
-                    "The file is corrupt; download the model again.");
+                if (bad.item<long>() > 0)
+                    throw new WeightFileException($"{_source.WhereIs(key)}: weight '{key}' holds {bad.item<long>()} NaN or infinite value(s). " +
+                        "The file is corrupt; download the model again.");
             }
         }
     }

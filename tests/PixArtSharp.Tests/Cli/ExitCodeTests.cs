@@ -23,5 +23,12 @@ public class ExitCodeTests
         Assert.Equal(130, CliApp.ExitCodeFor(new OperationCanceledException()));
         Assert.Equal(1, CliApp.ExitCodeFor(new TorchUnavailableException("x")));
         Assert.Equal(1, CliApp.ExitCodeFor(new IOException("disk full")));
+        // Issue 15: a model that cannot be read is "not there" (3); one that is there but broken is 4.
+        Assert.Equal(3, CliApp.ExitCodeFor(new IOException("Too many levels of symbolic links : '/m/vae/config.json'")));
+        Assert.Equal(3, CliApp.ExitCodeFor(new UnauthorizedAccessException("Access to the path '/m/vae/config.json' is denied.")));
+        Assert.Equal(4, CliApp.ExitCodeFor(new NotSupportedException("/m/transformer/config.json: norm_type 'x' is not supported")));
+        Assert.Equal(4, CliApp.ExitCodeFor(new InvalidDataException("spiece.model: unsupported protobuf wire type.")));
+        Assert.Equal(4, CliApp.ExitCodeFor(new PixArtSharp.Loading.NonFiniteOutputException("the final latents", "x")));
+        Assert.Equal(1, CliApp.ExitCodeFor(new PixArtSharp.Imaging.ImageWriteException("x")));
     }
 }

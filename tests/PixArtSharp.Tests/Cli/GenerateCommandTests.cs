@@ -62,7 +62,8 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(["A small cactus with a happy face in the Sahara desert."], s.Prompts);
         Assert.Equal((4, 0.0, 0L, 96, 64, 1, "lcm", false, true), (s.Steps, s.Guidance, s.Seed, s.Width, s.Height, s.NumImages, s.Scheduler, s.ResolutionBinning, s.CleanCaption));
         using var json = JsonDocument.Parse(chunks[1].Text);
-        Assert.Equal(Path.GetFullPath(CliRunner.TinyLcm), json.RootElement.GetProperty("model").GetString());
+        // The model as the user named it (issue 15: never made absolute; this test names it by its full path).
+        Assert.Equal(CliRunner.TinyLcm, json.RootElement.GetProperty("model").GetString());
         Assert.Equal("fp32", json.RootElement.GetProperty("dtype").GetString());
         Assert.Equal(0, json.RootElement.GetProperty("image_index").GetInt32());
         Assert.False(json.RootElement.TryGetProperty("model_revision", out _));
@@ -98,10 +99,17 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
         string first = _tmp.Path("first.png");
         Assert.Equal(0, Run([.. LcmBasic, "--model", CliRunner.TinyLcm, "-o", first, "-q"]).ExitCode);
 
-        // Everything from the metadata (model included). A negative prompt with guidance 0 changes nothing: a warning.
+        // A model recorded as a local folder is never taken from an image (issue 15): it must be given again.
+        var noModel = Run("generate", "--from-png", first, "-o", _tmp.Path("no-model.png"));
+        Assert.Equal(ExitCodes.BadArguments, noModel.ExitCode);
+        Assert.Contains($"was made with the local model '{CliRunner.TinyLcm}'; give it again with --model FOLDER", noModel.Stderr);
+
+        // Everything else from the metadata. A negative prompt with guidance 0 changes nothing: a warning.
         string again = _tmp.Path("again.png");
-        var r = Run("generate", "--from-png", first, "-o", again, "--negative-prompt", "blurry");
+        var r = Run("generate", "--from-png", first, "-o", again, "--negative-prompt", "blurry", "--model", CliRunner.TinyLcm);
         Assert.Equal(0, r.ExitCode);
+        // The CLI says what it took from the file.
+        Assert.Contains("from first.png: model (from --model), seed 0, 1 prompt(s), 4 steps, fp32", r.Stderr);
         Assert.Contains("warning: the negative prompt has no effect with guidance 0", r.Stderr);
         Assert.Equal(PngReader.DecodeRgb8(first).Rgb, PngReader.DecodeRgb8(again).Rgb);
         var s = GenerationSettings.FromJson(PngReader.ReadTextChunks(again)[1].Text);
@@ -110,7 +118,7 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
 
         // A flag given overrides the record.
         string twoSteps = _tmp.Path("two.png");
-        Assert.Equal(0, Run("generate", "--from-png", first, "-o", twoSteps, "--steps", "2", "-q").ExitCode);
+        Assert.Equal(0, Run("generate", "--from-png", first, "-o", twoSteps, "--steps", "2", "-q", "--model", CliRunner.TinyLcm).ExitCode);
         Assert.Equal(2, GenerationSettings.FromJson(PngReader.ReadTextChunks(twoSteps)[1].Text).Steps);
         Assert.NotEqual(PngReader.DecodeRgb8(first).Rgb, PngReader.DecodeRgb8(twoSteps).Rgb);
     }
@@ -137,7 +145,7 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
 
         // --from-png of the second image reruns its batch and writes that image only.
         string second = _tmp.Path("second.png");
-        Assert.Equal(0, Run("generate", "--from-png", files[1], "-o", second, "-q").ExitCode);
+        Assert.Equal(0, Run("generate", "--from-png", files[1], "-o", second, "-q", "--model", CliRunner.TinyLcm).ExitCode);
         Assert.Equal(PngReader.DecodeRgb8(files[1]).Rgb, PngReader.DecodeRgb8(second).Rgb);
         Assert.False(File.Exists(_tmp.Path("second-0.png")));
 

@@ -67,7 +67,7 @@ public sealed class ImageToImageCliTests(ITestOutputHelper output) : IDisposable
 
         // --from-png with the same source: the same pixels.
         string again = _tmp.Path("again.png");
-        Assert.Equal(0, Run("generate", "--from-png", png, "--image", source, "-o", again).ExitCode);
+        Assert.Equal(0, Run("generate", "--from-png", png, "--image", source, "-o", again, "--model", CliRunner.TinyLcm).ExitCode);
         Assert.Equal(PngReader.DecodeRgb8(png).Rgb, PngReader.DecodeRgb8(again).Rgb);
 
         // Without it: a clear error naming the recorded source.
@@ -77,7 +77,7 @@ public sealed class ImageToImageCliTests(ITestOutputHelper output) : IDisposable
         Assert.Contains("--image", missing.Stderr);
 
         // Another source: runs (at the recorded size), with a warning.
-        var other = Run("generate", "--from-png", png, "--image", Input("gradient_disc_80x64.png"), "-o", _tmp.Path("other.png"));
+        var other = Run("generate", "--from-png", png, "--image", Input("gradient_disc_80x64.png"), "-o", _tmp.Path("other.png"), "--model", CliRunner.TinyLcm);
         Assert.Equal(0, other.ExitCode);
         Assert.Contains("is not the source recorded", other.Stderr);
         Assert.Equal((96, 64), (PngReader.DecodeRgb8(_tmp.Path("other.png")).Width, PngReader.DecodeRgb8(_tmp.Path("other.png")).Height));
@@ -121,7 +121,7 @@ public sealed class ImageToImageCliTests(ITestOutputHelper output) : IDisposable
 
         // The record keeps the fitted size: the same source reproduces the same pixels.
         string again = _tmp.Path("again.png");
-        Assert.Equal(0, Run("generate", "--from-png", png, "--image", odd, "-o", again).ExitCode);
+        Assert.Equal(0, Run("generate", "--from-png", png, "--image", odd, "-o", again, "--model", CliRunner.TinyLcm).ExitCode);
         Assert.Equal(first.Rgb, PngReader.DecodeRgb8(again).Rgb);
     }
 
