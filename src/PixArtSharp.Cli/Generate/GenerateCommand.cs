@@ -426,7 +426,7 @@ public static class GenerateCommand
                         progress.Begin(Stage.Save, Path.GetFileName(file));
                         // The same bytes pixart serve answers for this request (ImageFiles.EncodePng), written atomically.
                         // Control characters in the prompt are escaped in the metadata (PNG text cannot hold NUL).
-                        PngWriter.WriteBytes(file, InputFiles.EncodePng(settings, i, rgb[i], result.Width, result.Height, model));
+                        PngWriter.WriteBytes(file, ImageFiles.EncodePng(settings, i, rgb[i], result.Width, result.Height, model));
                         saved.Add(new Saved(file, bi, i, settings.Prompts[i / settings.NumImages], settings.Seed!.Value));
                     }
                     timings["save"] += clock.Elapsed.TotalSeconds;

@@ -295,10 +295,10 @@ public sealed class GenerationQueue : IJobQueue, IDisposable
                 if (job.IsFinished) continue; // cancelled while its batch-mates went on
                 var data = new List<ImageData>(n);
                 // Image k of this request is image k of the same request run by `pixart generate`: same bytes.
-                string parameters = PixArtSharp.Cli.Generate.InputFiles.Metadata(job.Settings, 0, Model)[0].Text;
+                string parameters = ImageFiles.Metadata(job.Settings, 0, Model)[0].Text;
                 for (int k = 0; k < n; k++)
                 {
-                    byte[] png = PixArtSharp.Cli.Generate.InputFiles.EncodePng(job.Settings, k, rgb[b * n + k], output.Width, output.Height, Model);
+                    byte[] png = ImageFiles.EncodePng(job.Settings, k, rgb[b * n + k], output.Width, output.Height, Model);
                     data.Add(new ImageData(Convert.ToBase64String(png), job.Settings.Seed!.Value, parameters, job.Settings.Styled().Prompts[0]));
                 }
                 job.Succeed(new ImagesResponse(created, data, job.Id, job.Settings, jobs.Count));

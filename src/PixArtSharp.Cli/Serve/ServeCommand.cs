@@ -103,7 +103,7 @@ public static class ServeCommand
     {
         options.Validate();
         PipelineSetup.CheckThreads(threads);
-        if (options.Variant is { } v && !Generate.InputFiles.IsVariantName(v))
+        if (options.Variant is { } v && !InputFiles.IsVariantName(v))
             throw new UsageException($"--variant '{v}' is not a variant name (letters, digits, '-', '_', '.', e.g. fp16).");
         // Bind the port first: a taken port is a one-line exit 2 now, not after a minute of loading.
         using var reservation = ServeSafety.ReservePort(options.Host, options.Port);
@@ -121,7 +121,7 @@ public static class ServeCommand
             new PipelineOptions { DType = dtype, KeepLoaded = true, CopyWeights = true, Device = device, Offload = OffloadPolicy.Parse(options.Offload), PromptCacheEntries = options.PromptCacheEntries }, options.Loras, ct);
         Console.Error.WriteLine($"pixart serve: loading {ImageFiles.ModelLabel(options.Model)} ({DTypeChoice.Name(dtype)}) …");
         // The server keeps every component loaded: say so before loading them if they will not fit.
-        if (Generate.MemoryCheck.Warning(ModelFolder.Open(folder), options.Variant, dtype, allLoaded: true) is { } memory)
+        if (MemoryCheck.Warning(ModelFolder.Open(folder), options.Variant, dtype, allLoaded: true) is { } memory)
             Console.Error.WriteLine($"pixart serve: warning: {memory}");
         using var pipeline = PipelineSetup.Open(folder, pipelineOptions);
         foreach (var w in pipeline.Warnings) Console.Error.WriteLine($"pixart serve: warning: {w}");

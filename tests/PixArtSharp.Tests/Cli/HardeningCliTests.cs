@@ -86,7 +86,7 @@ public sealed class HardeningCliTests(ITestOutputHelper output) : IDisposable
         Assert.StartsWith("a cat\\u0000 with\\u0007 a hat\n", chunks[0].Text);
         // The JSON record keeps the prompt exactly (JSON escapes control characters itself).
         Assert.Equal("a cat\0 with\u0007 a hat", PixArtSharp.Pipeline.GenerationSettings.FromJson(chunks[1].Text).Prompts[0]);
-        Assert.Equal("plain text", InputFiles.EscapeControls("plain text"));
+        Assert.Equal("plain text", PixArtSharp.Imaging.ImageFiles.EscapeControls("plain text"));
     }
 
     // Before: the 240-character name failed after generation (its temporary name is 278 bytes).

@@ -1,4 +1,4 @@
-using PixArtSharp.Cli.Generate;
+using PixArtSharp.Cli;
 using PixArtSharp.Loading;
 using PixArtSharp.Tests.Support;
 using static TorchSharp.torch;

@@ -4,7 +4,7 @@ using System.Text.RegularExpressions;
 using PixArtSharp.Imaging;
 using PixArtSharp.Pipeline;
 
-namespace PixArtSharp.Cli.Generate;
+namespace PixArtSharp.Cli;
 
 /// <summary>
 /// The files and names a run takes from outside (issue 15): regular files only, with their sizes checked before a
@@ -115,34 +115,4 @@ public static partial class InputFiles
 
     /// <summary>A Hub revision: a branch, tag or commit (branches may hold '/'), never "..".</summary>
     public static bool IsRevision(string s) => RevisionPattern().IsMatch(s) && !s.Contains("..", StringComparison.Ordinal) && !s.Contains("//", StringComparison.Ordinal);
-
-    // ───────────────────────────── PNG text that can always be written ─────────────────────────────
-
-    /// <summary>
-    /// The text of a PNG chunk with control characters escaped: NUL (which PNG text cannot hold, so writing it
-    /// failed after the whole generation) and the other C0 controls and DEL become \u00XX; tab, line feed and
-    /// carriage return stay. Text without them is returned as it is (the same bytes as before).
-    /// </summary>
-    public static string EscapeControls(string text)
-    {
-        if (!text.Any(IsEscaped)) return text;
-        var sb = new StringBuilder(text.Length + 16);
-        foreach (char c in text)
-            if (IsEscaped(c)) sb.Append($"\\u{(int)c:x4}");
-            else sb.Append(c);
-        return sb.ToString();
-    }
-
-    private static bool IsEscaped(char c) => c is < ' ' and not ('\t' or '\n' or '\r') or '\u007f';
-
-    /// <summary>
-    /// <see cref="ImageFiles.EncodePng"/> with the metadata's control characters escaped: what <c>pixart generate</c>
-    /// and <c>pixart serve</c> both write, so they stay byte-identical (and identical to EncodePng for ordinary text).
-    /// </summary>
-    public static byte[] EncodePng(GenerationSettings settings, int imageIndex, ReadOnlySpan<byte> rgb, int width, int height, ModelInfo model) =>
-        PngWriter.Encode(rgb, width, height, Metadata(settings, imageIndex, model));
-
-    /// <summary>The chunks of <see cref="ImageFiles.Metadata"/>, escaped as <see cref="EscapeControls"/> says.</summary>
-    public static IReadOnlyList<(string Keyword, string Text)> Metadata(GenerationSettings settings, int imageIndex, ModelInfo model) =>
-        ImageFiles.Metadata(settings, imageIndex, model).Select(c => (c.Keyword, EscapeControls(c.Text))).ToList();
 }

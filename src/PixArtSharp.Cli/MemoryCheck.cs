@@ -3,7 +3,7 @@ using PixArtSharp.Bench;
 using PixArtSharp.Loading;
 using static TorchSharp.torch;
 
-namespace PixArtSharp.Cli.Generate;
+namespace PixArtSharp.Cli;
 
 /// <summary>
 /// Warns before loading when the model will not fit in the memory this machine has free. On Linux a process that
