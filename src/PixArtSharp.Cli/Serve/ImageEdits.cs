@@ -71,22 +71,7 @@ public static class ImageEdits
 
         var job = await queue.SubmitAsync(settings, upload.Image);
         ctx.Response.Headers["X-Job-Id"] = job.Id;
-        try
-        {
-            await job.Finished.WaitAsync(ctx.RequestAborted);
-        }
-        catch (OperationCanceledException)
-        {
-            job.Cancel(); // the client disconnected: stop its work
-            throw;
-        }
-        if (job.Result is { } result)
-        {
-            ctx.Response.Headers["X-Batch-Size"] = result.BatchSize.ToString(CultureInfo.InvariantCulture);
-            await ctx.Response.WriteAsJsonAsync(request.Encode(result), ServerApp.Json);
-        }
-        else
-            await ServerApp.WriteError(ctx, job.Error ?? new ApiException(500, "The job ended without a result."));
+        await ServerApp.AnswerWhenFinished(ctx, job, request);
     }
 
     /// <summary>

@@ -233,6 +233,15 @@ public static class ServerApp
             await StreamEvents(ctx, queue, job, cancelOnDisconnect: true, request.Encode);
             return;
         }
+        await AnswerWhenFinished(ctx, job, request);
+    }
+
+    /// <summary>
+    /// Waits for the job and answers with its images in the request's format, or its error. A client that
+    /// disconnects first cancels the job (its work stops). Shared by generations and edits.
+    /// </summary>
+    internal static async Task AnswerWhenFinished(HttpContext ctx, Job job, ImagesRequest request)
+    {
         try
         {
             await job.Finished.WaitAsync(ctx.RequestAborted);
