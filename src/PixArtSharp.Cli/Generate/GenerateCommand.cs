@@ -187,7 +187,9 @@ public static class GenerateCommand
                 ResizeToFit = parseResult.GetValue(resizeToFit),
                 Quiet = parseResult.GetValue(quiet),
                 Json = parseResult.GetValue(json),
-                Preview = parseResult.GetValue(preview), PreviewVae = parseResult.GetValue(previewVae), PreviewFile = parseResult.GetValue(previewFile),
+                Preview = parseResult.GetValue(preview),
+                PreviewVae = parseResult.GetValue(previewVae),
+                PreviewFile = parseResult.GetValue(previewFile),
             };
             // A mistyped option lands among the prompts (their arity is open): refuse it, unless it follows "--".
             if (!parseResult.Tokens.Any(t => t.Type == TokenType.DoubleDash) && args.Prompts.FirstOrDefault(p => p.Length > 1 && p[0] == '-') is { } stray)
@@ -471,7 +473,11 @@ public static class GenerateCommand
                 ["seed"] = first.Seed,
                 ["images"] = new JsonArray(saved.Select(s => (JsonNode)new JsonObject
                 {
-                    ["file"] = s.File, ["prompt"] = s.Prompt, ["seed"] = s.Seed, ["batch"] = s.Batch, ["index_in_batch"] = s.ImageIndex,
+                    ["file"] = s.File,
+                    ["prompt"] = s.Prompt,
+                    ["seed"] = s.Seed,
+                    ["batch"] = s.Batch,
+                    ["index_in_batch"] = s.ImageIndex,
                 }).ToArray()),
                 ["width"] = first.Width,
                 ["height"] = first.Height,

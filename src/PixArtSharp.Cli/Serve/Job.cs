@@ -169,7 +169,8 @@ public sealed class Job
         lock (_gate)
             return new JobInfo(Id, "job", Status, Created.ToUnixTimeSeconds(), Step, TotalSteps, Phase,
                 Status == JobStatus.Queued ? queuePosition : null, BatchSize, Settings, Result,
-                Error is null ? null : (ErrorDetailOf(Error))) { Preview = Status == JobStatus.Running ? _preview : null };
+                Error is null ? null : (ErrorDetailOf(Error)))
+            { Preview = Status == JobStatus.Running ? _preview : null };
     }
 
     internal static ErrorDetail ErrorDetailOf(ApiException e) => e.Body.Error;

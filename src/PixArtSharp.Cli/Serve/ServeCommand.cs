@@ -84,7 +84,9 @@ public static class ServeCommand
                 Token = parse.GetValue(token) ?? NullIfEmpty(Environment.GetEnvironmentVariable("PIXART_TOKEN")),
                 MaxQueue = parse.GetValue(maxQueue),
                 MaxBatch = parse.GetValue(maxBatch),
-                Preview = parse.GetValue(preview), PreviewVae = parse.GetValue(previewVae), PromptCacheEntries = parse.GetValue(promptCache),
+                Preview = parse.GetValue(preview),
+                PreviewVae = parse.GetValue(previewVae),
+                PromptCacheEntries = parse.GetValue(promptCache),
             };
             if (!DTypeChoice.IsValid(parse.GetValue(dtype))) throw new ArgumentException($"--dtype must be {DTypeChoice.Choices}.", "--dtype");
             options = options with { DType = parse.GetValue(dtype)!, Device = parse.GetValue(device)!, Offload = parse.GetValue(offload)! };

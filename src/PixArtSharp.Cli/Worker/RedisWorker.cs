@@ -215,8 +215,12 @@ public sealed class RedisWorker : IDisposable
                 {
                     await Db.ScriptEvaluateAsync(RedisKeys.Progress, new
                     {
-                        key = RedisKeys.Job(job.Id), phase = info.Phase, step = info.Step, total = info.TotalSteps,
-                        batch = info.BatchSize, worker = _options.Consumer,
+                        key = RedisKeys.Job(job.Id),
+                        phase = info.Phase,
+                        step = info.Step,
+                        total = info.TotalSteps,
+                        batch = info.BatchSize,
+                        worker = _options.Consumer,
                     });
                     await Db.PublishAsync(RedisKeys.Events, job.Id, CommandFlags.FireAndForget);
                 }

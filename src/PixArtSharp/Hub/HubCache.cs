@@ -1,5 +1,5 @@
-using PixArtSharp.Loading;
 using System.Text.RegularExpressions;
+using PixArtSharp.Loading;
 
 namespace PixArtSharp.Hub;
 

@@ -1,10 +1,10 @@
-using PixArtSharp.Loading;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using PixArtSharp.Loading;
 
 namespace PixArtSharp.Hub;
 

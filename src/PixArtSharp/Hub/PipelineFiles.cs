@@ -1,5 +1,5 @@
-using PixArtSharp.Loading;
 using System.Text.Json;
+using PixArtSharp.Loading;
 
 namespace PixArtSharp.Hub;
 

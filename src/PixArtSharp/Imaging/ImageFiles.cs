@@ -66,27 +66,11 @@ public static class ImageFiles
         if (model.Loras is { Count: > 0 } loras) json["loras"] = new JsonArray(loras.Select(l => (JsonNode)l).ToArray());
         json["image_index"] = imageIndex;
         json["version"] = Version;
-        return [(ParametersKey, EscapeControls(parameters)), (SettingsKey, EscapeControls(json.ToJsonString(GenerationSettings.JsonOptions)))];
+        // Control characters (a NUL would fail the write after the whole generation) are shown as visible pictures
+        // (PngWriter.SanitizeText), here already so the server's "parameters" field equals the PNG's text; the settings
+        // JSON escapes them itself, so --from-png gets back the exact prompt.
+        return [(ParametersKey, PngWriter.SanitizeText(parameters)), (SettingsKey, json.ToJsonString(GenerationSettings.JsonOptions))];
     }
-
-    /// <summary>
-    /// The text of a PNG chunk with control characters escaped: NUL (which PNG text cannot hold, so writing it
-    /// failed after the whole generation) and the other C0 controls and DEL become \u00XX; tab, line feed and
-    /// carriage return stay. Text without them is returned as it is (the same bytes as before). The settings JSON
-    /// already escapes them, so the exact prompt survives a --from-png round trip.
-    /// </summary>
-    public static string EscapeControls(string text)
-    {
-        ArgumentNullException.ThrowIfNull(text);
-        if (!text.Any(IsEscaped)) return text;
-        var sb = new System.Text.StringBuilder(text.Length + 16);
-        foreach (char c in text)
-            if (IsEscaped(c)) sb.Append($"\\u{(int)c:x4}");
-            else sb.Append(c);
-        return sb.ToString();
-    }
-
-    private static bool IsEscaped(char c) => c is < ' ' and not ('\t' or '\n' or '\r') or '\u007f';
 
     /// <summary>The PNG bytes of image <paramref name="imageIndex"/> of a batch (<paramref name="rgb"/>: height × width × 3).</summary>
     public static byte[] EncodePng(GenerationSettings settings, int imageIndex, ReadOnlySpan<byte> rgb, int width, int height, ModelInfo model) =>

@@ -45,8 +45,10 @@ public sealed class Weights : IDisposable
                                 Func<string, long[], Tensor> load, IEnumerable<string> keys, Action dispose,
                                 Action<IReadOnlySet<string>>? checkUsed = null,
                                 Func<string, string>? whereIs = null, long finiteCheckMaxElements = 0,
-                                Func<string, ScalarType, QuantizedTensor?>? quantized = null)
+                                Func<string, ScalarType, QuantizedTensor?>? quantized = null, bool claimsEveryKey = false)
     {
+        /// <summary>Random weights: every key is "there" (generated on request).</summary>
+        public readonly bool ClaimsEveryKey = claimsEveryKey;
         /// <summary>An extra check run by <see cref="CheckAllUsed"/> with the keys the model asked for.</summary>
         public readonly Action<IReadOnlySet<string>>? CheckUsed = checkUsed;
         /// <summary>GGUF only: the weight still encoded, or null where it is stored in the asked dtype already.</summary>
@@ -211,7 +213,7 @@ public sealed class Weights : IDisposable
                 created?.Invoke(name, result);
                 return result;
             },
-            seen, () => gen.Dispose());
+            seen, () => gen.Dispose(), claimsEveryKey: true);
         return new Weights(source, "", dtype, device ?? CPU);
     }
 
@@ -253,6 +255,12 @@ public sealed class Weights : IDisposable
     public Weights Sub(string name) => new(_source, Join(name), DType, Device);
 
     public bool Contains(string name) => _source.Contains(Join(name));
+
+    /// <summary>
+    /// True for <see cref="Random"/>: every key is generated on request, so <see cref="Contains"/> says nothing about
+    /// which of two alternative keys a checkpoint stores (T5's tied embedding).
+    /// </summary>
+    public bool ClaimsEveryKey => _source.ClaimsEveryKey;
 
     /// <summary>A floating weight in the held dtype, checked against the shape the config implies.</summary>
     public Tensor Get(string name, params long[] shape) => Get(name, DType, shape);

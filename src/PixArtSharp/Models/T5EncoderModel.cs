@@ -65,7 +65,7 @@ public sealed class T5EncoderModel : IDisposable, ISequentialModel
         config.Validate();
         this.config = config;
         // A source that claims every key (Weights.Random) would otherwise materialise a second random table.
-        bool claimsEverything = w.Contains("\u0000no such key");
+        bool claimsEverything = w.ClaimsEveryKey;
         bool hasShared = w.Contains(SharedKey);
         bool hasTied = !claimsEverything && w.Contains(TiedKey);
         var embKey = hasShared || !hasTied ? SharedKey : TiedKey;

@@ -220,7 +220,8 @@ public abstract class PixArtPipeline : IDisposable
         {
             try { model = load(); }
             catch (Exception e) { error = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e); }
-        }, maxStackSize: 16 << 20) { Name = "pixart-load" };
+        }, maxStackSize: 16 << 20)
+        { Name = "pixart-load" };
         thread.Start();
         thread.Join();
         error?.Throw();
@@ -457,8 +458,14 @@ public abstract class PixArtPipeline : IDisposable
             CheckInputs(request, scheduler, height, width, steps, guidance, binning);
             return new Call(request)
             {
-                Scheduler = scheduler, Steps = steps, Guidance = guidance, Height = height, Width = width,
-                OrigHeight = origHeight, OrigWidth = origWidth, Binning = binning,
+                Scheduler = scheduler,
+                Steps = steps,
+                Guidance = guidance,
+                Height = height,
+                Width = width,
+                OrigHeight = origHeight,
+                OrigWidth = origWidth,
+                Binning = binning,
                 MaxSequenceLength = request.MaxSequenceLength ?? DefaultMaxSequenceLength,
             };
         }
@@ -540,42 +547,42 @@ public abstract class PixArtPipeline : IDisposable
         onStage?.Invoke(new StageEvent(PipelineStage.Denoise, $"{timesteps.Length} steps", null));
         var clock = Stopwatch.StartNew();
         using (_offload.Stage(transformer))
-        for (int i = 0; i < timesteps.Length; i++)
-        {
-            ct.ThrowIfCancellationRequested();
-            using var stepScope = NewDisposeScope();
-            long t = timesteps[i];
-            var latentModelInput = c.DoCfg ? cat([latents, latents], 0) : latents;
-            var currentTimestep = full([latentModelInput.shape[0]], t, ScalarType.Int64, Device);
-
-            // predict noise model_output (8 channels: eps and the learned variance)
-            var noisePred = transformer.forward(latentModelInput.to(tdtype), promptEmbeds, promptMask, currentTimestep,
-                resolution, aspectRatio).to(ScalarType.Float32);
-
-            // perform guidance, on all 8 channels
-            if (c.DoCfg)
+            for (int i = 0; i < timesteps.Length; i++)
             {
-                var chunks = noisePred.chunk(2, 0);
-                noisePred = chunks[0] + c.Guidance * (chunks[1] - chunks[0]);
+                ct.ThrowIfCancellationRequested();
+                using var stepScope = NewDisposeScope();
+                long t = timesteps[i];
+                var latentModelInput = c.DoCfg ? cat([latents, latents], 0) : latents;
+                var currentTimestep = full([latentModelInput.shape[0]], t, ScalarType.Int64, Device);
+
+                // predict noise model_output (8 channels: eps and the learned variance)
+                var noisePred = transformer.forward(latentModelInput.to(tdtype), promptEmbeds, promptMask, currentTimestep,
+                    resolution, aspectRatio).to(ScalarType.Float32);
+
+                // perform guidance, on all 8 channels
+                if (c.DoCfg)
+                {
+                    var chunks = noisePred.chunk(2, 0);
+                    noisePred = chunks[0] + c.Guidance * (chunks[1] - chunks[0]);
+                }
+                // learned sigma: keep the eps channels
+                if (TransformerConfig.OutChannelsResolved / 2 == latentChannels)
+                    noisePred = noisePred.chunk(2, 1)[0];
+
+                // compute previous image: x_t -> x_t-1. α's one-step branch returns the scheduler's
+                // pred_original_sample (DMD); schedulers without one (LCM, DPM-Solver++) return their prev_sample, which with
+                // one step already is the denoised estimate (what diffusers 0.29.2's crashing branch meant to return).
+                var denoised = onStep is null ? null : PredictedClean.Estimate(scheduler, t, latents, noisePred);  // previews
+                var next = scheduler.Step(noisePred, t, latents, noise);
+                if (HasOneStepBranch && timesteps.Length == 1 && scheduler.PredOriginalSample is { } x0)
+                    next = x0;
+                next = next.MoveToOuterDisposeScope();
+                latents.Dispose();
+                latents = next;
+
+                if (onStep != null && !onStep(new StepInfo(i + 1, timesteps.Length, t, latents) { Request = requestIndex, Denoised = denoised }))
+                    throw new OperationCanceledException("Cancelled by the step callback.");
             }
-            // learned sigma: keep the eps channels
-            if (TransformerConfig.OutChannelsResolved / 2 == latentChannels)
-                noisePred = noisePred.chunk(2, 1)[0];
-
-            // compute previous image: x_t -> x_t-1. α's one-step branch returns the scheduler's
-            // pred_original_sample (DMD); schedulers without one (LCM, DPM-Solver++) return their prev_sample, which with
-            // one step already is the denoised estimate (what diffusers 0.29.2's crashing branch meant to return).
-            var denoised = onStep is null ? null : PredictedClean.Estimate(scheduler, t, latents, noisePred);  // previews
-            var next = scheduler.Step(noisePred, t, latents, noise);
-            if (HasOneStepBranch && timesteps.Length == 1 && scheduler.PredOriginalSample is { } x0)
-                next = x0;
-            next = next.MoveToOuterDisposeScope();
-            latents.Dispose();
-            latents = next;
-
-            if (onStep != null && !onStep(new StepInfo(i + 1, timesteps.Length, t, latents) { Request = requestIndex, Denoised = denoised }))
-                throw new OperationCanceledException("Cancelled by the step callback.");
-        }
         onStage?.Invoke(new StageEvent(PipelineStage.Denoise, "", clock.Elapsed));
         ct.ThrowIfCancellationRequested();
         if (last) Release(ref _transformer);

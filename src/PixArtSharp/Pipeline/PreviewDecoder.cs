@@ -82,23 +82,23 @@ public sealed class PreviewDecoder : IDisposable
         byte[] rgb;
         int width, height;
         lock (_gate)
-        using (no_grad())
-        using (var scope = NewDisposeScope())
-        {
-            // 1. The first image: (1, 4, h, w), averaged down so the decode is about maxSide on its longest side.
-            var z = denoisedLatents[0..1].to(ScalarType.Float32, _taesd.Device);
-            long h = z.shape[2], w = z.shape[3];
-            int f = _taesd.VaeScaleFactor;
-            double shrink = (double)maxSide / (Math.Max(h, w) * f);
-            if (shrink < 1)   // area averaging (adaptive pooling), to the latent size of a maxSide frame
-                z = nn.functional.adaptive_avg_pool2d(z, [Math.Max(1, (long)Math.Round(h * shrink)), Math.Max(1, (long)Math.Round(w * shrink))]);
-            // 2. TAESD: (1, 4, h', w') → (1, 3, f·h', f·w') in [−1, 1]; then 8-bit RGB as the pipeline rounds it.
-            var image = _taesd.Decode(z);
-            var bytes = image.div(2).add(0.5).clamp(0, 1).mul(255).round().to(ScalarType.Byte).permute(0, 2, 3, 1).contiguous().cpu();
-            height = (int)bytes.shape[1];
-            width = (int)bytes.shape[2];
-            rgb = bytes.data<byte>().ToArray();
-        }
+            using (no_grad())
+            using (var scope = NewDisposeScope())
+            {
+                // 1. The first image: (1, 4, h, w), averaged down so the decode is about maxSide on its longest side.
+                var z = denoisedLatents[0..1].to(ScalarType.Float32, _taesd.Device);
+                long h = z.shape[2], w = z.shape[3];
+                int f = _taesd.VaeScaleFactor;
+                double shrink = (double)maxSide / (Math.Max(h, w) * f);
+                if (shrink < 1)   // area averaging (adaptive pooling), to the latent size of a maxSide frame
+                    z = nn.functional.adaptive_avg_pool2d(z, [Math.Max(1, (long)Math.Round(h * shrink)), Math.Max(1, (long)Math.Round(w * shrink))]);
+                // 2. TAESD: (1, 4, h', w') → (1, 3, f·h', f·w') in [−1, 1]; then 8-bit RGB as the pipeline rounds it.
+                var image = _taesd.Decode(z);
+                var bytes = image.div(2).add(0.5).clamp(0, 1).mul(255).round().to(ScalarType.Byte).permute(0, 2, 3, 1).contiguous().cpu();
+                height = (int)bytes.shape[1];
+                width = (int)bytes.shape[2];
+                rgb = bytes.data<byte>().ToArray();
+            }
         // 3. Encode (libvips); a frame still larger than maxSide is scaled down.
         if (!ModuleInitializer.VipsInitialized)
             throw new InvalidOperationException("libvips could not be loaded (the NetVips.Native package provides it): " + ModuleInitializer.Exception?.Message);

@@ -135,31 +135,31 @@ public sealed class DDPMScheduler : IScheduler
         switch (TimestepSpacing)
         {
             case "linspace":
-            {
-                // np.linspace(0, T−1, n) is i·step (float64) with the last value exactly T−1; np.round is half-to-even.
-                double step = n > 1 ? (double)(numTrain - 1) / (n - 1) : 0;
-                result = Enumerable.Range(0, n)
-                    .Select(i => (long)Math.Round(n > 1 && i == n - 1 ? numTrain - 1 : i * step, MidpointRounding.ToEven))
-                    .Reverse().ToArray();
-                break;
-            }
+                {
+                    // np.linspace(0, T−1, n) is i·step (float64) with the last value exactly T−1; np.round is half-to-even.
+                    double step = n > 1 ? (double)(numTrain - 1) / (n - 1) : 0;
+                    result = Enumerable.Range(0, n)
+                        .Select(i => (long)Math.Round(n > 1 && i == n - 1 ? numTrain - 1 : i * step, MidpointRounding.ToEven))
+                        .Reverse().ToArray();
+                    break;
+                }
             case "leading":
-            {
-                long stepRatio = numTrain / n;
-                result = Enumerable.Range(0, n).Select(i => i * stepRatio + Config.StepsOffset).Reverse().ToArray();
-                break;
-            }
+                {
+                    long stepRatio = numTrain / n;
+                    result = Enumerable.Range(0, n).Select(i => i * stepRatio + Config.StepsOffset).Reverse().ToArray();
+                    break;
+                }
             case "trailing":
-            {
-                // np.arange(T, 0, −r) with a float step: ceil(−T / −r) values T − i·r (the count can exceed n by one
-                // when T/r rounds up, as numpy's does).
-                double stepRatio = (double)numTrain / n;
-                long count = (long)Math.Ceiling((0.0 - numTrain) / -stepRatio);
-                result = new long[count];
-                for (long i = 0; i < count; i++)
-                    result[i] = (long)Math.Round(numTrain + i * -stepRatio, MidpointRounding.ToEven) - 1;
-                break;
-            }
+                {
+                    // np.arange(T, 0, −r) with a float step: ceil(−T / −r) values T − i·r (the count can exceed n by one
+                    // when T/r rounds up, as numpy's does).
+                    double stepRatio = (double)numTrain / n;
+                    long count = (long)Math.Ceiling((0.0 - numTrain) / -stepRatio);
+                    result = new long[count];
+                    for (long i = 0; i < count; i++)
+                        result[i] = (long)Math.Round(numTrain + i * -stepRatio, MidpointRounding.ToEven) - 1;
+                    break;
+                }
             default:
                 throw new ArgumentException(
                     $"{TimestepSpacing} is not supported. Please make sure to choose one of 'linspace', 'leading' or 'trailing'.");
@@ -295,14 +295,14 @@ public sealed class DDPMScheduler : IScheduler
                 result = predictedVariance?.alias() ?? throw MissingVariance();
                 break;
             case "learned_range":
-            {
-                if (predictedVariance is null) throw MissingVariance();
-                var minLog = variance.log();
-                var maxLog = currentBetaT.log();
-                var frac = (predictedVariance + 1) / 2;
-                result = frac * maxLog + (1 - frac) * minLog;
-                break;
-            }
+                {
+                    if (predictedVariance is null) throw MissingVariance();
+                    var minLog = variance.log();
+                    var maxLog = currentBetaT.log();
+                    var frac = (predictedVariance + 1) / 2;
+                    result = frac * maxLog + (1 - frac) * minLog;
+                    break;
+                }
             default:   // "fixed_small" (and, as diffusers, any other name)
                 result = variance;
                 break;

@@ -170,35 +170,35 @@ public sealed class DPMSolverMultistepScheduler : IScheduler
             switch (Config.TimestepSpacingFor(lcm: false))
             {
                 case "linspace":
-                {
-                    // np.linspace(0, last−1, n+1).round()[::-1][:-1].astype(int64)
-                    double[] y = NpLinspace(0, lastTimestep - 1, n + 1);
-                    ts = y.Reverse().Take(n).Select(v => (long)Math.Round(v, MidpointRounding.ToEven)).ToArray();
-                    break;
-                }
-                case "leading":
-                {
-                    if (n + 1 == 0) throw new ArgumentException("num_inference_steps must not be -1.", nameof(numInferenceSteps));
-                    long stepRatio = LCMScheduler.FloorDiv(lastTimestep, n + 1);
-                    ts = Enumerable.Range(0, n + 1).Select(i => i * stepRatio).Reverse().Take(n)
-                        .Select(t => t + Config.StepsOffset).ToArray();
-                    break;
-                }
-                case "trailing":
-                {
-                    // np.arange(last, 0, −N/n).round() − 1: numpy fills start + i·((start+δ) − start).
-                    double stepRatio = (double)numTrain / n;
-                    double start = lastTimestep, delta = -stepRatio;
-                    long len = Math.Max(0, (long)Math.Ceiling((0 - start) / delta));
-                    double d = len > 1 ? (start + delta) - start : delta;
-                    ts = new long[len];
-                    for (long i = 0; i < len; i++)
                     {
-                        double v = i == 0 ? start : i == 1 ? start + delta : start + i * d;
-                        ts[i] = (long)Math.Round(v, MidpointRounding.ToEven) - 1;
+                        // np.linspace(0, last−1, n+1).round()[::-1][:-1].astype(int64)
+                        double[] y = NpLinspace(0, lastTimestep - 1, n + 1);
+                        ts = y.Reverse().Take(n).Select(v => (long)Math.Round(v, MidpointRounding.ToEven)).ToArray();
+                        break;
                     }
-                    break;
-                }
+                case "leading":
+                    {
+                        if (n + 1 == 0) throw new ArgumentException("num_inference_steps must not be -1.", nameof(numInferenceSteps));
+                        long stepRatio = LCMScheduler.FloorDiv(lastTimestep, n + 1);
+                        ts = Enumerable.Range(0, n + 1).Select(i => i * stepRatio).Reverse().Take(n)
+                            .Select(t => t + Config.StepsOffset).ToArray();
+                        break;
+                    }
+                case "trailing":
+                    {
+                        // np.arange(last, 0, −N/n).round() − 1: numpy fills start + i·((start+δ) − start).
+                        double stepRatio = (double)numTrain / n;
+                        double start = lastTimestep, delta = -stepRatio;
+                        long len = Math.Max(0, (long)Math.Ceiling((0 - start) / delta));
+                        double d = len > 1 ? (start + delta) - start : delta;
+                        ts = new long[len];
+                        for (long i = 0; i < len; i++)
+                        {
+                            double v = i == 0 ? start : i == 1 ? start + delta : start + i * d;
+                            ts[i] = (long)Math.Round(v, MidpointRounding.ToEven) - 1;
+                        }
+                        break;
+                    }
                 default:
                     throw new ArgumentException(
                         $"{Config.TimestepSpacing} is not supported. Please make sure to choose one of 'linspace', 'leading' or 'trailing'.",

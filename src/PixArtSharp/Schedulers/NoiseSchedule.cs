@@ -31,12 +31,12 @@ public static class NoiseSchedule
             case "linear":
                 return torch.tensor(TorchLinspaceFloat32(betaStart, betaEnd, numTrainTimesteps));
             case "scaled_linear":
-            {
-                // this schedule is very specific to the latent diffusion model: linspace of sqrt(beta) in f32, squared.
-                // Python's float ** 0.5 is C pow(), as is Math.Pow.
-                using var root = torch.tensor(TorchLinspaceFloat32(Math.Pow(betaStart, 0.5), Math.Pow(betaEnd, 0.5), numTrainTimesteps));
-                return root * root;   // `** 2` is x·x in PyTorch's pow kernel
-            }
+                {
+                    // this schedule is very specific to the latent diffusion model: linspace of sqrt(beta) in f32, squared.
+                    // Python's float ** 0.5 is C pow(), as is Math.Pow.
+                    using var root = torch.tensor(TorchLinspaceFloat32(Math.Pow(betaStart, 0.5), Math.Pow(betaEnd, 0.5), numTrainTimesteps));
+                    return root * root;   // `** 2` is x·x in PyTorch's pow kernel
+                }
             case "squaredcos_cap_v2":
                 return BetasForAlphaBar(numTrainTimesteps);
             default:

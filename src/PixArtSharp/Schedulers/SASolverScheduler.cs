@@ -208,26 +208,26 @@ public sealed class SASolverScheduler : IScheduler
         switch (Config.TimestepSpacing)
         {
             case "linspace":
-            {
-                // np.linspace(0, last_timestep − 1, n + 1).round()[::-1][:-1]
-                var lin = NpLinspace(0, lastTimestep - 1, n + 1);
-                ts = lin.Select(v => Math.Round(v, MidpointRounding.ToEven)).Reverse().Take(n).ToArray();
-                break;
-            }
+                {
+                    // np.linspace(0, last_timestep − 1, n + 1).round()[::-1][:-1]
+                    var lin = NpLinspace(0, lastTimestep - 1, n + 1);
+                    ts = lin.Select(v => Math.Round(v, MidpointRounding.ToEven)).Reverse().Take(n).ToArray();
+                    break;
+                }
             case "leading":
-            {
-                long stepRatio = lastTimestep / (n + 1);
-                ts = Enumerable.Range(0, n + 1).Select(i => (double)(i * stepRatio)).Reverse().Take(n)
-                    .Select(v => v + Config.StepsOffset).ToArray();
-                break;
-            }
+                {
+                    long stepRatio = lastTimestep / (n + 1);
+                    ts = Enumerable.Range(0, n + 1).Select(i => (double)(i * stepRatio)).Reverse().Take(n)
+                        .Select(v => v + Config.StepsOffset).ToArray();
+                    break;
+                }
             case "trailing":
-            {
-                // np.arange(last_timestep, 0, −T/n).round() − 1
-                double stepRatio = (double)numTrain / n;
-                ts = NpArange(lastTimestep, 0, -stepRatio).Select(v => Math.Round(v, MidpointRounding.ToEven) - 1).ToArray();
-                break;
-            }
+                {
+                    // np.arange(last_timestep, 0, −T/n).round() − 1
+                    double stepRatio = (double)numTrain / n;
+                    ts = NpArange(lastTimestep, 0, -stepRatio).Select(v => Math.Round(v, MidpointRounding.ToEven) - 1).ToArray();
+                    break;
+                }
             default:
                 throw new ArgumentException($"timestep_spacing '{Config.TimestepSpacing}' is not supported; choose 'linspace', 'leading' or 'trailing'.");
         }
@@ -505,31 +505,31 @@ public sealed class SASolverScheduler : IScheduler
                     [1f / (l[1] - l[0]), -l[0] / (l[1] - l[0])],
                 ];
             case 2:
-            {
-                float d1 = (l[0] - l[1]) * (l[0] - l[2]);
-                float d2 = (l[1] - l[0]) * (l[1] - l[2]);
-                float d3 = (l[2] - l[0]) * (l[2] - l[1]);
-                return
-                [
-                    [1f / d1, (-l[1] - l[2]) / d1, l[1] * l[2] / d1],
+                {
+                    float d1 = (l[0] - l[1]) * (l[0] - l[2]);
+                    float d2 = (l[1] - l[0]) * (l[1] - l[2]);
+                    float d3 = (l[2] - l[0]) * (l[2] - l[1]);
+                    return
+                    [
+                        [1f / d1, (-l[1] - l[2]) / d1, l[1] * l[2] / d1],
                     [1f / d2, (-l[0] - l[2]) / d2, l[0] * l[2] / d2],
                     [1f / d3, (-l[0] - l[1]) / d3, l[0] * l[1] / d3],
                 ];
-            }
+                }
             case 3:
-            {
-                float d1 = (l[0] - l[1]) * (l[0] - l[2]) * (l[0] - l[3]);
-                float d2 = (l[1] - l[0]) * (l[1] - l[2]) * (l[1] - l[3]);
-                float d3 = (l[2] - l[0]) * (l[2] - l[1]) * (l[2] - l[3]);
-                float d4 = (l[3] - l[0]) * (l[3] - l[1]) * (l[3] - l[2]);
-                return
-                [
-                    [1f / d1, (-l[1] - l[2] - l[3]) / d1, (l[1] * l[2] + l[1] * l[3] + l[2] * l[3]) / d1, -l[1] * l[2] * l[3] / d1],
+                {
+                    float d1 = (l[0] - l[1]) * (l[0] - l[2]) * (l[0] - l[3]);
+                    float d2 = (l[1] - l[0]) * (l[1] - l[2]) * (l[1] - l[3]);
+                    float d3 = (l[2] - l[0]) * (l[2] - l[1]) * (l[2] - l[3]);
+                    float d4 = (l[3] - l[0]) * (l[3] - l[1]) * (l[3] - l[2]);
+                    return
+                    [
+                        [1f / d1, (-l[1] - l[2] - l[3]) / d1, (l[1] * l[2] + l[1] * l[3] + l[2] * l[3]) / d1, -l[1] * l[2] * l[3] / d1],
                     [1f / d2, (-l[0] - l[2] - l[3]) / d2, (l[0] * l[2] + l[0] * l[3] + l[2] * l[3]) / d2, -l[0] * l[2] * l[3] / d2],
                     [1f / d3, (-l[0] - l[1] - l[3]) / d3, (l[0] * l[1] + l[0] * l[3] + l[1] * l[3]) / d3, -l[0] * l[1] * l[3] / d3],
                     [1f / d4, (-l[0] - l[1] - l[2]) / d4, (l[0] * l[1] + l[0] * l[2] + l[1] * l[2]) / d4, -l[0] * l[1] * l[2] / d4],
                 ];
-            }
+                }
             default:
                 throw new ArgumentOutOfRangeException(nameof(order));
         }

@@ -149,7 +149,9 @@ public sealed partial record LibTorchLocation(LibTorchSource Source, string Dire
         {
             var psi = new ProcessStartInfo(python)
             {
-                RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                UseShellExecute = false,
             };
             psi.ArgumentList.Add("-c");
             psi.ArgumentList.Add("import importlib.util as u; s = u.find_spec('torch'); print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')");

@@ -83,10 +83,10 @@ public sealed class HardeningCliTests(ITestOutputHelper output) : IDisposable
         var r = Run(["generate", "a cat\0 with\u0007 a hat", "--model", CliRunner.TinyLcm, "-o", png, .. Small]);
         Assert.Equal(0, r.ExitCode);
         var chunks = PngReader.ReadTextChunks(png);
-        Assert.StartsWith("a cat\\u0000 with\\u0007 a hat\n", chunks[0].Text);
+        Assert.StartsWith("a cat\u2400 with\u2407 a hat\n", chunks[0].Text);
         // The JSON record keeps the prompt exactly (JSON escapes control characters itself).
         Assert.Equal("a cat\0 with\u0007 a hat", PixArtSharp.Pipeline.GenerationSettings.FromJson(chunks[1].Text).Prompts[0]);
-        Assert.Equal("plain text", PixArtSharp.Imaging.ImageFiles.EscapeControls("plain text"));
+        Assert.Equal("plain text", PngWriter.SanitizeText("plain text"));
     }
 
     // Before: the 240-character name failed after generation (its temporary name is 278 bytes).

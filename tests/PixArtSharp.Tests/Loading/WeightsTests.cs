@@ -16,7 +16,10 @@ public class WeightsTests
         using var p = torch.arange(0L, 5L);
         SafeTensorsWriter.Write(path, new Dictionary<string, Tensor>
         {
-            ["blocks.0.attn.to_q.weight"] = q, ["blocks.0.attn.to_q.bias"] = b, ["norm.weight"] = n, ["pos"] = p,
+            ["blocks.0.attn.to_q.weight"] = q,
+            ["blocks.0.attn.to_q.bias"] = b,
+            ["norm.weight"] = n,
+            ["pos"] = p,
         });
         return path;
     }

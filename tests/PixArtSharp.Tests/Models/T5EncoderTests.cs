@@ -163,8 +163,15 @@ public class T5EncoderTests(ITestOutputHelper output)
 
     private static T5Config Small(string ffn = "gated-gelu") => new()
     {
-        VocabSize = 11, DModel = 6, DKv = 4, NumHeads = 2, DFf = 10, NumLayers = 2,
-        RelativeAttentionNumBuckets = 8, RelativeAttentionMaxDistance = 20, FeedForwardProj = ffn,
+        VocabSize = 11,
+        DModel = 6,
+        DKv = 4,
+        NumHeads = 2,
+        DFf = 10,
+        NumLayers = 2,
+        RelativeAttentionNumBuckets = 8,
+        RelativeAttentionMaxDistance = 20,
+        FeedForwardProj = ffn,
     };
 
     private static Dictionary<string, Tensor> SmallTensors(T5Config c, int seed = 1)

@@ -1,7 +1,7 @@
+using PixArtSharp.Loading.Lora;
 using PixArtSharp.Pipeline;
 using PixArtSharp.Tests.Support;
 using Xunit.Abstractions;
-using PixArtSharp.Loading.Lora;
 
 namespace PixArtSharp.Tests.Pipeline;
 

@@ -1,8 +1,8 @@
-using PixArtSharp.Models;
 using System.Security.Cryptography;
 using System.Text.Json;
 using PixArtSharp.Imaging;
 using PixArtSharp.Loading;
+using PixArtSharp.Models;
 using PixArtSharp.Pipeline;
 using PixArtSharp.Schedulers;
 using PixArtSharp.Tests.Support;
@@ -163,7 +163,10 @@ public class ImageToImageTests(TinyPipelines fixture, ITestOutputHelper output) 
         var b = a.flip(3).contiguous(); // a second, different image of the same size
         var batched = new GenerationRequest
         {
-            Prompts = ["a lighthouse", "a red barn"], Image = cat([a, b], 0), Strength = 0.6, NumImagesPerPrompt = 2,
+            Prompts = ["a lighthouse", "a red barn"],
+            Image = cat([a, b], 0),
+            Strength = 0.6,
+            NumImagesPerPrompt = 2,
             Generators = [new Generator(11), new Generator(12)],
         };
         using var together = fixture.Lcm.Generate(batched);

@@ -76,7 +76,12 @@ public sealed class LivePreviewTests(TinyPipelines pipes, ITestOutputHelper outp
     private static GenerationRequest Request(int steps, double guidance = 0) => new()
     {
         Prompts = ["A small cactus with a happy face in the Sahara desert."],
-        NumInferenceSteps = steps, GuidanceScale = guidance, Height = 64, Width = 96, UseResolutionBinning = false, Seed = 0,
+        NumInferenceSteps = steps,
+        GuidanceScale = guidance,
+        Height = 64,
+        Width = 96,
+        UseResolutionBinning = false,
+        Seed = 0,
     };
 
     /// <summary>

@@ -16,7 +16,12 @@ public class PipelineBehaviourTests(TinyPipelines fixture, ITestOutputHelper out
     private static GenerationRequest LcmBasic => new()
     {
         Prompts = ["A small cactus with a happy face in the Sahara desert."],
-        NumInferenceSteps = 4, GuidanceScale = 0, Height = 64, Width = 96, UseResolutionBinning = false, Seed = 0,
+        NumInferenceSteps = 4,
+        GuidanceScale = 0,
+        Height = 64,
+        Width = 96,
+        UseResolutionBinning = false,
+        Seed = 0,
     };
 
     [Fact]
@@ -113,8 +118,13 @@ public class PipelineBehaviourTests(TinyPipelines fixture, ITestOutputHelper out
         // DPM-Solver++ with final_sigmas_type "zero": the single first-order step lands on σ = 0, i.e. x0.
         using var result = fixture.Dpm.Generate(new GenerationRequest
         {
-            Prompts = ["An astronaut riding a green horse"], NumInferenceSteps = 1, GuidanceScale = 4.5,
-            Height = 64, Width = 64, UseResolutionBinning = false, Seed = 1,
+            Prompts = ["An astronaut riding a green horse"],
+            NumInferenceSteps = 1,
+            GuidanceScale = 4.5,
+            Height = 64,
+            Width = 64,
+            UseResolutionBinning = false,
+            Seed = 1,
         });
         Assert.Equal([1L, 64, 64, 3], result.Images!.shape);
         Assert.False(result.Latents.isnan().any().item<bool>());
@@ -220,7 +230,10 @@ public class PipelineBehaviourTests(TinyPipelines fixture, ITestOutputHelper out
             using var negOther = new PromptEmbeddings(pos.Embeds[.., ..60], pos.AttentionMask[.., ..60]);
             var mismatch = Assert.Throws<ArgumentException>(() => fixture.Lcm.Generate(LcmBasic with
             {
-                Prompts = null, PromptEmbeds = pos, NegativePromptEmbeds = negOther, GuidanceScale = 2,
+                Prompts = null,
+                PromptEmbeds = pos,
+                NegativePromptEmbeds = negOther,
+                GuidanceScale = 2,
             }));
             Assert.Equal("NegativePromptEmbeds", mismatch.ParamName);
         }

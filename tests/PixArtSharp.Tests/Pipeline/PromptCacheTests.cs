@@ -10,8 +10,14 @@ public sealed class PromptCacheTests(TinyPipelines pipes, ITestOutputHelper outp
 {
     private static GenerationRequest Request(string prompt, string negative = "", double guidance = 4.5) => new()
     {
-        Prompts = [prompt], NegativePrompts = [negative], NumInferenceSteps = 3, GuidanceScale = guidance,
-        Height = 64, Width = 64, UseResolutionBinning = false, Seed = 11,
+        Prompts = [prompt],
+        NegativePrompts = [negative],
+        NumInferenceSteps = 3,
+        GuidanceScale = guidance,
+        Height = 64,
+        Width = 64,
+        UseResolutionBinning = false,
+        Seed = 11,
     };
 
     /// <summary>The same request twice with the cache on equals the run without it, bit for bit; the second call hits.</summary>

@@ -75,8 +75,11 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
         // PNG (the default): the bytes pixart generate writes for the seed the server chose.
         var png = await client.GenerateImageAsync(prompt, new OpenAI.Images.ImageGenerationOptions
         {
-            Size = new GeneratedImageSize(64, 64), ResponseFormat = GeneratedImageFormat.Bytes,
-            Quality = GeneratedImageQuality.High, ModerationLevel = GeneratedImageModerationLevel.Low, EndUserId = "test-user",
+            Size = new GeneratedImageSize(64, 64),
+            ResponseFormat = GeneratedImageFormat.Bytes,
+            Quality = GeneratedImageQuality.High,
+            ModerationLevel = GeneratedImageModerationLevel.Low,
+            EndUserId = "test-user",
         });
         long seed = SeedOf(png);
         Assert.Equal(Cli(prompt, "--seed", seed.ToString(), "-W", "64", "-H", "64"), png.Value.ImageBytes.ToArray());
@@ -86,7 +89,9 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
         {
             var r = await client.GenerateImageAsync(prompt, new OpenAI.Images.ImageGenerationOptions
             {
-                Size = new GeneratedImageSize(64, 64), OutputFileFormat = format, OutputCompressionFactor = quality,
+                Size = new GeneratedImageSize(64, 64),
+                OutputFileFormat = format,
+                OutputCompressionFactor = quality,
             });
             var raw = JsonDocument.Parse(r.GetRawResponse().Content.ToString()).RootElement;
             Assert.Equal(format.ToString(), raw.GetProperty("output_format").GetString());
@@ -123,7 +128,9 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
 
         var generated = await generator.GenerateImagesAsync(prompt, new Microsoft.Extensions.AI.ImageGenerationOptions
         {
-            ImageSize = new System.Drawing.Size(64, 64), MediaType = "image/png", ResponseFormat = ImageGenerationResponseFormat.Data,
+            ImageSize = new System.Drawing.Size(64, 64),
+            MediaType = "image/png",
+            ResponseFormat = ImageGenerationResponseFormat.Data,
         });
         var png = Assert.IsType<DataContent>(Assert.Single(generated.Contents));
         Assert.Equal("image/png", png.MediaType);
@@ -132,7 +139,9 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
 
         var webp = Assert.IsType<DataContent>(Assert.Single((await generator.GenerateImagesAsync(prompt, new Microsoft.Extensions.AI.ImageGenerationOptions
         {
-            ImageSize = new System.Drawing.Size(64, 64), MediaType = "image/webp", ResponseFormat = ImageGenerationResponseFormat.Data,
+            ImageSize = new System.Drawing.Size(64, 64),
+            MediaType = "image/webp",
+            ResponseFormat = ImageGenerationResponseFormat.Data,
         })).Contents));
         Assert.Equal("image/webp", webp.MediaType);
         Assert.Equal((64, 64), (ImageReader.Decode(webp.Data.ToArray()).Width, ImageReader.Decode(webp.Data.ToArray()).Height));

@@ -49,7 +49,12 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
 
     private static GenerationSettings SmallSettings(string prompt, long seed, int steps = 2) => new()
     {
-        Prompts = [prompt], Seed = seed, Width = 64, Height = 64, Steps = steps, ResolutionBinning = false,
+        Prompts = [prompt],
+        Seed = seed,
+        Width = 64,
+        Height = 64,
+        Steps = steps,
+        ResolutionBinning = false,
     };
 
     [Fact]

@@ -21,7 +21,11 @@ public sealed class ServeImageToImageTests(ServeFixture fx, ITestOutputHelper ou
 
     private static Dictionary<string, object?> Body(string prompt, long seed, string image, double? strength = 0.5, int steps = 2) => new()
     {
-        ["prompt"] = prompt, ["seed"] = seed, ["steps"] = steps, ["image"] = image, ["strength"] = strength,
+        ["prompt"] = prompt,
+        ["seed"] = seed,
+        ["steps"] = steps,
+        ["image"] = image,
+        ["strength"] = strength,
     };
 
     private byte[] CliPng(string prompt, string source, double strength, long seed, int steps, params string[] extra)

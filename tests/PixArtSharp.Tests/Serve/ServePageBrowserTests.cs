@@ -66,8 +66,16 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         string served = await DownloadedPngBase64(page);
         var api = await Api.ReadJson(await Api.Post(app.Client, new Dictionary<string, object?>
         {
-            ["prompt"] = "a lighthouse on a cliff at sunset", ["negative_prompt"] = "", ["style"] = "Cinematic",
-            ["width"] = 384, ["height"] = 256, ["steps"] = 2, ["guidance"] = 0, ["n"] = 2, ["seed"] = 77, ["resolution_binning"] = false,
+            ["prompt"] = "a lighthouse on a cliff at sunset",
+            ["negative_prompt"] = "",
+            ["style"] = "Cinematic",
+            ["width"] = 384,
+            ["height"] = 256,
+            ["steps"] = 2,
+            ["guidance"] = 0,
+            ["n"] = 2,
+            ["seed"] = 77,
+            ["resolution_binning"] = false,
         }));
         Assert.Equal(api.GetProperty("data")[0].GetProperty("b64_json").GetString(), served);
 
@@ -126,8 +134,16 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         string served = await DownloadedPngBase64(page);
         var api = await Api.ReadJson(await Api.Post(app.Client, new Dictionary<string, object?>
         {
-            ["prompt"] = "a watercolor lighthouse", ["negative_prompt"] = "", ["style"] = "(No style)", ["steps"] = 2, ["guidance"] = 0,
-            ["n"] = 1, ["seed"] = 31, ["image"] = Convert.ToBase64String(File.ReadAllBytes(source)), ["strength"] = 0.6, ["resize_to_fit"] = true,
+            ["prompt"] = "a watercolor lighthouse",
+            ["negative_prompt"] = "",
+            ["style"] = "(No style)",
+            ["steps"] = 2,
+            ["guidance"] = 0,
+            ["n"] = 1,
+            ["seed"] = 31,
+            ["image"] = Convert.ToBase64String(File.ReadAllBytes(source)),
+            ["strength"] = 0.6,
+            ["resize_to_fit"] = true,
         }));
         Assert.Equal(api.GetProperty("data")[0].GetProperty("b64_json").GetString(), served);
 

@@ -40,7 +40,8 @@ public sealed class ServerProcess : IAsyncDisposable
         catch { p.Kill(entireProcessTree: true); throw; }
         return new ServerProcess
         {
-            Process = p, Stderr = stderr,
+            Process = p,
+            Stderr = stderr,
             Client = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromMinutes(2) },
         };
     }

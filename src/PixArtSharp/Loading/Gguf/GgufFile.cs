@@ -26,7 +26,13 @@ public sealed record GgufValue(GgufValueType Type, object Value, GgufValueType? 
     /// <summary>An integer value; null for other types or a u64 above long.MaxValue.</summary>
     public long? AsInt64() => Value switch
     {
-        byte v => v, sbyte v => v, ushort v => v, short v => v, uint v => v, int v => v, long v => v,
+        byte v => v,
+        sbyte v => v,
+        ushort v => v,
+        short v => v,
+        uint v => v,
+        int v => v,
+        long v => v,
         ulong v when v <= long.MaxValue => (long)v,
         _ => null,
     };

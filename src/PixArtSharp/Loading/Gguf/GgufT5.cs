@@ -90,7 +90,11 @@ public static class GgufT5
         {
             ModelType = "t5",
             VocabSize = (int)emb.Dims[1],
-            DModel = dModel, DKv = dKv, DFf = dFf, NumLayers = layers, NumHeads = heads,
+            DModel = dModel,
+            DKv = dKv,
+            DFf = dFf,
+            NumLayers = layers,
+            NumHeads = heads,
             RelativeAttentionNumBuckets = buckets,
             // Not stored in GGUF; llama.cpp uses T5's 128 for every T5.
             RelativeAttentionMaxDistance = 128,

@@ -150,7 +150,12 @@ public sealed class GgufWriter
     /// <summary>llama.cpp's general.file_type (enum llama_ftype) for a file whose matrices are <paramref name="type"/>.</summary>
     private static uint? FileType(GgmlType type) => type switch
     {
-        GgmlType.F32 => 0, GgmlType.F16 => 1, GgmlType.Q8_0 => 7, GgmlType.Q4_K => 15, GgmlType.Q5_K => 17, GgmlType.BF16 => 32,
+        GgmlType.F32 => 0,
+        GgmlType.F16 => 1,
+        GgmlType.Q8_0 => 7,
+        GgmlType.Q4_K => 15,
+        GgmlType.Q5_K => 17,
+        GgmlType.BF16 => 32,
         _ => null,
     };
 

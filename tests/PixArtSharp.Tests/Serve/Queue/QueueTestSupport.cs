@@ -136,7 +136,9 @@ public sealed class InProcessWorker : IAsyncDisposable
         _queue = new GenerationQueue(_pipeline, fx.Model, maxQueue: 1024, maxBatch: maxBatch);
         Worker = new RedisWorker(redis.Address, _queue, new WorkerOptions
         {
-            Consumer = name, MaxBatch = maxBatch, VisibilityTimeout = TimeSpan.FromSeconds(visibilitySeconds),
+            Consumer = name,
+            MaxBatch = maxBatch,
+            VisibilityTimeout = TimeSpan.FromSeconds(visibilitySeconds),
         }, Log);
         Worker.Trace = Environment.GetEnvironmentVariable("PIXART_QUEUE_TRACE") == "1";
         Running = Task.Run(() => Worker.RunAsync(_stop.Token));
