@@ -96,6 +96,8 @@ public static class ServerApp
         });
 
         MapPage(app);
+        // Which device and libtorch serve (fixed for the server's life; the version, never the library's local path).
+        var runtime = new { device = queue.Pipeline.Device.ToString(), libtorch = TorchRuntime.GetInfo().LibTorchVersion, cuda_devices = TorchRuntime.CudaDeviceCount };
         app.MapGet("/health", () => Results.Json(new
         {
             status = queue.Unavailable is null ? "ok" : "unavailable",
@@ -103,6 +105,7 @@ public static class ServerApp
             model = queue.ModelLabel,
             queue = new { pending = queue.Pending, running = queue.Running, max_queue = queue.MaxQueue, max_batch = queue.MaxBatch },
             auth_required = tokenHash is not null,
+            runtime,
             prompt_cache = new { entries = queue.Pipeline.PromptCache?.Count ?? 0, capacity = queue.Pipeline.Options.PromptCacheEntries, hits = queue.Pipeline.PromptCacheHits, misses = queue.Pipeline.PromptCacheMisses },
         }, Json, statusCode: queue.Unavailable is null ? 200 : 503));
         var models = ModelsList(queue); // fixed for the server's life: the model and its defaults never change

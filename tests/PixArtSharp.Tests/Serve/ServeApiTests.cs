@@ -396,6 +396,11 @@ public sealed class ServeApiTests(ServeFixture fx, ITestOutputHelper output)
         Assert.Equal("ok", health.GetProperty("status").GetString());
         Assert.Equal(5, health.GetProperty("queue").GetProperty("max_queue").GetInt32());
         Assert.False(health.GetProperty("auth_required").GetBoolean());
+        // Which device and libtorch serve: the version, never a local path.
+        var runtime = health.GetProperty("runtime");
+        Assert.Equal("cpu", runtime.GetProperty("device").GetString()!.ToLowerInvariant());
+        Assert.StartsWith("2.", runtime.GetProperty("libtorch").GetString());
+        Assert.DoesNotContain("/", runtime.GetRawText());
 
         var model = (await Api.ReadJson(await app.Client.GetAsync("/v1/models"))).GetProperty("data")[0];
         Assert.Equal("tiny-pixart-lcm", model.GetProperty("id").GetString());
