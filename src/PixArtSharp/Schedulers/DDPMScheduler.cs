@@ -108,13 +108,7 @@ public sealed class DDPMScheduler : IScheduler
 
         if (timesteps is not null)
         {
-            for (int i = 1; i < timesteps.Count; i++)
-                if (timesteps[i] >= timesteps[i - 1])
-                    throw new ArgumentException("`custom_timesteps` must be in descending order.", nameof(timesteps));
-            if (timesteps.Count == 0)
-                throw new ArgumentException("`timesteps` must not be empty.", nameof(timesteps));   // diffusers: IndexError
-            if (timesteps[0] >= numTrain)
-                throw new ArgumentException($"`timesteps` must start before `self.config.train_timesteps`: {numTrain}.", nameof(timesteps));
+            NoiseSchedule.CheckCustomTimesteps(timesteps, numTrain);
             if (timesteps[^1] < 0)
                 throw new ArgumentException($"`timesteps` must not be negative (got {timesteps[^1]}).", nameof(timesteps));   // diffusers: index error in step
             Timesteps = timesteps.Select(t => (long)t).ToArray();

@@ -121,13 +121,7 @@ public sealed class LCMScheduler : IScheduler
         if (timesteps is not null)
         {
             // 2.1 Custom timestep schedule.
-            for (int i = 1; i < timesteps.Count; i++)
-                if (timesteps[i] >= timesteps[i - 1])
-                    throw new ArgumentException("`custom_timesteps` must be in descending order.", nameof(timesteps));
-            if (timesteps.Count == 0)
-                throw new ArgumentException("`timesteps` must not be empty.", nameof(timesteps)); // diffusers: IndexError
-            if (timesteps[0] >= numTrain)
-                throw new ArgumentException($"`timesteps` must start before `self.config.train_timesteps`: {numTrain}.", nameof(timesteps));
+            NoiseSchedule.CheckCustomTimesteps(timesteps, numTrain);
             // (diffusers only warns when the schedule does not start at num_train_timesteps−1, leaves the origin
             // schedule, or is longer than original_steps.)
             NumInferenceSteps = timesteps.Count;

@@ -159,4 +159,20 @@ public static class NoiseSchedule
         x = torch.clamp(x, -s, s) / s;
         return x.reshape(shape).to(dtype).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// diffusers' checks of a custom <c>timesteps</c> list (LCM and DDPM <c>set_timesteps</c>): descending, not empty,
+    /// starting before num_train_timesteps. Throws ArgumentException naming <c>timesteps</c>.
+    /// </summary>
+    public static void CheckCustomTimesteps(IReadOnlyList<int> timesteps, long numTrain)
+    {
+        ArgumentNullException.ThrowIfNull(timesteps);
+        for (int i = 1; i < timesteps.Count; i++)
+            if (timesteps[i] >= timesteps[i - 1])
+                throw new ArgumentException("`custom_timesteps` must be in descending order.", nameof(timesteps));
+        if (timesteps.Count == 0)
+            throw new ArgumentException("`timesteps` must not be empty.", nameof(timesteps)); // diffusers: IndexError
+        if (timesteps[0] >= numTrain)
+            throw new ArgumentException($"`timesteps` must start before `self.config.train_timesteps`: {numTrain}.", nameof(timesteps));
+    }
 }
