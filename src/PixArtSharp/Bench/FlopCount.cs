@@ -9,7 +9,7 @@ namespace PixArtSharp.Bench;
 /// achieved GFLOP/s that <c>pixart bench</c> reports, and — divided by the GEMM rate measured in the same run —
 /// the "floor" time each stage is compared with.
 /// </summary>
-public static class FlopCount
+internal static class FlopCount
 {
     /// <summary>
     /// PixArt transformer forward for a batch of <paramref name="batch"/> latents of <paramref name="latentHeight"/>

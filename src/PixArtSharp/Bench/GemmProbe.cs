@@ -10,7 +10,7 @@ namespace PixArtSharp.Bench;
 /// and with other load on the machine). The shapes are the transformer's feed-forward products at the bench's token
 /// count: [M, 1152]·[1152, 4608] and [M, 4608]·[4608, 1152] — the bulk of its FLOPs.
 /// </summary>
-public static class GemmProbe
+internal static class GemmProbe
 {
     /// <summary>Median GFLOP/s over <paramref name="repeats"/> timed products of each shape (after three warm-ups each).</summary>
     /// <param name="rows">M, the token count (batch × tokens); capped to 8192 to keep the probe short.</param>

@@ -6,7 +6,7 @@ namespace PixArtSharp.Bench;
 /// Memory and load figures from Linux's /proc, read the way <c>ps</c> and <c>uptime</c> do. Elsewhere every value
 /// is null (the benchmark then reports no RSS).
 /// </summary>
-public static class ProcessStats
+internal static class ProcessStats
 {
     /// <summary>Peak resident set size (VmHWM: anonymous memory plus the mapped file pages touched), in bytes.</summary>
     public static long? PeakRssBytes => StatusField("VmHWM:");

@@ -15,7 +15,7 @@ namespace PixArtSharp.Loading.Gguf;
 /// device, compact copies. The ops below then run wherever the planes are.
 /// </para>
 /// </summary>
-public static class GgmlDequant
+internal static class GgmlDequant
 {
     /// <summary>One field of a block: its byte offset and length within the block and the element type it is read as.</summary>
     public readonly record struct Plane(string Name, int Offset, int Length, ScalarType Type);

@@ -8,7 +8,7 @@ namespace PixArtSharp.Loading.Gguf;
 /// and mins are then quantized to 6 bits against the super-block's fp16 d and dmin, and each value rounds against the
 /// scale and min it will be decoded with. Its error is somewhat above llama.cpp's on the same data.
 /// </summary>
-public static class GgmlQuantize
+internal static class GgmlQuantize
 {
     private const int QK_K = GgmlTypes.QK_K;
 
