@@ -152,7 +152,7 @@ public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
         Assert.Equal("queued", (await Api.ReadJson(await client.GetAsync($"/v1/jobs/{ids[0]}"))).GetProperty("status").GetString());
 
         // 2. Two worker processes; the first is SIGKILLed while it is in the middle of a job.
-        using var mux = redis.Address.Connect("test");
+        using var mux = Connected(redis);
         var db = mux.GetDatabase();
         using var w1 = new ChildWorker(fx, redis, "w1", "--visibility-timeout", "2", "--max-batch", "1");
         using var w2 = new ChildWorker(fx, redis, "w2", "--visibility-timeout", "2", "--max-batch", "1");
@@ -206,7 +206,7 @@ public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
         // A running job cancelled at the front stops at its worker.
         var slow = await Api.ReadJson(await Api.Post(client, Request("cancel me", 2, side: 256, steps: 50), "?async=true"));
         string slowId = slow.GetProperty("id").GetString()!;
-        using (var mux = redis.Address.Connect("test"))
+        using (var mux = Connected(redis))
         {
             var db = mux.GetDatabase();
             var until = DateTime.UtcNow + TimeSpan.FromSeconds(30);
@@ -271,7 +271,7 @@ public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
 
         // A "ghost" worker reads both and dies: one after three starts, one after storing its result but before
         // acknowledging it.
-        using var mux = redis.Address.Connect("test");
+        using var mux = Connected(redis);
         var db = mux.GetDatabase();
         var stream = RedisKeys.Stream(ServeFixture.ModelLabel);
         await db.StreamCreateConsumerGroupAsync(stream, RedisKeys.Group, "0-0");
@@ -333,10 +333,23 @@ public sealed class RedisQueueTests(ServeFixture fx, ITestOutputHelper output)
 
     private static async Task AssertStreamEmpty(RedisTestServer redis)
     {
-        using var mux = redis.Address.Connect("test");
+        using var mux = Connected(redis);
         var db = mux.GetDatabase();
         var stream = RedisKeys.Stream(ServeFixture.ModelLabel);
         Assert.Equal(0, await db.StreamLengthAsync(stream));
         Assert.Equal(0, (await db.StreamPendingAsync(stream, RedisKeys.Group)).PendingMessageCount);
+    }
+
+    /// <summary>
+    /// A test's own connection, once it is up: the queue's options fail commands at once while not connected (what a
+    /// front wants while Redis is down), and a fresh connection may still be handshaking when its first command goes.
+    /// </summary>
+    private static ConnectionMultiplexer Connected(RedisTestServer redis)
+    {
+        var mux = redis.Address.Connect("test");
+        var deadline = DateTime.UtcNow.AddSeconds(15);
+        while (!mux.IsConnected && DateTime.UtcNow < deadline) Thread.Sleep(20);
+        Assert.True(mux.IsConnected, "the test could not connect to its redis-server within 15 s");
+        return mux;
     }
 }
