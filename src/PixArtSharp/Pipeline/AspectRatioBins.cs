@@ -85,14 +85,17 @@ public static class AspectRatioBins
     ];
 
     /// <summary>
-    /// The bins the pipeline uses for <c>transformer.config.sample_size</c>: 128 → 1024, 64 → 512, 32 → 256.
+    /// The bins a pipeline's <c>__call__</c> uses for <c>transformer.config.sample_size</c>: 128 → 1024, 64 → 512,
+    /// 32 → 256, and with <paramref name="with2048"/> (PixArtSigmaPipeline) 256 → 2048; diffusers raises "Invalid
+    /// sample size" for any other.
     /// </summary>
-    public static IReadOnlyList<AspectRatioBin> BinsForSampleSize(int sampleSize) => sampleSize switch
+    public static IReadOnlyList<AspectRatioBin> BinsForSampleSize(int sampleSize, bool with2048 = false) => sampleSize switch
     {
+        256 when with2048 => AspectRatio2048Bin,
         128 => AspectRatio1024Bin,
         64 => AspectRatio512Bin,
         32 => AspectRatio256Bin,
-        _ => throw new ArgumentException($"Invalid sample size {sampleSize}: resolution binning needs sample_size 128, 64 or 32.", nameof(sampleSize)),
+        _ => throw new ArgumentException($"Invalid sample size {sampleSize}: resolution binning needs sample_size {(with2048 ? "256, " : "")}128, 64 or 32; turn binning off.", "use_resolution_binning"),
     };
 
     /// <summary>

@@ -24,13 +24,7 @@ public sealed class PixArtAlphaPipeline : PixArtPipeline
     /// <inheritdoc/>
     public override int DefaultMaxSequenceLength => 120;
     /// <inheritdoc/>
-    public override IReadOnlyList<AspectRatioBin> AspectRatioBins => TransformerConfig.SampleSize switch
-    {
-        128 => Pipeline.AspectRatioBins.AspectRatio1024Bin,
-        64 => Pipeline.AspectRatioBins.AspectRatio512Bin,
-        32 => Pipeline.AspectRatioBins.AspectRatio256Bin,
-        var s => throw new ArgumentException($"Invalid sample size {s}: PixArtAlphaPipeline's resolution binning needs sample_size 128, 64 or 32; turn binning off.", "use_resolution_binning"),
-    };
+    public override IReadOnlyList<AspectRatioBin> AspectRatioBins => Pipeline.AspectRatioBins.BinsForSampleSize(TransformerConfig.SampleSize!.Value);
     /// <inheritdoc/>
     protected override bool PreparesMicroConditions => true;
     /// <inheritdoc/>

@@ -200,11 +200,11 @@ public abstract class PixArtPipeline : IDisposable
     }
 
     /// <summary>The T5 encoder, loaded now if it is not yet.</summary>
-    public T5EncoderModel LoadTextEncoder() => _textEncoder ??= OutsideScopes(_components.LoadTextEncoder);
+    public T5EncoderModel LoadTextEncoder() => _textEncoder = Loaded(_textEncoder, _components.LoadTextEncoder, "text encoder", null);
     /// <summary>The transformer, loaded now if it is not yet.</summary>
-    public PixArtTransformer2DModel LoadTransformer() => _transformer ??= OutsideScopes(_components.LoadTransformer);
+    public PixArtTransformer2DModel LoadTransformer() => _transformer = Loaded(_transformer, _components.LoadTransformer, "transformer", null);
     /// <summary>The VAE, loaded now if it is not yet.</summary>
-    public IVae LoadVae() => _vae ??= OutsideScopes(_components.LoadVae);
+    public IVae LoadVae() => _vae = Loaded(_vae, _components.LoadVae, "VAE", null);
 
     /// <summary>
     /// Runs a model's load where no dispose scope is open: its weights belong to the pipeline (freed by Release or

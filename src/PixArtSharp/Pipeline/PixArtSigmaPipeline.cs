@@ -16,14 +16,7 @@ public sealed class PixArtSigmaPipeline : PixArtPipeline
     /// <inheritdoc/>
     public override int DefaultMaxSequenceLength => 300;
     /// <inheritdoc/>
-    public override IReadOnlyList<AspectRatioBin> AspectRatioBins => TransformerConfig.SampleSize switch
-    {
-        256 => Pipeline.AspectRatioBins.AspectRatio2048Bin,
-        128 => Pipeline.AspectRatioBins.AspectRatio1024Bin,
-        64 => Pipeline.AspectRatioBins.AspectRatio512Bin,
-        32 => Pipeline.AspectRatioBins.AspectRatio256Bin,
-        var s => throw new ArgumentException($"Invalid sample size {s}: PixArtSigmaPipeline's resolution binning needs sample_size 256, 128, 64 or 32; turn binning off.", "use_resolution_binning"),
-    };
+    public override IReadOnlyList<AspectRatioBin> AspectRatioBins => Pipeline.AspectRatioBins.BinsForSampleSize(TransformerConfig.SampleSize!.Value, with2048: true);
     /// <inheritdoc/>
     protected override bool PreparesMicroConditions => false;
     /// <inheritdoc/>
