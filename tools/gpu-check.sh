@@ -32,6 +32,8 @@ if [[ $step == pack ]]; then
       -cJf "$PACK/dotnet-runtime.tar.xz" dotnet host shared/Microsoft.NETCore.App shared/Microsoft.AspNetCore.App )
   FIX=$ROOT/../shared/fixtures; [[ -d $FIX ]] || FIX=$ROOT/shared/fixtures
   cp -r "$FIX/tiny-pixart" "$FIX/tiny-pixart-lcm" "$PACK/"
+  # The device call carries at most 64 MiB: the app (libvips alone is 18 MB) travels compressed.
+  tar -C "$PACK" -cJf "$PACK/app.tar.xz" app && rm -rf "$PACK/app"
   du -sh "$PACK"
   exit 0
 fi
@@ -39,7 +41,9 @@ fi
 [[ $step == run ]] || { echo "usage: $0 pack|run" >&2; exit 2; }
 OUT=${OUT:-$ROOT/gpu-out}
 mkdir -p "$OUT"
-[[ -d $PACK/app ]] || { echo "gpu-pack/ is missing: run '$0 pack' on a build machine and bring gpu-pack/ along" >&2; exit 2; }
+[[ -f $PACK/app.tar.xz ]] || { echo "gpu-pack/ is missing: run '$0 pack' on a build machine and bring gpu-pack/ along" >&2; exit 2; }
+APP=/tmp/pixart-app/app
+rm -rf /tmp/pixart-app && mkdir -p /tmp/pixart-app && tar -xJf "$PACK/app.tar.xz" -C /tmp/pixart-app
 export DOTNET_ROOT=/tmp/pixart-dotnet
 mkdir -p "$DOTNET_ROOT" && tar -xJf "$PACK/dotnet-runtime.tar.xz" -C "$DOTNET_ROOT"
 export PATH=$DOTNET_ROOT:$PATH DOTNET_CLI_TELEMETRY_OPTOUT=1
@@ -51,7 +55,6 @@ export PIXART_LIBTORCH=$TORCH_LIB
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" || echo "no python3 torch; libtorch: $TORCH_LIB"
 } | tee "$OUT/machine.txt"
-APP=$PACK/app
 run() { local name=$1; shift; echo "+ $*" | tee -a "$OUT/commands.txt"; local t0=$SECONDS; "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" || echo "FAILED ($?): $name" | tee -a "$OUT/failures.txt"; echo "$name: $((SECONDS - t0)) s" >>"$OUT/durations.txt"; }
 
 # 1. The runtime as the library sees it (libtorch from PIXART_LIBTORCH, CUDA devices, dtype auto).
@@ -101,15 +104,60 @@ for fx in ('tiny-pixart-lcm', 'tiny-pixart'):
         print(f'{fx} cuda {dt}: max |Δ| = {m:.2e} (bound {max(bound[dt], 1/255):.1e}) {"ok" if m <= max(bound[dt], 1/255) else "OVER"}')
 PY
 
-# 3. Speed: random weights on the real PixArt-LCM-XL-2-1024-MS configs, synchronised stage timings, peak memory.
-for dt in fp16 bf16; do
-  run "bench-1024-$dt-b1" dotnet "$APP/pixart.dll" bench --device cuda --dtype "$dt" --batch 1 --json
-done
-run bench-1024-fp16-b4 dotnet "$APP/pixart.dll" bench --device cuda --dtype fp16 --batch 4 --json
-run bench-1024-fp16-b8 dotnet "$APP/pixart.dll" bench --device cuda --dtype fp16 --batch 8 --json
-# 4. Model offload (once the CLI has --offload): peaks per stage.
-run bench-1024-fp16-offload dotnet "$APP/pixart.dll" bench --device cuda --dtype fp16 --offload model --json
+# 3. The server's warm-up on CUDA (tiny model): "warmed up in" on stderr, then one request.
+( set +e
+  dotnet "$APP/pixart.dll" serve --model "$PACK/tiny-pixart-lcm" --device cuda --port 7961 >"$OUT/serve.out" 2>"$OUT/serve.err" &
+  pid=$!
+  python3 - "$pid" <<'PY' >"$OUT/serve-client.txt" 2>&1
+import json, os, sys, time, urllib.request
+for _ in range(240):
+    if not os.path.exists(f'/proc/{sys.argv[1]}'): sys.exit('the server exited')
+    try: urllib.request.urlopen('http://127.0.0.1:7961/health', timeout=1).read(); break
+    except Exception: time.sleep(0.25)
+body = json.dumps({'prompt': 'a red fox in the snow', 'size': '64x64', 'seed': 7, 'steps': 4, 'response_format': 'b64_json'}).encode()
+for i in range(3):
+    t = time.time()
+    r = urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:7961/v1/images/generations', body, {'Content-Type': 'application/json'}), timeout=60)
+    print('request', i, r.status, f'{time.time() - t:.3f} s', len(r.read()), 'bytes')
+print(urllib.request.urlopen('http://127.0.0.1:7961/health').read().decode()[:600])
+PY
+  kill $pid; wait $pid ) || true
 
-for f in "$OUT"/bench-*.out; do if [[ -s $f ]]; then cp "$f" "${f%.out}.json"; fi; done   # --json prints one object on stdout
+# 4. Speed and memory: random weights on the real PixArt-LCM-XL-2-1024-MS configs, synchronised stage timings,
+#    NVML GPU memory per stage, --repeat = steady-state runs with everything loaded. Most important first; nothing new
+#    starts after DEADLINE seconds so the whole run ends inside the device call.
+DEADLINE=${DEADLINE:-420}
+bench() { local name=$1; shift
+  if (( SECONDS > DEADLINE )); then echo "skipped (deadline): $name" | tee -a "$OUT/skipped.txt"; return; fi
+  run "$name" timeout 120 "$@"; }
+B=(dotnet "$APP/pixart.dll" bench --device cuda --json)
+bench bench-fp16-b1 "${B[@]}" --dtype fp16 --batch 1 --repeat 5
+for cl in 1 0; do for bm in 1 0; do
+  bench "bench-vae-cl$cl-bm$bm" env PIXART_VAE_CHANNELS_LAST=$cl PIXART_CUDNN_BENCHMARK=$bm "${B[@]}" --component vae --dtype fp16 --repeat 5
+done; done
+bench bench-fp16-b8 "${B[@]}" --dtype fp16 --batch 8 --repeat 3
+bench bench-fp16-offload-model env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${B[@]}" --dtype fp16 --offload model --repeat 2
+bench bench-fp16-nocache env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${B[@]}" --dtype fp16
+bench bench-fp16-offload-seq env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "${B[@]}" --dtype fp16 --offload sequential
+bench bench-bf16-b1 "${B[@]}" --dtype bf16 --batch 1 --repeat 3
+bench bench-fp16-b4 "${B[@]}" --dtype fp16 --batch 4 --repeat 3
+
+# For later sessions: which CUDA caching-allocator entry points this libtorch exports (no TorchSharp binding).
+nm -D --defined-only "$TORCH_LIB/libc10_cuda.so" 2>/dev/null | grep -iE "emptyCache|getDeviceStats|resetPeakStats" | head -20 >"$OUT/c10_cuda_symbols.txt" || true
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
+
+# One file back per bench (the device tool returns at most 8 files): every JSON in one, every log in another.
+python3 - "$OUT" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]; results = {}
+for f in sorted(glob.glob(os.path.join(out, 'bench-*.out'))):
+    name = os.path.basename(f)[:-4]; text = open(f).read().strip()
+    try: results[name] = json.loads(text.splitlines()[-1]) if text else None
+    except Exception as e: results[name] = {'unparsed': text[-2000:]}
+json.dump(results, open(os.path.join(out, 'bench.json'), 'w'), indent=1)
+PY
+# The device tool brings back at most 8 files: bench.json and fixtures.txt, everything else in one archive.
+cat "$OUT/durations.txt" "$OUT/fixtures.txt" "$OUT"/skipped.txt "$OUT"/failures.txt 2>/dev/null || true
+tar -czf /tmp/gpu-all.tar.gz -C "$OUT" --exclude=./bench.json --exclude=./fixtures.txt . && find "$OUT" -type f ! -name bench.json ! -name fixtures.txt -delete && mv /tmp/gpu-all.tar.gz "$OUT/all.tar.gz"
 echo "results in $OUT"; ls "$OUT"
-[[ ! -s $OUT/failures.txt ]] || { cat "$OUT/failures.txt"; exit 1; }
+! grep -q FAILED "$OUT/fixtures.txt" 2>/dev/null

@@ -101,6 +101,25 @@ public static class PipelineSetup
         catch (Exception) { return false; }
     }
 
+    /// <summary>The --warmup option of serve and worker: auto (on CUDA only), on or off.</summary>
+    public static System.CommandLine.Option<string> WarmUpOption()
+    {
+        var o = new System.CommandLine.Option<string>("--warmup")
+        {
+            Description = "One throw-away generation at the default size after loading, so the first request does not pay the GPU's start-up (auto: on CUDA only)",
+            DefaultValueFactory = _ => "auto",
+        };
+        o.AcceptOnlyFromAmong("auto", "on", "off");
+        return o;
+    }
+
+    /// <summary>Runs <see cref="PixArtPipeline.WarmUp"/> when <paramref name="mode"/> asks for it and says how long it took.</summary>
+    public static void WarmUpIfAsked(PixArtPipeline pipeline, string mode, TextWriter err, string who)
+    {
+        if (mode == "on" || (mode == "auto" && pipeline.Device.type == TorchSharp.DeviceType.CUDA))
+            err.WriteLine($"{who}: warmed up in {pipeline.WarmUp().TotalSeconds:0.00} s (one generation at the default size)");
+    }
+
     /// <summary>--lora PATH[:SCALE] → a LoRA spec (a trailing ":number" is the scale; paths may hold ':' otherwise).</summary>
     public static LoraSpec ParseLora(string text)
     {

@@ -54,6 +54,7 @@ public static class ServeCommand
         var device = new Option<string>("--device") { Description = $"Where the models run: {DeviceSpec.Choices}", DefaultValueFactory = _ => "auto" };
         var offload = new Option<string>("--offload") { Description = $"GPU memory policy: {OffloadPolicy.Choices}", DefaultValueFactory = _ => "none" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: all cores)" };
+        var warmUp = PipelineSetup.WarmUpOption();
         var (preview, previewVae) = (new Option<string?>("--preview") { HelpName = "tiny|none", Description = "Live previews on the progress events: each step's predicted image, decoded by TAESD (default: tiny when --preview-vae is given)" },
             new Option<string?>("--preview-vae") { HelpName = "ID|DIR", Description = "The TAESD for previews (default: madebyollin/taesd or taesdxl from the Hugging Face cache)" });
         var promptCache = new Option<int>("--prompt-cache") { Description = "Prompts whose T5 output is kept for reuse (LRU; 0 = off)", DefaultValueFactory = _ => 64 };
@@ -65,7 +66,7 @@ public static class ServeCommand
 
         var cmd = new Command("serve", "Serve an HTTP API (OpenAI-like images endpoint) and a web page, batching concurrent requests")
         {
-            model, revision, variant, lora, textEncoder, transformer, vae, host, port, token, maxQueue, maxBatch, dtype, device, offload, threads, preview, previewVae, promptCache, queue,
+            model, revision, variant, lora, textEncoder, transformer, vae, host, port, token, maxQueue, maxBatch, dtype, device, offload, threads, warmUp, preview, previewVae, promptCache, queue,
         };
         // Errors become one "error: …" line and pixart's exit codes (2 bad arguments, 3 model not found, …).
         cmd.SetAction(CliApp.Guard(async (parse, _, ct) =>
@@ -89,7 +90,7 @@ public static class ServeCommand
                 PromptCacheEntries = parse.GetValue(promptCache),
             };
             if (!DTypeChoice.IsValid(parse.GetValue(dtype))) throw new ArgumentException($"--dtype must be {DTypeChoice.Choices}.", "--dtype");
-            options = options with { DType = parse.GetValue(dtype)!, Device = parse.GetValue(device)!, Offload = parse.GetValue(offload)! };
+            options = options with { DType = parse.GetValue(dtype)!, Device = parse.GetValue(device)!, Offload = parse.GetValue(offload)!, WarmUp = parse.GetValue(warmUp)! };
             DeviceSpec.Parse(options.Device);
             OffloadPolicy.Parse(options.Offload);
             if (parse.GetValue(queue) is { } queueUrl) return await Queue.RedisFront.RunAsync(options, queueUrl, ct);
@@ -128,6 +129,7 @@ public static class ServeCommand
         using var pipeline = PipelineSetup.Open(folder, pipelineOptions);
         foreach (var w in pipeline.Warnings) Console.Error.WriteLine($"pixart serve: warning: {w}");
         pipeline.Preload();
+        PipelineSetup.WarmUpIfAsked(pipeline, options.WarmUp, Console.Error, "pixart serve");
         // Answers go to remote clients: the model by name and weights hash, never this machine's paths.
         var served = ServeSafety.ServedModel(model, pipelineOptions.Transformer ?? Path.Combine(folder, "transformer"));
         using var previews = await PreviewSetup.CreateAsync(new CliOutput(Console.Out, Console.Error, ErrIsTerminal: false), true, options.Preview, options.PreviewVae, null, pipeline, ct);

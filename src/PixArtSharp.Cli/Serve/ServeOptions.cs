@@ -23,6 +23,8 @@ public sealed record ServeOptions
     public string Device { get; init; } = "auto";
     /// <summary>none, model or sequential.</summary>
     public string Offload { get; init; } = "none";
+    /// <summary>auto (on CUDA only), on or off: one throw-away generation after loading, before the port answers.</summary>
+    public string WarmUp { get; init; } = "auto";
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>0 picks a free port (tests).</summary>
     public int Port { get; init; } = 7860;

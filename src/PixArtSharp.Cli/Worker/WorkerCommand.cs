@@ -29,6 +29,7 @@ public static class WorkerCommand
         dtype.AcceptOnlyFromAmong("auto", "fp32", "bf16", "fp16");
         var device = new Option<string>("--device") { Description = $"{DeviceSpec.Choices} (one worker per GPU)", DefaultValueFactory = _ => "auto" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: all cores)" };
+        var warmUp = PipelineSetup.WarmUpOption();
         var maxBatch = new Option<int>("--max-batch") { Description = "Jobs taken at once; compatible ones run as one batch", DefaultValueFactory = _ => 4 };
         var name = new Option<string?>("--name") { Description = "This worker's consumer name (default: host-pid)" };
         var visibility = new Option<double>("--visibility-timeout")
@@ -41,7 +42,7 @@ public static class WorkerCommand
 
         var cmd = new Command("worker", "Run queued jobs from Redis for pixart serve --queue fronts (one process per GPU)")
         {
-            queue, model, revision, variant, dtype, device, threads, maxBatch, name, visibility, attempts, ttl,
+            queue, model, revision, variant, dtype, device, threads, warmUp, maxBatch, name, visibility, attempts, ttl,
         };
         cmd.SetAction(CliApp.Guard(async (parse, output, ct) =>
         {
@@ -67,6 +68,7 @@ public static class WorkerCommand
             using var pipeline = PixArtPipeline.FromPretrained(folder, new PipelineOptions { DType = dt, Variant = variantArg, KeepLoaded = true, CopyWeights = true, Device = dev });
             foreach (var w in pipeline.Warnings) output.Err.WriteLine($"pixart worker: warning: {w}");
             pipeline.Preload();
+            PipelineSetup.WarmUpIfAsked(pipeline, parse.GetValue(warmUp)!, output.Err, "pixart worker");
             using var generation = new GenerationQueue(pipeline, ModelRecord(modelArg, folder, variantArg, dt), maxQueue: 1 << 16, maxBatch: options.MaxBatch);
             using var worker = new RedisWorker(address, generation, options, output.Err);
             await worker.RunAsync(ct);

@@ -61,6 +61,38 @@ public sealed class BenchResult
     public long? TransformerPeakRssBytes { get; set; }
     public long? VaePeakRssBytes { get; set; }
 
+    /// <summary>
+    /// CUDA only: device memory in use (NVML, sampled every 2 ms; <see cref="GpuMemory"/>) before the run, and its
+    /// peak over the run and per stage. With libtorch's caching allocator on (the default) a stage's peak includes
+    /// what earlier stages left cached; <see cref="GpuMemoryCaching"/> false (PYTORCH_NO_CUDA_MEMORY_CACHING=1) makes
+    /// each stage's figure its own.
+    /// </summary>
+    public long? GpuBaselineBytes { get; set; }
+    public long? GpuPeakBytes { get; set; }
+    public long? T5GpuPeakBytes { get; set; }
+    public long? TransformerGpuPeakBytes { get; set; }
+    public long? VaeGpuPeakBytes { get; set; }
+    public long? GpuTotalBytes { get; set; }
+    public bool? GpuMemoryCaching { get; set; }
+    /// <summary>CUDA only: cuDNN's benchmark mode and the channels-last VAE decode, as this run had them.</summary>
+    public bool? CudnnBenchmark { get; set; }
+    public bool? VaeChannelsLast { get; set; }
+    /// <summary>The offload policy of the run (none, model, sequential).</summary>
+    public string Offload { get; set; } = "none";
+
+    /// <summary>
+    /// With --repeat N: N more end-to-end runs with every model kept loaded (T5 encode, the steps, VAE decode, the
+    /// images copied to the CPU as 8-bit RGB), each timed to its end; the steady state a server sees.
+    /// </summary>
+    public double[]? SteadySeconds { get; set; }
+    public double? SteadySecondsMedian { get; set; }
+    /// <summary>Batch ÷ the median steady run.</summary>
+    public double? ImagesPerSecond { get; set; }
+    /// <summary>Per stage of the median steady run: T5, all steps, VAE decode (synchronised).</summary>
+    public double? SteadyT5Seconds { get; set; }
+    public double? SteadyDenoiseSeconds { get; set; }
+    public double? SteadyVaeSeconds { get; set; }
+
     /// <summary>Matrix-multiply rate measured at the start of this run in this dtype (median), GFLOP/s.</summary>
     public double GemmGflops { get; set; }
     /// <summary>The same probe at the end of the run: far from <see cref="GemmGflops"/> means the machine's load changed during the run.</summary>
@@ -127,6 +159,12 @@ public sealed class BenchResult
         Row("  GEMM floor", S(E2eGemmFloorSeconds));
         Row("peak RSS", B(PeakRssBytes));
         Row("  t5 / transformer / vae", PeakRssBytes is null ? null : $"{B(T5PeakRssBytes) ?? "-"} / {B(TransformerPeakRssBytes) ?? "-"} / {B(VaePeakRssBytes) ?? "-"}");
+        Row("GPU memory peak", GpuPeakBytes is null ? null : $"{B(GpuPeakBytes)} (baseline {B(GpuBaselineBytes)}, of {B(GpuTotalBytes)}; {(GpuMemoryCaching == false ? "no caching" : "libtorch caching on")})");
+        Row("  t5 / transformer / vae", GpuPeakBytes is null ? null : $"{B(T5GpuPeakBytes) ?? "-"} / {B(TransformerGpuPeakBytes) ?? "-"} / {B(VaeGpuPeakBytes) ?? "-"}");
+        Row("cuDNN benchmark, channels-last", CudnnBenchmark is null ? null : $"{CudnnBenchmark} / {VaeChannelsLast}");
+        if (SteadySeconds is { Length: > 0 })
+            Row("steady runs", string.Join(", ", SteadySeconds.Select(s => s.ToString("0.000", ci))) + " s");
+        Row("  median, images/s", SteadySecondsMedian is { } m2 ? $"{m2:0.000} s, {ImagesPerSecond:0.00} images/s (T5 {SteadyT5Seconds:0.000} s, steps {SteadyDenoiseSeconds:0.000} s, VAE {SteadyVaeSeconds:0.000} s)" : null);
         Row("bf16 vs fp32 image", Fp32ImageMaxAbsDiff is { } m ? $"max {m:0.0000}, mean {Fp32ImageMeanAbsDiff:0.00000} (pixels in [0, 1])" : null);
         return sb.ToString();
     }

@@ -40,6 +40,8 @@ public sealed record BenchOptions
     public string? TextEncoder { get; init; }
     /// <summary>With a model folder and component all: run the pipeline again in fp32 and compare the images.</summary>
     public bool CompareFp32 { get; init; }
+    /// <summary>After the measured run, this many more end-to-end runs with every model kept loaded (the steady state; component all).</summary>
+    public int Repeat { get; init; }
     public string Prompt { get; init; } = "A small cabin on top of a snowy mountain in the style of Disney, artstation";
 }
 
@@ -99,16 +101,32 @@ public static class BenchRunner
         r.GemmGflops = GemmProbe.MeasureGflops(o.DType, device, o.Component == BenchComponent.T5 ? o.Batch * Tokens : tokens, Math.Max(tConfig.InnerDim, 512));
         log($"GEMM rate {r.GemmGflops:0} GFLOP/s ({DTypeName(o.DType)}, {r.Threads} threads, load {r.LoadAverageStart:0.00})");
 
+        using var gpu = GpuMemory.TryStart(device);
+        if (device.type == DeviceType.CUDA)
+        {
+            r.CudnnBenchmark = TorchRuntime.CudnnBenchmark;
+            r.VaeChannelsLast = TorchRuntime.VaeChannelsLast(device);
+            r.GpuMemoryCaching = Environment.GetEnvironmentVariable("PYTORCH_NO_CUDA_MEMORY_CACHING") is null or "" or "0";
+        }
+        r.Offload = o.Offload.ToString().ToLowerInvariant();
+        if (gpu is not null) { r.GpuBaselineBytes = gpu.BaselineBytes; r.GpuTotalBytes = gpu.TotalBytes; }
         var total = Stopwatch.StartNew();
-        long peak = 0;
-        void StagePeak(Action<long?> set)
+        long peak = 0, gpuPeak = 0;
+        void StagePeak(Action<long?> set, Action<long?> setGpu)
         {
             var p = ProcessStats.PeakRssBytes;
             set(p);
             if (p is { } v) peak = Math.Max(peak, v);
             ProcessStats.ResetPeak();
+            if (gpu is not null)
+            {
+                long g = gpu.TakePeak();
+                setGpu(g);
+                gpuPeak = Math.Max(gpuPeak, g);
+            }
         }
         ProcessStats.ResetPeak();
+        gpu?.TakePeak();
 
         Run(o, r, folder, Dir, tConfig, vConfig, device, height, width, StagePeak, log);
 
@@ -116,6 +134,7 @@ public static class BenchRunner
         if (ProcessStats.PeakRssBytes is { } last) peak = Math.Max(peak, last);
         r.GemmGflopsEnd = GemmProbe.MeasureGflops(o.DType, device, o.Component == BenchComponent.T5 ? o.Batch * Tokens : tokens, Math.Max(tConfig.InnerDim, 512));
         r.PeakRssBytes = peak > 0 ? peak : null;
+        if (gpu is not null) r.GpuPeakBytes = Math.Max(gpuPeak, gpu.TakePeak());
         Finish(o, r);
         r.LoadAverageEnd = ProcessStats.LoadAverage1;
         return r;
@@ -129,6 +148,9 @@ public static class BenchRunner
         if (o.DType is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
             throw new ArgumentException($"dtype must be fp32, bf16 or fp16, not {o.DType}.", nameof(o));
         if (o.VaeTileLatents < 0) throw new ArgumentException($"the VAE tile size must be ≥ 0 latents, not {o.VaeTileLatents}.", nameof(o));
+        if (o.Repeat < 0) throw new ArgumentException($"repeat must be ≥ 0, not {o.Repeat}.", nameof(o));
+        if (o.Repeat > 0 && o.Component is not (BenchComponent.All or BenchComponent.Vae))
+            throw new ArgumentException("--repeat needs component all (whole runs) or vae (decodes).", nameof(o));
         if (o.CompareFp32 && (o.ModelDir is null || o.Component != BenchComponent.All))
             throw new ArgumentException("--compare-fp32 needs --model and component all (it reruns the pipeline in fp32).", nameof(o));
     }
@@ -141,7 +163,7 @@ public static class BenchRunner
     /// </summary>
     private static void Run(BenchOptions o, BenchResult r, ModelFolder? folder, Func<string, string> dir,
                             PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device, int height, int width,
-                            Action<Action<long?>> stagePeak, Action<string> log)
+                            Action<Action<long?>, Action<long?>> stagePeak, Action<string> log)
     {
         r.Mode = folder is not null && o.Component == BenchComponent.All ? "pipeline" : "stages";
         r.Vae = o.TinyVae ? "AutoencoderTiny" : "AutoencoderKL";
@@ -177,7 +199,7 @@ public static class BenchRunner
 
     private static void RunAndCompare(BenchOptions o, BenchResult r, ModelFolder? folder, Func<string, string> dir,
                                       PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device, int height, int width,
-                                      Action<Action<long?>> stagePeak, Action<string> log, string? t5Gguf)
+                                      Action<Action<long?>, Action<long?>> stagePeak, Action<string> log, string? t5Gguf)
     {
         var images = RunOnce(o, o.DType, r, folder, dir, tConfig, vConfig, device, height, width, stagePeak, log, t5Gguf);
         using (images)
@@ -185,7 +207,7 @@ public static class BenchRunner
             if (o.CompareFp32 && images is not null)
             {
                 log("running again in fp32 for --compare-fp32");
-                using var reference = RunOnce(o, ScalarType.Float32, null, folder, dir, tConfig, vConfig, device, height, width, _ => { }, _ => { }, t5Gguf);
+                using var reference = RunOnce(o, ScalarType.Float32, null, folder, dir, tConfig, vConfig, device, height, width, (_, _) => { }, _ => { }, t5Gguf);
                 using var diff = reference!.sub(images).abs_();
                 r.Fp32ImageMaxAbsDiff = diff.max().item<float>();
                 r.Fp32ImageMeanAbsDiff = diff.mean().item<float>();
@@ -197,11 +219,13 @@ public static class BenchRunner
     private static PixArtPipeline Build(BenchOptions o, ScalarType dtype, ModelFolder? folder, Func<string, string> dir,
                                         PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device, string? t5Gguf = null)
     {
-        var options = new PipelineOptions { DType = dtype, Device = device, Offload = o.Offload, Variant = o.Variant, KeepLoaded = false, VaeTileLatents = o.VaeTileLatents switch { > 0 => o.VaeTileLatents, 0 => null, _ => 0 } };
+        var options = new PipelineOptions { DType = dtype, Device = device, Offload = o.Offload, Variant = o.Variant, KeepLoaded = o.Repeat > 0, VaeTileLatents = o.VaeTileLatents switch { > 0 => o.VaeTileLatents, 0 => null, _ => 0 } };
         string? gguf = o.TextEncoder ?? t5Gguf;
         if (folder is not null && !o.TinyVae) return PixArtPipeline.FromPretrained(folder.Root, options with { TextEncoder = gguf });
         var t5Config = T5Config.Load(Path.Combine(dir("text_encoder"), "config.json"));
         var configs = folder ?? ModelFolder.Open(Path.GetDirectoryName(dir("scheduler"))!);
+        // With offload the models are made in CPU memory and move to the GPU for their stage, as from a folder.
+        device = new OffloadPolicy(o.Offload, device).LoadDevice;
         var tinyConfig = new AutoencoderTinyConfig();
         return new PixArtAlphaPipeline(new PipelineComponents
         {
@@ -225,7 +249,7 @@ public static class BenchRunner
     /// <summary>One timed run; returns the images (component all) or null.</summary>
     private static Tensor? RunOnce(BenchOptions o, ScalarType dtype, BenchResult? r, ModelFolder? folder, Func<string, string> dir,
                                    PixArtTransformerConfig tConfig, AutoencoderKLConfig vConfig, Device device, int height, int width,
-                                   Action<Action<long?>> stagePeak, Action<string> log, string? t5Gguf)
+                                   Action<Action<long?>, Action<long?>> stagePeak, Action<string> log, string? t5Gguf)
     {
         bool all = o.Component == BenchComponent.All;
         using var pipe = Build(o, dtype, folder, dir, tConfig, vConfig, device, t5Gguf);
@@ -245,16 +269,16 @@ public static class BenchRunner
             log($"T5 loaded in {load:0.0} s");
             sw.Restart();
             embeds = pipe.EncodeTokens(ids, mask);
-            GemmProbe.Synchronize(device);
+            TorchRuntime.Synchronize(device);
             double t5 = sw.Elapsed.TotalSeconds;
             log($"T5 encode {t5:0.00} s");
-            pipe.UnloadTextEncoder();
+            if (o.Repeat == 0) pipe.UnloadTextEncoder();
             GC.Collect();
             if (r != null)
             {
                 r.T5LoadSeconds = load;
                 r.T5Seconds = t5;
-                stagePeak(p => r.T5PeakRssBytes = p);
+                stagePeak(p => r.T5PeakRssBytes = p, g => r.T5GpuPeakBytes = g);
             }
             loads += load;
             compute += t5;
@@ -284,7 +308,7 @@ public static class BenchRunner
                 OutputType = OutputType.Latent,
             }, step =>
             {
-                GemmProbe.Synchronize(device);
+                TorchRuntime.Synchronize(device);
                 steps.Add(stepClock.Elapsed.TotalSeconds);
                 log($"step {step.Step}/{step.TotalSteps}: {steps[^1]:0.000} s");
                 stepClock.Restart();
@@ -301,7 +325,7 @@ public static class BenchRunner
             {
                 r.TransformerLoadSeconds = transformerLoad;
                 r.StepSeconds = steps.ToArray();
-                stagePeak(p => r.TransformerPeakRssBytes = p);
+                stagePeak(p => r.TransformerPeakRssBytes = p, g => r.TransformerGpuPeakBytes = g);
             }
             loads += transformerLoad;
             compute += steps.Sum();
@@ -320,14 +344,30 @@ public static class BenchRunner
             {
                 if (e.Elapsed is not { } t) return;
                 if (e.Stage == PipelineStage.Load) vaeLoad = t.TotalSeconds;
-                if (e.Stage == PipelineStage.Decode) { GemmProbe.Synchronize(device); decode = t.TotalSeconds; }
+                if (e.Stage == PipelineStage.Decode) { TorchRuntime.Synchronize(device); decode = t.TotalSeconds; }
             });
             log($"VAE decode {decode:0.00} s");
+            if (!all && o.Repeat > 0 && r != null)
+            {
+                // --repeat with component vae: the same decode again, the first one's kernel selection done.
+                var times = new List<double>();
+                for (int i = 0; i < o.Repeat; i++)
+                {
+                    var clock = Stopwatch.StartNew();
+                    pipe.Decode(latents).Dispose();
+                    TorchRuntime.Synchronize(device);
+                    times.Add(clock.Elapsed.TotalSeconds);
+                }
+                r.SteadySeconds = times.ToArray();
+                r.SteadySecondsMedian = r.SteadyVaeSeconds = times.Order().ElementAt(times.Count / 2);
+                r.ImagesPerSecond = o.Batch / r.SteadySecondsMedian;
+                log($"steady decodes: {string.Join(", ", times.Select(t => t.ToString("0.000")))} s");
+            }
             if (r != null)
             {
                 r.VaeLoadSeconds = vaeLoad;
                 r.VaeSeconds = decode;
-                stagePeak(p => r.VaePeakRssBytes = p);
+                stagePeak(p => r.VaePeakRssBytes = p, g => r.VaeGpuPeakBytes = g);
             }
             if (o.VaeTileLatents > 0 && r != null)
             {
@@ -349,8 +389,53 @@ public static class BenchRunner
         {
             r.LoadSeconds = loads;
             r.ComputeSeconds = compute;
+            if (all && o.Repeat > 0) Steady(o, r, pipe, ids, mask, height, width, device, log);
         }
         return images;
+    }
+
+    /// <summary>
+    /// --repeat: whole runs on the loaded pipeline — T5 on the ids, the steps, the decode, the images as 8-bit RGB on
+    /// the CPU (what a PNG encoder gets) — each timed to its end, synchronised per stage.
+    /// </summary>
+    private static void Steady(BenchOptions o, BenchResult r, PixArtPipeline pipe, Tensor ids, Tensor mask, int height, int width, Device device, Action<string> log)
+    {
+        var runs = new List<(double Total, double T5, double Denoise, double Vae)>();
+        for (int i = 0; i < o.Repeat; i++)
+        {
+            using var scope = NewDisposeScope();
+            double denoise = 0, vae = 0;
+            var clock = Stopwatch.StartNew();
+            var embeds = pipe.EncodeTokens(ids, mask);
+            TorchRuntime.Synchronize(device);
+            double t5 = clock.Elapsed.TotalSeconds;
+            using var output = pipe.Generate(new GenerationRequest
+            {
+                PromptEmbeds = new PromptEmbeddings(embeds, mask.to(device)),
+                NumInferenceSteps = o.Steps,
+                GuidanceScale = 0,
+                Height = height,
+                Width = width,
+                UseResolutionBinning = false,
+                Seed = o.Seed + i + 1,
+            }, onStage: e =>
+            {
+                if (e.Elapsed is not { } t) return;
+                if (e.Stage == PipelineStage.Denoise) denoise = t.TotalSeconds;
+                if (e.Stage == PipelineStage.Decode) vae = t.TotalSeconds;
+            });
+            using var rgb = output.Images!.mul(255).round_().to(ScalarType.Byte).cpu();
+            double total = clock.Elapsed.TotalSeconds;
+            log($"steady run {i + 1}/{o.Repeat}: {total:0.000} s (T5 {t5:0.000}, steps {denoise:0.000}, VAE {vae:0.000})");
+            runs.Add((total, t5, denoise, vae));
+        }
+        var median = runs.OrderBy(x => x.Total).ElementAt(runs.Count / 2);
+        r.SteadySeconds = runs.Select(x => x.Total).ToArray();
+        r.SteadySecondsMedian = median.Total;
+        r.SteadyT5Seconds = median.T5;
+        r.SteadyDenoiseSeconds = median.Denoise;
+        r.SteadyVaeSeconds = median.Vae;
+        r.ImagesPerSecond = o.Batch / median.Total;
     }
 
     /// <summary>A model on seeded random weights, as <see cref="RandomModelWriter"/> writes them.</summary>

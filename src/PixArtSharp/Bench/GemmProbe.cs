@@ -35,18 +35,12 @@ internal static class GemmProbe
             {
                 var sw = Stopwatch.StartNew();
                 using var c = nn.functional.linear(a, b);            // as the model calls it: x·Wᵀ
-                Synchronize(device);
+                TorchRuntime.Synchronize(device);
                 double s = sw.Elapsed.TotalSeconds;
                 if (i >= warmups) rates.Add(flops / s / 1e9);
             }
         }
         rates.Sort();
         return rates.Count % 2 == 1 ? rates[rates.Count / 2] : (rates[rates.Count / 2 - 1] + rates[rates.Count / 2]) / 2;
-    }
-
-    /// <summary>Waits for queued work on an asynchronous device (CUDA); a no-op on the CPU.</summary>
-    public static void Synchronize(Device device)
-    {
-        if (device.type == DeviceType.CUDA) torch.cuda.synchronize(device);
     }
 }

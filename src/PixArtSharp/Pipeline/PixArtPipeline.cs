@@ -95,6 +95,7 @@ public abstract class PixArtPipeline : IDisposable
     private PixArtTransformer2DModel? _transformer;
     private IVae? _vae;
     private readonly PromptEmbeddingCache? _promptCache;
+    private bool _warmingUp;  // WarmUp's prompt neither fills nor counts in the prompt cache
 
     /// <summary>Prompt texts served from the prompt cache, and texts T5 had to encode (0 with the cache off).</summary>
     public long PromptCacheHits => _promptCache?.Hits ?? 0;
@@ -164,8 +165,7 @@ public abstract class PixArtPipeline : IDisposable
         Options = options;
         Device = options.Device ?? CPU;
         _offload = new OffloadPolicy(options.Offload, Device);
-        // The library sets libtorch up on first use (load check, huge pages, NNPACK off): callers write no setup code.
-        TorchRuntime.EnsureLoaded();
+        if (Device.type == DeviceType.CUDA) TorchRuntime.ConfigureCuda();
         Scheduler = components.CreateScheduler(options.Scheduler);
         if (options.PromptCacheEntries > 0) _promptCache = new PromptEmbeddingCache(options.PromptCacheEntries);
     }
@@ -189,6 +189,25 @@ public abstract class PixArtPipeline : IDisposable
                 $"{Path.Combine(components.Folder.Root, "model_index.json")}: _class_name '{other}' is not a PixArt pipeline; " +
                 "PixArtSharp runs PixArtAlphaPipeline and PixArtSigmaPipeline folders."),
         };
+    }
+
+    /// <summary>
+    /// Runs one throw-away generation at the model's default size and settings (prompt "warm-up", seed 0), so the
+    /// first real request does not pay for what a GPU does lazily: cuBLAS and cuDNN handles, kernel selection
+    /// (cuDNN's benchmark mode times each convolution shape once), the caching allocator's first blocks. A server
+    /// calls it once after <see cref="Preload"/> (<c>pixart serve</c> does on CUDA). The prompt cache is not touched.
+    /// Returns the wall time it took.
+    /// </summary>
+    public TimeSpan WarmUp()
+    {
+        var clock = Stopwatch.StartNew();
+        _warmingUp = true;
+        try
+        {
+            using var output = Generate(new GenerationRequest { Prompts = ["warm-up"], Seed = 0 });
+        }
+        finally { _warmingUp = false; }
+        return clock.Elapsed;
     }
 
     /// <summary>Loads every component now (a server does this once at start-up).</summary>
@@ -243,6 +262,13 @@ public abstract class PixArtPipeline : IDisposable
         GC.Collect();
     }
 
+    /// <summary>A stage's wall time: on CUDA after the queued kernels have run, so the time is the stage's own.</summary>
+    private TimeSpan StageTime(Stopwatch clock)
+    {
+        TorchRuntime.Synchronize(Device);
+        return clock.Elapsed;
+    }
+
     /// <summary>Runs <paramref name="load"/> as a timed Load stage when the component is not loaded yet.</summary>
     private T Loaded<T>(T? current, Func<T> load, string name, Action<StageEvent>? onStage) where T : class
     {
@@ -250,7 +276,7 @@ public abstract class PixArtPipeline : IDisposable
         onStage?.Invoke(new StageEvent(PipelineStage.Load, name, null));
         var clock = Stopwatch.StartNew();
         var model = OutsideScopes(load);
-        onStage?.Invoke(new StageEvent(PipelineStage.Load, name, clock.Elapsed));
+        onStage?.Invoke(new StageEvent(PipelineStage.Load, name, StageTime(clock)));
         return model;
     }
 
@@ -317,7 +343,7 @@ public abstract class PixArtPipeline : IDisposable
     {
         var tokenizer = Tokenizer ?? throw new InvalidOperationException("This pipeline has no tokenizer: give prompt embeddings instead of prompts.");
         var cleaned = texts.Select(t => CaptionCleaner.Preprocess(t, cleanCaption)).ToList();
-        if (_promptCache is not null) return _promptCache.GetOrEncode(cleaned, maxLength, cleanCaption, misses => EncodeCleaned(tokenizer, misses, maxLength));
+        if (_promptCache is not null && !_warmingUp) return _promptCache.GetOrEncode(cleaned, maxLength, cleanCaption, misses => EncodeCleaned(tokenizer, misses, maxLength));
         return EncodeCleaned(tokenizer, cleaned, maxLength);
     }
 
@@ -393,7 +419,7 @@ public abstract class PixArtPipeline : IDisposable
             if (encodes)
             {
                 Release(ref _textEncoder);
-                onStage?.Invoke(new StageEvent(PipelineStage.Encode, "", clock.Elapsed));
+                onStage?.Invoke(new StageEvent(PipelineStage.Encode, "", StageTime(clock)));
             }
 
             for (int i = 0; i < calls.Count; i++)
@@ -583,7 +609,7 @@ public abstract class PixArtPipeline : IDisposable
                 if (onStep != null && !onStep(new StepInfo(i + 1, timesteps.Length, t, latents) { Request = requestIndex, Denoised = denoised }))
                     throw new OperationCanceledException("Cancelled by the step callback.");
             }
-        onStage?.Invoke(new StageEvent(PipelineStage.Denoise, "", clock.Elapsed));
+        onStage?.Invoke(new StageEvent(PipelineStage.Denoise, "", StageTime(clock)));
         ct.ThrowIfCancellationRequested();
         if (last) Release(ref _transformer);
         // Broken weights or an overflow give NaN, which decodes to a black image: fail here, naming the stage.
@@ -615,9 +641,12 @@ public abstract class PixArtPipeline : IDisposable
         using var scope = NewDisposeScope();
         using var onDevice = vae is IMovableModel movable ? _offload.Stage(movable) : null;
         var z = latents.to(ScalarType.Float32, Device).div(vae.ScalingFactor).to(Options.DType);
+        // On CUDA the decode runs channels-last (NHWC strides, same NCHW shape and values): cuDNN's NHWC convolution
+        // kernels are its fast ones, and each conv's output keeps the layout of its input.
+        if (TorchRuntime.VaeChannelsLast(Device)) z = z.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
         int tile = Options.VaeTileLatents ?? AutoTile(z.shape[2], z.shape[3], Options.DType, Device.type == DeviceType.CPU ? Bench.ProcessStats.MemAvailableBytes : null);
-        var image = (tile > 0 && vae is AutoencoderKL kl ? kl.DecodeTiled(z, tile) : vae.Decode(z)).to(ScalarType.Float32);
-        onStage?.Invoke(new StageEvent(PipelineStage.Decode, "", clock.Elapsed));
+        var image = (tile > 0 && vae is AutoencoderKL kl ? kl.DecodeTiled(z, tile) : vae.Decode(z)).to(ScalarType.Float32).contiguous();
+        onStage?.Invoke(new StageEvent(PipelineStage.Decode, "", StageTime(clock)));
         return image.MoveToOuterDisposeScope();
     }
 

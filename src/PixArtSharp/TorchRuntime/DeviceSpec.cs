@@ -47,13 +47,16 @@ public readonly record struct DeviceSpec(DeviceKind Kind, int? Index = null)
             case DeviceKind.Cpu:
                 return CPU;
             case DeviceKind.Auto:
-                return TorchRuntime.CudaDeviceCount > 0 ? new Device(DeviceType.CUDA, 0) : CPU;
+                if (TorchRuntime.CudaDeviceCount == 0) return CPU;
+                TorchRuntime.ConfigureCuda();
+                return new Device(DeviceType.CUDA, 0);
             default:
                 int count = TorchRuntime.CudaDeviceCount;
                 if (count == 0) throw new CudaUnavailableException(this, TorchRuntime.WhyNoCuda());
                 int index = Index ?? 0;
                 if (index >= count)
                     throw new ArgumentException($"--device {this}: only {count} CUDA device{(count == 1 ? " is" : "s are")} visible (cuda:0{(count > 1 ? $" … cuda:{count - 1}" : "")}).", "--device");
+                TorchRuntime.ConfigureCuda();
                 return new Device(DeviceType.CUDA, index);
         }
     }

@@ -189,19 +189,8 @@ public static partial class TorchRuntime
     /// </summary>
     private static unsafe void DisableNnpack()
     {
-        // The loaded one first (it may be an external libtorch), by its real path.
-        foreach (var name in new[] { LoadedLibraryPath("libtorch_cpu.so"), "libtorch_cpu.so", Path.Combine(AppContext.BaseDirectory, "libtorch_cpu.so") })
-        {
-            if (name is null || !NativeLibrary.TryLoad(name, out var lib)) continue;
-            if (NativeLibrary.TryGetExport(lib, "_ZN2at13globalContextEv", out var globalContext) &&
-                NativeLibrary.TryGetExport(lib, "_ZN2at7Context20setUserEnabledNNPACKEb", out var setEnabled))
-            {
-                // Itanium C++ ABI on x86-64 / arm64: a member function takes `this` as its first argument.
-                var context = ((delegate* unmanaged<IntPtr>)globalContext)();
-                ((delegate* unmanaged<IntPtr, byte, void>)setEnabled)(context, 0);
-                return;
-            }
-        }
+        if (ContextExport("_ZN2at7Context20setUserEnabledNNPACKEb") is var (context, setEnabled))
+            ((delegate* unmanaged<IntPtr, byte, void>)setEnabled)(context, 0);
     }
 
     [LibraryImport("libc", EntryPoint = "setenv", StringMarshalling = StringMarshalling.Utf8)]

@@ -72,6 +72,38 @@ public sealed class BenchTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void RepeatTimesSteadyRunsWithEveryModelLoaded()
+    {
+        var r = BenchRunner.Run(new BenchOptions
+        {
+            ModelDir = Fixtures.Path("tiny-pixart-lcm"),
+            Height = 64,
+            Width = 64,
+            Batch = 2,
+            DType = ScalarType.Float32,
+            Repeat = 3,
+        });
+        output.WriteLine(r.ToTable());
+        Assert.Equal(3, r.SteadySeconds!.Length);
+        Assert.Equal(r.SteadySeconds.Order().ElementAt(1), r.SteadySecondsMedian);
+        Assert.Equal(2 / r.SteadySecondsMedian!.Value, r.ImagesPerSecond!.Value, 1e-9);
+        // The stages of a run are parts of it.
+        Assert.True(r.SteadyT5Seconds > 0 && r.SteadyDenoiseSeconds > 0 && r.SteadyVaeSeconds > 0);
+        Assert.True(r.SteadyT5Seconds + r.SteadyDenoiseSeconds + r.SteadyVaeSeconds <= r.SteadySecondsMedian);
+        // On the CPU there is no GPU memory to sample and no cuDNN.
+        Assert.Null(r.GpuPeakBytes);
+        Assert.Null(r.CudnnBenchmark);
+        Assert.Equal("none", r.Offload);
+
+        var vae = BenchRunner.Run(new BenchOptions { ModelDir = Fixtures.Path("tiny-pixart-lcm"), Height = 64, Width = 64, Component = BenchComponent.Vae, DType = ScalarType.Float32, Repeat = 2 });
+        Assert.Equal(2, vae.SteadySeconds!.Length);
+        Assert.Equal(vae.SteadySecondsMedian, vae.SteadyVaeSeconds);
+
+        var e = Assert.Throws<ArgumentException>(() => BenchRunner.Run(new BenchOptions { Component = BenchComponent.T5, Repeat = 2 }));
+        Assert.Contains("--repeat needs component all", e.Message);
+    }
+
+    [Fact]
     public void TheBenchCommandPrintsOneJsonObjectAndUsesPixartsExitCodes()
     {
         var r = PixArtSharp.Tests.Cli.CliRunner.Run("bench", "--model", Fixtures.Path("tiny-pixart-lcm"), "--size", "64x96", "--steps", "2", "--json");

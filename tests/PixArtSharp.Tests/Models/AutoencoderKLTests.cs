@@ -103,6 +103,22 @@ public class AutoencoderKLTests(ITestOutputHelper output)
         }
     }
 
+    // The pipeline decodes channels-last on CUDA (NHWC strides, same shape): the decoder must give the fixture's
+    // values for such an input too (reshapes, attention and upsampling must not assume NCHW strides).
+    [Fact]
+    public void ChannelsLastLatentsDecodeToTheFixture()
+    {
+        using var r = new Reference("expected/vae");
+        using var latents = r["decode.latents"];
+        using var nhwc = latents.permute(0, 2, 3, 1).contiguous();
+        using var channelsLast = nhwc.permute(0, 3, 1, 2);
+        Assert.False(channelsLast.is_contiguous());
+        Assert.Equal(latents.shape, channelsLast.shape);
+        using var sample = _vae32.Value.Decode(channelsLast);
+        using var expected = r["decode.sample"];
+        output.WriteLine($"channels-last decode.sample: max |Δ| {Compare.Close(expected, sample, 5e-5, "decode.sample"):E2}");
+    }
+
     [Fact]
     public void EncodeMatchesFixture()
     {

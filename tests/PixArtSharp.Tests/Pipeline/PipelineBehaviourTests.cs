@@ -57,6 +57,22 @@ public class PipelineBehaviourTests(TinyPipelines fixture, ITestOutputHelper out
     }
 
     [Fact]
+    public void WarmUpRunsOneGenerationAndChangesNothingAfter()
+    {
+        using var pipe = PixArtPipeline.FromPretrained(Fixtures.Path("tiny-pixart-lcm"), new PipelineOptions { PromptCacheEntries = 4 });
+        var took = pipe.WarmUp();
+        Assert.True(took > TimeSpan.Zero);
+        // The warm-up's prompt is neither cached nor counted.
+        Assert.Equal(0, pipe.PromptCache!.Count);
+        Assert.Equal(0, pipe.PromptCacheMisses);
+        // The next request gives the bytes a pipeline without warm-up gives.
+        using var warm = pipe.Generate(LcmBasic);
+        using var cold = fixture.Lcm.Generate(LcmBasic);
+        Assert.Equal(0.0, Compare.MaxAbsDiff(cold.Images!, warm.Images!));
+        Assert.Equal(1, pipe.PromptCacheMisses);
+    }
+
+    [Fact]
     public void PrecomputedEmbeddingsGiveTheSameImageAsThePrompt()
     {
         using var fromText = fixture.Lcm.Generate(LcmBasic);

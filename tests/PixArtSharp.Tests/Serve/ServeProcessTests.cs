@@ -115,7 +115,16 @@ public sealed class ServeProcessTests(ITestOutputHelper output) : IDisposable
     public async Task ATruncatedWeightFileFailsRequestsButNotTheServer()
     {
         string model = CliRunner.CopyModel(CliRunner.TinyLcm, _tmp.Path("tiny-pixart-lcm"));
-        await using var server = await ServerProcess.StartAsync(model);
+        // --warmup on (the CUDA default; off on the CPU otherwise): one throw-away generation before the port
+        // answers, and the prompt cache neither holds nor counts it.
+        await using var server = await ServerProcess.StartAsync(model, "--warmup", "on");
+        Assert.Contains("pixart serve: warmed up in", server.Stderr.ToString());
+        using (var health = JsonDocument.Parse(await server.Client.GetStringAsync("/health")))
+        {
+            var cache = health.RootElement.GetProperty("prompt_cache");
+            Assert.Equal(0, cache.GetProperty("entries").GetInt32());
+            Assert.Equal(0, cache.GetProperty("misses").GetInt64());
+        }
         var small = JsonSerializer.Serialize(new { prompt = "a cat", seed = 1, width = 64, height = 64, steps = 2, resolution_binning = false });
         var ok = await server.Client.PostAsync("/v1/images/generations", new StringContent(small, Encoding.UTF8, "application/json"));
         Assert.Equal(HttpStatusCode.OK, ok.StatusCode);

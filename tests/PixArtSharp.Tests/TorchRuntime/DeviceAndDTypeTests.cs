@@ -109,6 +109,25 @@ public class DeviceAndDTypeTests
     }
 
     [Fact]
+    public void CudnnBenchmarkIsLibTorchsOwnFlagAndCudaSettingsStayOffTheCpu()
+    {
+        // at::Context::benchmarkCuDNN through libtorch's exported symbols: what is set is what libtorch reads back
+        // (the flag exists in a CPU libtorch too; nothing reads it there).
+        bool before = TorchRuntime.CudnnBenchmark;
+        try
+        {
+            TorchRuntime.CudnnBenchmark = true;
+            Assert.True(TorchRuntime.CudnnBenchmark);
+            TorchRuntime.CudnnBenchmark = false;
+            Assert.False(TorchRuntime.CudnnBenchmark);
+        }
+        finally { TorchRuntime.CudnnBenchmark = before; }
+        Assert.False(TorchRuntime.VaeChannelsLast(CPU));
+        Assert.True(TorchRuntime.VaeChannelsLast(new Device(DeviceType.CUDA, 0)));
+        Assert.Null(PixArtSharp.Bench.GpuMemory.TryStart(CPU));
+    }
+
+    [Fact]
     public void AutoNeedsTheDevice()
     {
         Assert.Throws<ArgumentException>(() => DTypeChoice.Parse("auto"));
