@@ -97,6 +97,20 @@ public sealed class VaeConv2d : IDisposable
 
     public Tensor forward(Tensor x)
     {
+        // On CUDA a channels-last input (NHWC strides, same shape and values) makes cuDNN pick its NHWC kernels, the
+        // fast ones on tensor cores, and convert the weight itself, as diffusers' vae.to(memory_format=channels_last)
+        // does. Per conv: CUDA's GroupNorm returns NCHW, so the layout does not survive from one conv to the next.
+        if (TorchRuntime.VaeChannelsLast(x.device))
+        {
+            using var nhwc = x.permute(0, 2, 3, 1).contiguous();   // no copy when x is channels-last already
+            using var channelsLast = nhwc.permute(0, 3, 1, 2);
+            return Convolve(channelsLast);
+        }
+        return Convolve(x);
+    }
+
+    private Tensor Convolve(Tensor x)
+    {
         if (_paddedWeight is not null)
         {
             using var y = F.conv2d(x, _paddedWeight, _paddedBias, strides: [_stride, _stride], padding: [_padding, _padding]);

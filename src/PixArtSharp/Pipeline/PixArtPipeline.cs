@@ -641,9 +641,6 @@ public abstract class PixArtPipeline : IDisposable
         using var scope = NewDisposeScope();
         using var onDevice = vae is IMovableModel movable ? _offload.Stage(movable) : null;
         var z = latents.to(ScalarType.Float32, Device).div(vae.ScalingFactor).to(Options.DType);
-        // On CUDA the decode runs channels-last (NHWC strides, same NCHW shape and values): cuDNN's NHWC convolution
-        // kernels are its fast ones, and each conv's output keeps the layout of its input.
-        if (TorchRuntime.VaeChannelsLast(Device)) z = z.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
         int tile = Options.VaeTileLatents ?? AutoTile(z.shape[2], z.shape[3], Options.DType, Device.type == DeviceType.CPU ? Bench.ProcessStats.MemAvailableBytes : null);
         var image = (tile > 0 && vae is AutoencoderKL kl ? kl.DecodeTiled(z, tile) : vae.Decode(z)).to(ScalarType.Float32).contiguous();
         onStage?.Invoke(new StageEvent(PipelineStage.Decode, "", StageTime(clock)));

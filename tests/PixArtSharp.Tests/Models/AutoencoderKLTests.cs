@@ -103,22 +103,6 @@ public class AutoencoderKLTests(ITestOutputHelper output)
         }
     }
 
-    // The pipeline decodes channels-last on CUDA (NHWC strides, same shape): the decoder must give the fixture's
-    // values for such an input too (reshapes, attention and upsampling must not assume NCHW strides).
-    [Fact]
-    public void ChannelsLastLatentsDecodeToTheFixture()
-    {
-        using var r = new Reference("expected/vae");
-        using var latents = r["decode.latents"];
-        using var nhwc = latents.permute(0, 2, 3, 1).contiguous();
-        using var channelsLast = nhwc.permute(0, 3, 1, 2);
-        Assert.False(channelsLast.is_contiguous());
-        Assert.Equal(latents.shape, channelsLast.shape);
-        using var sample = _vae32.Value.Decode(channelsLast);
-        using var expected = r["decode.sample"];
-        output.WriteLine($"channels-last decode.sample: max |Δ| {Compare.Close(expected, sample, 5e-5, "decode.sample"):E2}");
-    }
-
     [Fact]
     public void EncodeMatchesFixture()
     {
@@ -370,5 +354,35 @@ public class AutoencoderKLTests(ITestOutputHelper output)
         using var img = vae.Decode(latents);
         Assert.Equal([1L, 3, 24, 40], img.shape);
         Assert.False(img.isnan().any().item<bool>());
+    }
+}
+
+/// <summary>
+/// The VAE's CUDA channels-last path (each conv's input with NHWC strides), run on the CPU so CI checks the code the
+/// GPU runs against the fixture. In the serial collection: the switch is process-wide and would change the layout
+/// (not the values beyond rounding) of other tests' decodes.
+/// </summary>
+[Collection(SerialTests.Name)]
+public class AutoencoderKLChannelsLastTests(ITestOutputHelper output)
+{
+    [Fact]
+    public void ChannelsLastConvolutionsDecodeToTheFixture()
+    {
+        using var vae = AutoencoderKL.FromFolder(Fixtures.Path("tiny-pixart", "vae"), null, ScalarType.Float32);
+        using var r = new Reference("expected/vae");
+        using var latents = r["decode.latents"];
+        using var expected = r["decode.sample"];
+        TorchRuntime.VaeChannelsLastOnCpu = true;
+        try
+        {
+            Assert.True(TorchRuntime.VaeChannelsLast(CPU));
+            using var sample = vae.Decode(latents);
+            output.WriteLine($"channels-last decode.sample: max |Δ| {Compare.Close(expected, sample, 5e-5, "decode.sample"):E2}");
+            // Every conv ran channels-last: its output has NHWC strides (the channel stride is 1).
+            using var conv = vae.decoder.conv_in.forward(latents);
+            Assert.Equal(1, conv.stride(1));
+        }
+        finally { TorchRuntime.VaeChannelsLastOnCpu = false; }
+        Assert.False(TorchRuntime.VaeChannelsLast(CPU));
     }
 }
