@@ -38,6 +38,10 @@ public static unsafe class AmxBlockedAttention
     /// <summary>Query rows per task; null: R·L·6 bytes ≈ 1.5 MB (S fp32 + P bf16 inside a core's L2).</summary>
     public static long? RowsOverride { get; set; }
 
+    /// <summary>Extra fp32 elements after each S row (P rows get twice as many bf16): 16 = one cache line, so that
+    /// rows L·4 bytes apart (a multiple of 4 KB) do not all fall into the same L1 sets.</summary>
+    public static long RowPad { get; set; } = 16;
+
     private static readonly delegate* unmanaged<long, long, long, long, long, long, byte, void*, void*, float*, byte, void> Brgemm;
     private static readonly delegate* unmanaged<long, long, long, long, sbyte, sbyte, void*, void*, void> Pack;
     private static readonly delegate* unmanaged<byte, void> BrgemmRelease;
@@ -173,13 +177,13 @@ public static unsafe class AmxBlockedAttention
         ushort* vHead = p.VPacked + hd * l * p.DPad;
         // a. S = Q·Kᵀ, fp32, one brgemm per packed key chunk.
         foreach (var (start, size) in p.KeyChunks)
-            Brgemm(rb, size, d, d, size, l, 0, qRows, kHead + start * d, ws.S + start, 1);
+            Brgemm(rb, size, d, d, size, l + RowPad, 0, qRows, kHead + start * d, ws.S + start, 1);
         // b. P = bf16(exp((S − rowmax)/√d)), and the sum of those bf16 values per row.
         for (long i = 0; i < rb; i++)
-            ws.Sum[i] = SoftmaxRow(ws.S + i * l, ws.P + i * l, (int)l, p.Scale);
+            ws.Sum[i] = SoftmaxRow(ws.S + i * (l + RowPad), ws.P + i * (l + 2 * RowPad), (int)l, p.Scale);
         // c. O = P·V, fp32, one brgemm per packed value chunk (K = L).
         foreach (var (start, size) in p.ValueChunks)
-            Brgemm(rb, size, l, l, size, p.DPad, 0, ws.P, vHead + start * l, ws.O + start, 1);
+            Brgemm(rb, size, l, l + 2 * RowPad, size, p.DPad, 0, ws.P, vHead + start * l, ws.O + start, 1);
         // d. out = bf16(O / sum)
         ushort* outRows = p.Out + (hd * p.N + r0) * d;
         for (long i = 0; i < rb; i++)
@@ -204,8 +208,8 @@ public static unsafe class AmxBlockedAttention
 
         public Workspace(long rows, long l, long dPad)
         {
-            S = (float*)NativeMemory.AlignedAlloc((nuint)(rows * l * 4), 64);
-            P = (ushort*)NativeMemory.AlignedAlloc((nuint)(rows * l * 2), 64);
+            S = (float*)NativeMemory.AlignedAlloc((nuint)(rows * (l + RowPad) * 4), 64);
+            P = (ushort*)NativeMemory.AlignedAlloc((nuint)(rows * (l + 2 * RowPad) * 2), 64);
             O = (float*)NativeMemory.AlignedAlloc((nuint)(rows * dPad * 4), 64);
             Sum = (float*)NativeMemory.AlignedAlloc((nuint)(rows * 4), 64);
         }

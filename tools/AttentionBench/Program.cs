@@ -5,7 +5,8 @@
 //   dotnet run -c Release --project tools/AttentionBench -- [transformer|vae] [rounds] [route,route,…|all] [noref]
 // Routes: sdpa (Attention.Forward, the library's), amx-blocked (AmxBlockedAttention.cs), and query-row-blocked
 // libtorch routes bf16-scores/256, comp-scores/256, comp-scores/1024, fp32-scores/256 (see Blocked below).
-// ATTN_ROWS=R sets amx-blocked's query rows per task. ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 runs without AMX.
+// amx-rowpad0 is amx-blocked without the one-cache-line padding of its S/P rows.
+// ATTN_ROWS=R sets amx-blocked's query rows per task, ATTN_ROWPAD its row padding. ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 runs without AMX.
 using System.Diagnostics;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -30,13 +31,21 @@ var routes = new List<(string Name, Func<Tensor, Tensor, Tensor, Tensor> Run)>
 {
     ("sdpa", (q, k, v) => PixArtSharp.Models.Attention.Forward(q, k, v)),   // what the library runs
     ("amx-blocked", (q, k, v) => AttentionBench.AmxBlockedAttention.Forward(q, k, v)),
+    ("amx-rowpad0", (q, k, v) =>
+    {
+        long saved = AttentionBench.AmxBlockedAttention.RowPad;
+        AttentionBench.AmxBlockedAttention.RowPad = 0;   // S/P rows L·4 / L·2 bytes apart, no padding
+        try { return AttentionBench.AmxBlockedAttention.Forward(q, k, v); }
+        finally { AttentionBench.AmxBlockedAttention.RowPad = saved; }
+    }),
     ("bf16-scores/256", (q, k, v) => Blocked(q, k, v, 256, Scores.Bf16)),
     ("comp-scores/256", (q, k, v) => Blocked(q, k, v, 256, Scores.Compensated)),
     ("fp32-scores/256", (q, k, v) => Blocked(q, k, v, 256, Scores.Fp32)),
     ("comp-scores/1024", (q, k, v) => Blocked(q, k, v, 1024, Scores.Compensated)),
 };
 if (Environment.GetEnvironmentVariable("ATTN_ROWS") is string rows) AttentionBench.AmxBlockedAttention.RowsOverride = long.Parse(rows);
-if (!AttentionBench.AmxBlockedAttention.IsAvailable) routes.RemoveAll(r => r.Name == "amx-blocked");
+if (Environment.GetEnvironmentVariable("ATTN_ROWPAD") is string pad) AttentionBench.AmxBlockedAttention.RowPad = long.Parse(pad);
+if (!AttentionBench.AmxBlockedAttention.IsAvailable) routes.RemoveAll(r => r.Name.StartsWith("amx-"));
 if (args.Length > 2 && args[2] != "all") routes = routes.Where(r => args[2].Split(',').Contains(r.Name)).ToList();
 
 // Accuracy: fp64 reference on the same bf16 inputs, over a subset of query rows (all of them for the transformer).
