@@ -42,9 +42,9 @@ public static unsafe class AmxBlockedAttention
     /// rows L·4 bytes apart (a multiple of 4 KB) do not all fall into the same L1 sets.</summary>
     public static long RowPad { get; set; } = 16;
 
-    private static readonly delegate* unmanaged<long, long, long, long, long, long, byte, void*, void*, float*, byte, void> Brgemm;
-    private static readonly delegate* unmanaged<long, long, long, long, sbyte, sbyte, void*, void*, void> Pack;
-    private static readonly delegate* unmanaged<byte, void> BrgemmRelease;
+    internal static readonly delegate* unmanaged<long, long, long, long, long, long, byte, void*, void*, float*, byte, void> Brgemm;
+    internal static readonly delegate* unmanaged<long, long, long, long, sbyte, sbyte, void*, void*, void> Pack;
+    internal static readonly delegate* unmanaged<byte, void> BrgemmRelease;
 
     /// <summary>True when libtorch exports the micro-kernels and oneDNN can pack bf16 for AMX on this CPU.</summary>
     public static bool IsAvailable { get; }
@@ -198,7 +198,7 @@ public static unsafe class AmxBlockedAttention
         return [.. list];
     }
 
-    private static void* Data(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
+    internal static void* Data(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 
     /// <summary>Per-thread buffers, 64-byte aligned; releases the thread's AMX tile configuration when done.</summary>
     private sealed class Workspace : IDisposable

@@ -3,10 +3,11 @@
 // per call (medians) with the load average, and measures each route's error against an fp64 reference on the same
 // bf16 inputs. Not part of the solution or the tests: run it by hand,
 //   dotnet run -c Release --project tools/AttentionBench -- [transformer|vae] [rounds] [route,route,…|all] [noref]
-// Routes: sdpa (Attention.Forward, the library's), amx-blocked (AmxBlockedAttention.cs), and query-row-blocked
-// libtorch routes bf16-scores/256, comp-scores/256, comp-scores/1024, fp32-scores/256 (see Blocked below).
-// amx-rowpad0 is amx-blocked without the one-cache-line padding of its S/P rows.
-// ATTN_ROWS=R sets amx-blocked's query rows per task, ATTN_ROWPAD its row padding. ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 runs without AMX.
+// Routes: sdpa (Attention.Forward, the library's), amx-blocked (AmxBlockedAttention.cs), amx-rowpad0 (the same
+// without the cache-line padding of its S/P rows), amx-transposed (AmxTransposedAttention.cs), and the
+// query-row-blocked libtorch routes bf16-scores/256, comp-scores/256, comp-scores/1024, fp32-scores/256 (Blocked).
+// ATTN_ROWS=R sets amx-blocked's query rows per task, ATTN_ROWPAD its row padding;
+// ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 runs everything without AMX.
 using System.Diagnostics;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -31,6 +32,7 @@ var routes = new List<(string Name, Func<Tensor, Tensor, Tensor, Tensor> Run)>
 {
     ("sdpa", (q, k, v) => PixArtSharp.Models.Attention.Forward(q, k, v)),   // what the library runs
     ("amx-blocked", (q, k, v) => AttentionBench.AmxBlockedAttention.Forward(q, k, v)),
+    ("amx-transposed", (q, k, v) => AttentionBench.AmxTransposedAttention.Forward(q, k, v)),
     ("amx-rowpad0", (q, k, v) =>
     {
         long saved = AttentionBench.AmxBlockedAttention.RowPad;
@@ -46,6 +48,7 @@ var routes = new List<(string Name, Func<Tensor, Tensor, Tensor, Tensor> Run)>
 if (Environment.GetEnvironmentVariable("ATTN_ROWS") is string rows) AttentionBench.AmxBlockedAttention.RowsOverride = long.Parse(rows);
 if (Environment.GetEnvironmentVariable("ATTN_ROWPAD") is string pad) AttentionBench.AmxBlockedAttention.RowPad = long.Parse(pad);
 if (!AttentionBench.AmxBlockedAttention.IsAvailable) routes.RemoveAll(r => r.Name.StartsWith("amx-"));
+if (n % 16 != 0) routes.RemoveAll(r => r.Name == "amx-transposed");
 if (args.Length > 2 && args[2] != "all") routes = routes.Where(r => args[2].Split(',').Contains(r.Name)).ToList();
 
 // Accuracy: fp64 reference on the same bf16 inputs, over a subset of query rows (all of them for the transformer).
