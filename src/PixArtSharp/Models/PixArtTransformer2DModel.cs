@@ -50,7 +50,7 @@ public sealed class PixArtAttention : IDisposable
         var q = to_q.forward(x).view(b, n, _heads, _headDim).transpose(1, 2).contiguous();
         var k = to_k.forward(context).view(b, l, _heads, _headDim).transpose(1, 2).contiguous();
         var v = to_v.forward(context).view(b, l, _heads, _headDim).transpose(1, 2).contiguous();
-        var o = F.scaled_dot_product_attention(q, k, v, bias);                          // [B, heads, N, hd], scale 1/√hd
+        var o = Attention.Forward(q, k, v, bias);                                       // [B, heads, N, hd], scale 1/√hd
         o = o.transpose(1, 2).reshape(b, n, _heads * _headDim);                         // [B, N, D]
         return to_out[0].forward(o).MoveToOuterDisposeScope();
     }
