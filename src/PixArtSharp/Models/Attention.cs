@@ -21,7 +21,7 @@ namespace PixArtSharp.Models;
 /// 16384 × 512 attention). A faster route belongs here, behind the same signature.
 /// </para>
 /// </summary>
-public static class Attention
+internal static class Attention
 {
     /// <param name="q">[B, heads, N, d]</param>
     /// <param name="k">[B, heads, L, d]</param>
