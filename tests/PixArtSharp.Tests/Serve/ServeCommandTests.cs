@@ -11,7 +11,7 @@ public sealed class ServeCommandTests
     {
         var cmd = ServeCommand.Create();
         Assert.Equal("serve", cmd.Name);
-        Assert.Equal(["--model", "--revision", "--variant", "--lora", "--text-encoder", "--transformer", "--vae", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--device", "--offload", "--threads", "--preview", "--preview-vae", "--prompt-cache", "--queue"],
+        Assert.Equal(["--model", "--revision", "--variant", "--lora", "--text-encoder", "--transformer", "--vae", "--host", "--port", "--token", "--max-queue", "--max-batch", "--dtype", "--device", "--offload", "--threads", "--warmup", "--preview", "--preview-vae", "--prompt-cache", "--queue"],
             cmd.Options.Select(o => o.Name).Where(n => n.StartsWith("--", StringComparison.Ordinal) && n != "--help"));
         var parse = cmd.Parse([]);
         Assert.Empty(parse.Errors);
@@ -35,6 +35,8 @@ public sealed class ServeCommandTests
         Assert.NotEmpty(cmd.Parse(["--port", "eighty"]).Errors);
         Assert.Equal("auto", cmd.Parse([]).GetValue<string>("--dtype"));
         Assert.Equal("auto", cmd.Parse([]).GetValue<string>("--device"));
+        Assert.Equal("auto", cmd.Parse([]).GetValue<string>("--warmup"));
+        Assert.NotEmpty(cmd.Parse(["--warmup", "maybe"]).Errors);
     }
 
     [Fact]
