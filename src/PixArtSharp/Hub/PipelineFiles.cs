@@ -10,7 +10,7 @@ namespace PixArtSharp.Hub;
 /// chosen variant (one file, or a <c>*.safetensors.index[.variant].json</c> plus the shards it lists).
 /// Paths are repo paths with '/' separators.
 /// </summary>
-public static class PipelineFiles
+internal static class PipelineFiles
 {
     public const string ModelIndex = "model_index.json";
 

@@ -73,7 +73,7 @@ public static class ImageReader
     }
 
     /// <summary>Decodes running or waiting for a slot now (a server may refuse new uploads while this is at its limit).</summary>
-    public static int DecodesInProgress => Volatile.Read(ref _inProgress);
+    internal static int DecodesInProgress => Volatile.Read(ref _inProgress);
     private static bool _initialized;
     // Kept in a field: libvips holds a native pointer to this delegate.
     private static Log.LogDelegate? _logHandler;

@@ -11,7 +11,7 @@ namespace PixArtSharp.Loading;
 /// literals (e.g. <c>"lambda_min_clipped": -Infinity</c>), which are not JSON: they are quoted before parsing,
 /// and <see cref="JsonNumberHandling.AllowNamedFloatingPointLiterals"/> reads the quoted forms into floats.
 /// </summary>
-public static class ConfigJson
+internal static class ConfigJson
 {
     public static readonly JsonSerializerOptions Options = new()
     {

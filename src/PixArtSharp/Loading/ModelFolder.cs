@@ -7,7 +7,7 @@ namespace PixArtSharp.Loading;
 /// A diffusers pipeline folder: <c>model_index.json</c> naming each component's library and class, one
 /// sub-folder per component with its <c>config.json</c> (or <c>scheduler_config.json</c>) and weights.
 /// </summary>
-public sealed class ModelFolder
+internal sealed class ModelFolder
 {
     public string Root { get; }
     /// <summary>Component name → (library, class), e.g. transformer → (diffusers, Transformer2DModel).</summary>

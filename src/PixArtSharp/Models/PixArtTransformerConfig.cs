@@ -10,7 +10,7 @@ namespace PixArtSharp.Models;
 /// <c>use_linear_projection</c>); they load too. Values left null are derived as diffusers derives them
 /// (<see cref="UseAdditionalConditionsResolved"/>, <see cref="InterpolationScaleResolved"/>).
 /// </summary>
-public sealed class PixArtTransformerConfig
+internal sealed class PixArtTransformerConfig
 {
     [JsonPropertyName("_class_name")] public string? ClassName { get; set; }
     public int NumAttentionHeads { get; set; } = 16;

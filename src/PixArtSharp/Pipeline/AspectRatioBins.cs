@@ -15,7 +15,7 @@ public sealed record AspectRatioBin(string Ratio, double Height, double Width)
 /// ties go to the first key), <c>PixArtImageProcessor.classify_height_width_bin</c> and
 /// <c>resize_and_crop_tensor</c>.
 /// </summary>
-public static class AspectRatioBins
+internal static class AspectRatioBins
 {
     /// <summary><c>ASPECT_RATIO_2048_BIN</c> from diffusers' pipeline_pixart_sigma.py (40 bins).</summary>
     public static readonly IReadOnlyList<AspectRatioBin> AspectRatio2048Bin =

@@ -11,7 +11,7 @@ namespace PixArtSharp.Schedulers;
 /// defaults differ (beta_start, beta_end, beta_schedule, timestep_spacing) the property is nullable and each
 /// scheduler applies its own default (see the <c>…For…</c> helpers). Keys of other schedulers are ignored.
 /// </summary>
-public sealed partial class SchedulerConfig
+internal sealed partial class SchedulerConfig
 {
     [JsonPropertyName("_class_name")] public string? ClassName { get; set; }
 

@@ -28,8 +28,8 @@ public sealed class SchedulerFixtures : IDisposable
         ? _file.Load(name).clone()
         : throw new KeyNotFoundException($"scheduler_steps.safetensors has no tensor '{name}'.");
 
-    public static LCMScheduler Lcm() => LCMScheduler.FromConfig(Fixtures.Path("tiny-pixart-lcm", "scheduler"));
-    public static DPMSolverMultistepScheduler Dpm() => DPMSolverMultistepScheduler.FromConfig(Fixtures.Path("tiny-pixart", "scheduler"));
+    internal static LCMScheduler Lcm() => LCMScheduler.FromConfig(Fixtures.Path("tiny-pixart-lcm", "scheduler"));
+    internal static DPMSolverMultistepScheduler Dpm() => DPMSolverMultistepScheduler.FromConfig(Fixtures.Path("tiny-pixart", "scheduler"));
 
     public JsonElement Sequence(string name) =>
         Json.GetProperty("sequences").EnumerateArray().Single(s => s.GetProperty("name").GetString() == name);
