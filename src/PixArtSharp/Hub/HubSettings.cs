@@ -38,7 +38,7 @@ public sealed record HubSettings
     internal static HubSettings FromEnvironment(Func<string, string?> env, string userHome)
     {
         string? Get(string name) => env(name) is { Length: > 0 } v ? v : null;
-        string Expand(string p) => p == "~" ? userHome : p.StartsWith("~/") ? Path.Combine(userHome, p[2..]) : p;
+        string Expand(string p) => p == "~" ? userHome : p.StartsWith("~/", StringComparison.Ordinal) ? Path.Combine(userHome, p[2..]) : p;
 
         string hfHome = Expand(Get("HF_HOME") ?? Path.Combine(Get("XDG_CACHE_HOME") ?? Path.Combine(userHome, ".cache"), "huggingface"));
         string cache = Expand(Get("HF_HUB_CACHE") ?? Get("HUGGINGFACE_HUB_CACHE") ?? Path.Combine(hfHome, "hub"));

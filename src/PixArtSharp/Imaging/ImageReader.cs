@@ -207,7 +207,7 @@ public static class ImageReader
     private static void TrimNativeHeap()
     {
         if (_noTrim || !OperatingSystem.IsLinux()) return;
-        try { MallocTrim(0); }
+        try { _ = MallocTrim(0); }   // 1 when memory was released, 0 when none could be: either is fine
         catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException) { _noTrim = true; }   // musl: no malloc_trim
     }
 

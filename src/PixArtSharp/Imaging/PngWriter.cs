@@ -102,7 +102,7 @@ public static class PngWriter
         // PNG keywords: 1–79 printable Latin-1 characters, no leading, trailing or doubled spaces.
         if (keyword.Length is < 1 or > 79 || keyword.Any(c => c is < (char)32 or > (char)126 and < (char)161 or > (char)255)
             || keyword.StartsWith(' ') || keyword.EndsWith(' ') || keyword.Contains("  ", StringComparison.Ordinal))
-            throw new ArgumentException($"'{keyword}' is not a valid PNG text keyword (1–79 printable Latin-1 characters, single inner spaces).", "text");
+            throw new ArgumentException($"'{keyword}' is not a valid PNG text keyword (1–79 printable Latin-1 characters, single inner spaces).", nameof(text));
         ArgumentNullException.ThrowIfNull(text);
     }
 

@@ -39,7 +39,7 @@ internal static class ConfigJson
         }
         catch (JsonException e)
         {
-            throw new ModelConfigException(source, e.Path is { Length: > 2 } jp && jp.StartsWith("$.") ? jp[2..] : null, $"{source} is not a valid config ({e.Message}); download the model again.", e);
+            throw new ModelConfigException(source, e.Path is { Length: > 2 } jp && jp.StartsWith("$.", StringComparison.Ordinal) ? jp[2..] : null, $"{source} is not a valid config ({e.Message}); download the model again.", e);
         }
     }
 

@@ -188,11 +188,11 @@ internal sealed class ModelFolder
             return Locate(componentDir, stem, null);
 
         var present = Directory.Exists(componentDir)
-            ? Directory.GetFiles(componentDir).Select(Path.GetFileName).Where(f => f!.Contains(".safetensors") || f.EndsWith(".bin")).ToList()
+            ? Directory.GetFiles(componentDir).Select(Path.GetFileName).Where(f => f!.Contains(".safetensors") || f.EndsWith(".bin", StringComparison.Ordinal)).ToList()
             : [];
         string hint = present.Count == 0
             ? "The folder holds no weights: download the model again."
-            : present.All(f => f!.EndsWith(".bin"))
+            : present.All(f => f!.EndsWith(".bin", StringComparison.Ordinal))
                 ? $"Only PyTorch .bin weights are there ({string.Join(", ", present)}); PixArtSharp reads safetensors only. Convert them, or download the safetensors files."
                 : string.IsNullOrEmpty(variant)
                     ? $"Found {string.Join(", ", present)}: if these are a variant, pass it (e.g. --variant fp16)."

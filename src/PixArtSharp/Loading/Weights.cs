@@ -207,7 +207,7 @@ internal sealed class Weights : IDisposable
                 seen.Add(name);
                 using var scope = NewDisposeScope();
                 var t = torch.randn(shape, ScalarType.Float32, generator: gen).mul_(std);
-                if (shape.Length == 1 && (name.EndsWith("norm.weight") || name.Contains("norm") || name.EndsWith("layer_norm.weight")) && name.EndsWith("weight"))
+                if (shape.Length == 1 && (name.EndsWith("norm.weight", StringComparison.Ordinal) || name.Contains("norm") || name.EndsWith("layer_norm.weight", StringComparison.Ordinal)) && name.EndsWith("weight", StringComparison.Ordinal))
                     t.add_(1.0);
                 var result = t.to(dtype).MoveToOuterDisposeScope();
                 created?.Invoke(name, result);

@@ -6,6 +6,12 @@ using System.Text.Json.Serialization;
 namespace PixArtSharp.Pipeline;
 
 /// <summary>Bounds a front end accepts. The server is stricter than the CLI (it serves other people).</summary>
+/// <param name="MinSide">Smallest width or height in pixels.</param>
+/// <param name="MaxSide">Largest width or height in pixels.</param>
+/// <param name="MaxSteps">Most denoising steps.</param>
+/// <param name="MaxImages">Most images per call (prompts × images per prompt).</param>
+/// <param name="MaxPromptChars">Longest prompt or negative prompt, in characters.</param>
+/// <param name="MaxGuidance">Largest guidance scale.</param>
 public sealed record GenerationLimits(int MinSide, int MaxSide, int MaxSteps, int MaxImages, int MaxPromptChars, double MaxGuidance)
 {
     /// <summary>The CLI: anything the models can run, within reason.</summary>

@@ -77,6 +77,9 @@ public enum PipelineStage
 }
 
 /// <summary>A stage started (<see cref="Elapsed"/> null) or ended (its wall time).</summary>
+/// <param name="Stage">Which stage.</param>
+/// <param name="Detail">For a load, the component ("text encoder", "transformer", "VAE"); otherwise a short note or "".</param>
+/// <param name="Elapsed">Null when the stage starts; its wall time when it ends.</param>
 public sealed record StageEvent(PipelineStage Stage, string Detail, TimeSpan? Elapsed);
 
 /// <summary>

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using PixArtSharp.Loading;
 using TorchSharp;
@@ -193,7 +194,7 @@ internal sealed class SASolverScheduler : IScheduler
         if (timesteps != null)
             throw new ArgumentException("SASolverScheduler does not support custom timestep schedules; pass numInferenceSteps.", nameof(timesteps));
         if (numInferenceSteps is not int n || n < 1)
-            throw new ArgumentException($"numInferenceSteps must be a positive integer, got {numInferenceSteps?.ToString() ?? "null"}.", nameof(numInferenceSteps));
+            throw new ArgumentException($"numInferenceSteps must be a positive integer, got {numInferenceSteps?.ToString(CultureInfo.InvariantCulture) ?? "null"}.", nameof(numInferenceSteps));
         int numTrain = Config.NumTrainTimesteps;
 
         // 1. Clip the minimum of lambda(t) (critical for squaredcos_cap_v2):

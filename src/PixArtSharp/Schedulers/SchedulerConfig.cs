@@ -78,7 +78,7 @@ internal sealed partial class SchedulerConfig
         }
         catch (JsonException e)
         {
-            throw new ModelConfigException(file, e.Path is { Length: > 2 } jp && jp.StartsWith("$.") ? jp[2..] : null, $"{file} is not a valid config ({e.Message}); download the model again.", e);
+            throw new ModelConfigException(file, e.Path is { Length: > 2 } jp && jp.StartsWith("$.", StringComparison.Ordinal) ? jp[2..] : null, $"{file} is not a valid config ({e.Message}); download the model again.", e);
         }
         config.Validate(file);
         return config;

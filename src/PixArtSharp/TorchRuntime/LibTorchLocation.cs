@@ -288,7 +288,7 @@ internal sealed partial record LibTorchLocation(LibTorchSource Source, string Di
         env.Add(null);
         Console.Out.Flush();
         Console.Error.Flush();
-        execve("/proc/self/exe", [.. argv, null], [.. env]);
+        _ = execve("/proc/self/exe", [.. argv, null], [.. env]);   // returns only on failure (-1, errno below)
         throw new TorchUnavailableException($"Could not relaunch the process to load the libtorch at {Directory} (execve failed, errno {Marshal.GetLastPInvokeError()}). Start it with LD_LIBRARY_PATH={LibraryPath(null)} instead.");
     }
 

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
 using TorchSharp;
@@ -36,9 +37,9 @@ public static partial class TorchRuntime
                     : $"cpu ({Threads} threads{(CpuFastBf16 ? ", bf16 instructions" : "")})");
                 sb.Append(" · ");
             }
-            sb.Append($"libtorch {LibTorchVersion ?? "(version unknown)"} at {LibTorchDirectory} ({LibTorch})");
+            sb.Append(CultureInfo.InvariantCulture, $"libtorch {LibTorchVersion ?? "(version unknown)"} at {LibTorchDirectory} ({LibTorch})");
             sb.Append(CudaAvailable ? $" · CUDA: {CudaDeviceCount} GPU{(CudaDeviceCount == 1 ? "" : "s")}" : " · CUDA: no");
-            if (Note is not null) sb.Append($" · {Note}");
+            if (Note is not null) sb.Append(CultureInfo.InvariantCulture, $" · {Note}");
             return sb.ToString();
         }
     }

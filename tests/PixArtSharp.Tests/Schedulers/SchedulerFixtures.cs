@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using PixArtSharp.Loading;
 using PixArtSharp.Schedulers;
@@ -39,7 +40,7 @@ public sealed class SchedulerFixtures : IDisposable
     {
         string g = sequence.GetProperty("step_generator").GetString()!;
         int open = g.LastIndexOf('('), close = g.LastIndexOf(')');
-        return long.Parse(g[(open + 1)..close]);
+        return long.Parse(g[(open + 1)..close], CultureInfo.InvariantCulture);
     }
 
     public static long[] Longs(JsonElement e) => e.EnumerateArray().Select(x => x.GetInt64()).ToArray();

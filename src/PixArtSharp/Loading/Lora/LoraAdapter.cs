@@ -8,6 +8,8 @@ using static TorchSharp.torch;
 namespace PixArtSharp.Loading.Lora;
 
 /// <summary>A LoRA to apply: an adapter folder or file and its strength (1 = as trained).</summary>
+/// <param name="Path">A PEFT adapter folder (adapter_config.json + weights) or a kohya .safetensors file.</param>
+/// <param name="Scale">Multiplies the adapter's update: 1 = as trained, 0 = no effect.</param>
 public sealed record LoraSpec(string Path, double Scale = 1.0);
 
 /// <summary>The layouts people publish LoRA adapters in.</summary>
