@@ -25,9 +25,9 @@ public readonly record struct DeviceSpec(DeviceKind Kind, int? Index = null)
 {
     /// <summary><c>auto</c>: a GPU when one can be used, else the CPU.</summary>
     public static readonly DeviceSpec Auto = new(DeviceKind.Auto);
-    /// <summary><c>cpu</c>.</summary>
+    /// <summary>The CPU (<c>cpu</c>).</summary>
     public static readonly DeviceSpec Cpu = new(DeviceKind.Cpu);
-    /// <summary><c>cuda</c>: GPU 0.</summary>
+    /// <summary>GPU 0 (<c>cuda</c>).</summary>
     public static readonly DeviceSpec Cuda = new(DeviceKind.Cuda);
 
     /// <summary>The accepted spellings, for help texts.</summary>
