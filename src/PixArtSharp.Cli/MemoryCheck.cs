@@ -11,7 +11,7 @@ namespace PixArtSharp.Cli;
 /// the T5-XXL alone is 19 GB in fp32. The estimate is weights only (element count from the safetensors headers ×
 /// the compute dtype's size): activations add about 1–3 GB at 1024 px.
 /// </summary>
-public static class MemoryCheck
+internal static class MemoryCheck
 {
     private static readonly string[] Components = ["text_encoder", "transformer", "vae"];
 

@@ -66,6 +66,8 @@ public sealed class PixArtImageGenerator : IImageGenerator
     /// <summary>A generator for a Hub id (e.g. PixArt-alpha/PixArt-LCM-XL-2-1024-MS) or a local diffusers folder.</summary>
     /// <param name="model">A Hub id (downloaded into, or reused from, the Hugging Face cache on first use) or a folder.</param>
     /// <param name="options">How to load it; null = fp32 on the CPU with the model's scheduler.</param>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("ApiDesign", "RS0026:Do not add multiple public overloads with optional parameters",
+        Justification = "The overloads differ in their first parameter (a model id or a pipeline): no call can mean both.")]
     public PixArtImageGenerator(string model, PixArtImageGeneratorOptions? options = null)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(model);
@@ -79,6 +81,8 @@ public sealed class PixArtImageGenerator : IImageGenerator
     /// <param name="pipeline">The pipeline to run.</param>
     /// <param name="model">What the PNGs record as the model; null = the pipeline's folder (full path) in fp32.</param>
     /// <param name="limits">Bounds on each call; null = the CLI's.</param>
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("ApiDesign", "RS0026:Do not add multiple public overloads with optional parameters",
+        Justification = "The overloads differ in their first parameter (a model id or a pipeline): no call can mean both.")]
     public PixArtImageGenerator(PixArtPipeline pipeline, ModelInfo? model = null, GenerationLimits? limits = null)
     {
         ArgumentNullException.ThrowIfNull(pipeline);

@@ -37,6 +37,8 @@ public sealed record JobInfo(
 /// One accepted request: its resolved settings, where it is (queued, running step k/N, finished) and its result.
 /// Every change bumps a version that progress streams wait on.
 /// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001:Types that own disposable fields should be disposable",
+    Justification = "The CancellationTokenSource has no timer and no linked tokens: disposing it frees nothing.")]
 public sealed class Job
 {
     private readonly object _gate = new();

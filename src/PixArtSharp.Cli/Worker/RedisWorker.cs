@@ -86,7 +86,7 @@ public sealed class RedisWorker : IDisposable
             try { _wake.Release(); } catch (SemaphoreFullException) { }
         }), ct);
         using var heartbeatStop = new CancellationTokenSource();
-        var heartbeat = Task.Run(() => Heartbeat(heartbeatStop.Token));
+        var heartbeat = Task.Run(() => Heartbeat(heartbeatStop.Token), CancellationToken.None);   // stopped by heartbeatStop, after the loop
         var backoff = TimeSpan.FromMilliseconds(250);
         bool groupReady = false, saidDown = false;
         try

@@ -9,7 +9,7 @@ namespace PixArtSharp.Bench;
 /// What one <c>pixart bench</c> run measured. Serialised (snake_case) as the one JSON object of <c>--json</c>;
 /// a stage that was not run is null. Times are wall-clock seconds; FLOP counts come from <see cref="FlopCount"/>.
 /// </summary>
-public sealed class BenchResult
+internal sealed class BenchResult
 {
     public string Component { get; set; } = "all";
     /// <summary>"HEIGHTxWIDTH" in pixels.</summary>

@@ -9,10 +9,10 @@ using static TorchSharp.torch;
 
 namespace PixArtSharp.Bench;
 
-public enum BenchComponent { All, T5, Transformer, Vae }
+internal enum BenchComponent { All, T5, Transformer, Vae }
 
 /// <summary>What <c>pixart bench</c> runs.</summary>
-public sealed record BenchOptions
+internal sealed record BenchOptions
 {
     public BenchComponent Component { get; init; } = BenchComponent.All;
     public int Steps { get; init; } = 4;
@@ -52,7 +52,7 @@ public sealed record BenchOptions
 /// that of the largest stage (the T5). With a folder and component all, the timings are of
 /// <see cref="PixArtAlphaPipeline"/> itself.
 /// </summary>
-public static class BenchRunner
+internal static class BenchRunner
 {
     private const int Tokens = 120;
 
@@ -361,7 +361,7 @@ public static class BenchRunner
                 r.SteadySeconds = times.ToArray();
                 r.SteadySecondsMedian = r.SteadyVaeSeconds = times.Order().ElementAt(times.Count / 2);
                 r.ImagesPerSecond = o.Batch / r.SteadySecondsMedian;
-                log($"steady decodes: {string.Join(", ", times.Select(t => t.ToString("0.000")))} s");
+                log($"steady decodes: {string.Join(", ", times.Select(t => t.ToString("0.000", System.Globalization.CultureInfo.InvariantCulture)))} s");
             }
             if (r != null)
             {

@@ -14,7 +14,7 @@ namespace PixArtSharp.Bench;
 /// Weights are N(0, 0.02) and norm weights 1 + N(0, 0.02) (<see cref="Weights.Random"/>): with the models'
 /// normalisations this keeps every activation finite at full size in fp32, bf16 and fp16.
 /// </summary>
-public static class RandomModelWriter
+internal static class RandomModelWriter
 {
     /// <summary>Each component draws from its own seeded stream, so it can be built (and timed) alone.</summary>
     public static long T5Seed(long seed) => seed;

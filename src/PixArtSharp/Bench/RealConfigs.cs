@@ -5,7 +5,7 @@ namespace PixArtSharp.Bench;
 /// The configs of PixArt-alpha/PixArt-LCM-XL-2-1024-MS (T5-XXL encoder, PixArt-XL-2 1024-MS transformer, SD VAE,
 /// LCM scheduler, tokenizer JSONs, the T5 shard index), embedded in the library: no weights, no download.
 /// </summary>
-public static class RealConfigs
+internal static class RealConfigs
 {
     public const string Name = "PixArt-LCM-XL-2-1024-MS";
     private const string Prefix = "RealConfigs/" + Name + "/";

@@ -7,7 +7,11 @@ namespace PixArtSharp.Hub;
 /// while it downloads, and once when it is complete (<paramref name="BytesDone"/> = <paramref name="TotalBytes"/>;
 /// files already in the cache report only that). A caller computes speed from successive reports.
 /// </summary>
+/// <param name="File">The file's path inside the repo.</param>
+/// <param name="BytesDone">Bytes of the file on disk so far.</param>
+/// <param name="TotalBytes">The file's size, as the Hub announced it.</param>
 public sealed record DownloadProgress(string File, long BytesDone, long TotalBytes)
 {
+    /// <summary>Whether the whole file is on disk.</summary>
     public bool IsComplete => BytesDone >= TotalBytes;
 }

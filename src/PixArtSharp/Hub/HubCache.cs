@@ -15,7 +15,7 @@ namespace PixArtSharp.Hub;
 /// {root}/.locks/models--{org}--{name}/{etag}.lock    per-blob lock (flock, like Python's filelock)
 /// </code>
 /// </summary>
-public sealed partial class HubCache(string root)
+internal sealed partial class HubCache(string root)
 {
     public string Root { get; } = Path.GetFullPath(root);
 

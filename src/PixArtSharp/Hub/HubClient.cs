@@ -9,10 +9,10 @@ using PixArtSharp.Loading;
 namespace PixArtSharp.Hub;
 
 /// <summary>What <c>GET /api/models/{repo}/revision/{revision}</c> says: the commit and the repo's file paths.</summary>
-public sealed record RepoInfo(string RepoId, string Sha, IReadOnlySet<string> Files);
+internal sealed record RepoInfo(string RepoId, string Sha, IReadOnlySet<string> Files);
 
 /// <summary>What a HEAD on <c>/{repo}/resolve/{revision}/{file}</c> says (huggingface_hub's <c>HfFileMetadata</c>).</summary>
-public sealed record HubFileMetadata(string Commit, string Etag, long Size, Uri Location)
+internal sealed record HubFileMetadata(string Commit, string Etag, long Size, Uri Location)
 {
     /// <summary>LFS files have a sha256 etag (64 hex); regular git files a 40-hex blob sha1.</summary>
     public bool IsLfs => Etag.Length == 64 && Etag.All(char.IsAsciiHexDigitLower);
@@ -26,7 +26,7 @@ public sealed record HubFileMetadata(string Commit, string Etag, long Size, Uri 
 /// with <c>Range</c> after a broken connection, checked for size and (LFS files) sha256, then moved into place
 /// and linked from <c>snapshots/{commit}/</c>. Files already linked in the snapshot are not fetched again.
 /// </summary>
-public sealed partial class HubClient : IDisposable
+internal sealed partial class HubClient : IDisposable
 {
     private readonly HttpClient _http;
 

@@ -30,7 +30,9 @@ public enum HubErrorKind
 public sealed class HubDownloadException(HubErrorKind kind, string repoId, string? file, string message, Exception? inner = null)
     : Exception(message, inner)
 {
+    /// <summary>What kind of failure it was.</summary>
     public HubErrorKind Kind { get; } = kind;
+    /// <summary>The Hub repo the download was for (e.g. <c>PixArt-alpha/PixArt-LCM-XL-2-1024-MS</c>).</summary>
     public string RepoId { get; } = repoId;
     /// <summary>The file inside the repo (e.g. <c>transformer/config.json</c>), when the error concerns one.</summary>
     public string? File { get; } = file;

@@ -14,13 +14,16 @@ namespace PixArtSharp.Hub;
 /// </summary>
 public sealed record HubSettings
 {
+    /// <summary>The public Hub, used when <c>HF_ENDPOINT</c> is unset.</summary>
     public const string DefaultEndpoint = "https://huggingface.co";
 
     /// <summary>Base URL without trailing slash.</summary>
     public string Endpoint { get; init; } = DefaultEndpoint;
     /// <summary>The hub cache root (the folder holding <c>models--org--name</c>).</summary>
     public required string CacheDir { get; init; }
+    /// <summary>The access token sent as a bearer token (gated or private repos); null = anonymous.</summary>
     public string? Token { get; init; }
+    /// <summary>No network at all: models must already be in the cache (<c>HF_HUB_OFFLINE</c>).</summary>
     public bool Offline { get; init; }
     /// <summary>Time allowed for a HEAD/API answer or a connection (huggingface_hub: HF_HUB_ETAG_TIMEOUT, 10 s).</summary>
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(10);
@@ -32,10 +35,10 @@ public sealed record HubSettings
         FromEnvironment(Environment.GetEnvironmentVariable, Environment.GetFolderPath(Environment.SpecialFolder.UserProfile));
 
     /// <summary>Settings from an arbitrary variable lookup (testable without touching the process environment).</summary>
-    public static HubSettings FromEnvironment(Func<string, string?> env, string userHome)
+    internal static HubSettings FromEnvironment(Func<string, string?> env, string userHome)
     {
         string? Get(string name) => env(name) is { Length: > 0 } v ? v : null;
-        string Expand(string p) => p == "~" ? userHome : p.StartsWith("~/") ? Path.Combine(userHome, p[2..]) : p;
+        string Expand(string p) => p == "~" ? userHome : p.StartsWith("~/", StringComparison.Ordinal) ? Path.Combine(userHome, p[2..]) : p;
 
         string hfHome = Expand(Get("HF_HOME") ?? Path.Combine(Get("XDG_CACHE_HOME") ?? Path.Combine(userHome, ".cache"), "huggingface"));
         string cache = Expand(Get("HF_HUB_CACHE") ?? Get("HUGGINGFACE_HUB_CACHE") ?? Path.Combine(hfHome, "hub"));

@@ -8,6 +8,17 @@ namespace PixArtSharp.Hub;
 /// </summary>
 public static class ModelLocator
 {
+    /// <summary>
+    /// The local diffusers folder for <paramref name="modelArg"/> (full path): the folder itself, or the Hub id's
+    /// snapshot in the Hugging Face cache, downloading only the files a pipeline needs (configs, tokenizer, the
+    /// weights of <paramref name="variant"/> or the default ones).
+    /// </summary>
+    /// <param name="modelArg">A diffusers folder, or a Hub id such as <c>PixArt-alpha/PixArt-LCM-XL-2-1024-MS</c>.</param>
+    /// <param name="revision">A branch, tag or commit of the Hub repo; null = main.</param>
+    /// <param name="variant">A weights variant such as "fp16"; null = the default weights.</param>
+    /// <param name="progress">Per-file download progress; null = none.</param>
+    /// <param name="settings">Endpoint, cache, token, offline; null = from the environment (as huggingface_hub reads it).</param>
+    /// <param name="ct">Cancels the download (what is on disk is resumed next time).</param>
     /// <exception cref="ModelNotFoundException">The argument is neither an existing folder nor a Hub id.</exception>
     /// <exception cref="HubDownloadException">The Hub id could not be downloaded or found in the cache.</exception>
     public static async Task<string> ResolveAsync(string modelArg, string? revision = null, string? variant = null,

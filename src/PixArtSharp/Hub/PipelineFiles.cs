@@ -10,7 +10,7 @@ namespace PixArtSharp.Hub;
 /// chosen variant (one file, or a <c>*.safetensors.index[.variant].json</c> plus the shards it lists).
 /// Paths are repo paths with '/' separators.
 /// </summary>
-public static class PipelineFiles
+internal static class PipelineFiles
 {
     public const string ModelIndex = "model_index.json";
 
@@ -117,7 +117,7 @@ public static class PipelineFiles
         var found = (string.IsNullOrEmpty(variant) ? null : Find(variant)) ?? Find(null);
         if (found != null) return found;
 
-        var present = files.Where(f => f.StartsWith(c + "/", StringComparison.Ordinal) && (f.Contains(".safetensors") || f.EndsWith(".bin") || f.EndsWith(".ckpt") || f.EndsWith(".pt")))
+        var present = files.Where(f => f.StartsWith(c + "/", StringComparison.Ordinal) && (f.Contains(".safetensors") || f.EndsWith(".bin", StringComparison.Ordinal) || f.EndsWith(".ckpt", StringComparison.Ordinal) || f.EndsWith(".pt", StringComparison.Ordinal)))
             .Select(f => f[(c.Length + 1)..]).ToList();
         string hint = present.Count == 0
             ? "it has no weight files."

@@ -70,7 +70,7 @@ public static class ImageEncoder
     }
 
     /// <summary>Checks a quality / <c>output_compression</c> value: 0–100 (0 is read as 1, libvips' lowest).</summary>
-    public static int CheckQuality(int? quality, string paramName = "quality")
+    internal static int CheckQuality(int? quality, string paramName = "quality")
     {
         int q = quality ?? DefaultQuality;
         if (q is < 0 or > 100)

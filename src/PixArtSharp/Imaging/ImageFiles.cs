@@ -29,16 +29,21 @@ public sealed record ModelInfo(string Model, string? ModelRevision, string? Vari
 /// </summary>
 public static class ImageFiles
 {
+    /// <summary>The PNG text keyword of the A1111 / ComfyUI parameters line.</summary>
     public const string ParametersKey = "parameters";
+    /// <summary>The PNG text keyword of the run's settings JSON (what <c>pixart generate --from-png</c> reads).</summary>
     public const string SettingsKey = "pixart-settings";
 
+    /// <summary>This library's version (major.minor.patch), as the metadata records it.</summary>
     public static string Version => typeof(PixArtAlphaPipeline).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
 
     /// <summary>How the A1111 text names a model: a Hub id as it is, a local folder by its folder name.</summary>
     public static string ModelLabel(string model) =>
         Directory.Exists(model) || File.Exists(model) ? Path.GetFileName(Path.TrimEndingDirectorySeparator(model)) : model;
 
+    /// <summary>The two PNG text chunks of one image: the A1111 parameters line and the settings JSON with the model's side.</summary>
     /// <param name="settings">The resolved settings of the batch the image belongs to.</param>
+    /// <param name="model">The weights that made it (recorded beside the settings).</param>
     /// <param name="imageIndex">The image's index in the batch (prompt-major: prompt = index / num_images).</param>
     public static IReadOnlyList<(string Keyword, string Text)> Metadata(GenerationSettings settings, int imageIndex, ModelInfo model)
     {

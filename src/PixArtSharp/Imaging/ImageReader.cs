@@ -73,7 +73,7 @@ public static class ImageReader
     }
 
     /// <summary>Decodes running or waiting for a slot now (a server may refuse new uploads while this is at its limit).</summary>
-    public static int DecodesInProgress => Volatile.Read(ref _inProgress);
+    internal static int DecodesInProgress => Volatile.Read(ref _inProgress);
     private static bool _initialized;
     // Kept in a field: libvips holds a native pointer to this delegate.
     private static Log.LogDelegate? _logHandler;
@@ -207,7 +207,7 @@ public static class ImageReader
     private static void TrimNativeHeap()
     {
         if (_noTrim || !OperatingSystem.IsLinux()) return;
-        try { MallocTrim(0); }
+        try { _ = MallocTrim(0); }   // 1 when memory was released, 0 when none could be: either is fine
         catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException) { _noTrim = true; }   // musl: no malloc_trim
     }
 

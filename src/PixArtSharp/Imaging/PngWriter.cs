@@ -16,7 +16,14 @@ public static class PngWriter
 {
     internal static readonly byte[] Signature = [137, 80, 78, 71, 13, 10, 26, 10];
 
+    /// <summary>
+    /// Writes an 8-bit RGB image as a PNG file, atomically (a temporary file renamed into place); ImageWriteException
+    /// when the file cannot be written.
+    /// </summary>
+    /// <param name="path">The PNG file to create or replace.</param>
     /// <param name="rgb">height × width × 3 bytes, row-major (HWC), as an image tensor's bytes.</param>
+    /// <param name="width">Width in pixels.</param>
+    /// <param name="height">Height in pixels.</param>
     /// <param name="text">Metadata chunks in order: tEXt where the text is printable Latin-1, iTXt (UTF-8) otherwise.
     /// Control characters are made visible (<see cref="SanitizeText"/>), so no text fails the write.</param>
     public static void Write(string path, ReadOnlySpan<byte> rgb, int width, int height, IReadOnlyList<(string Keyword, string Text)>? text = null)
@@ -95,7 +102,7 @@ public static class PngWriter
         // PNG keywords: 1–79 printable Latin-1 characters, no leading, trailing or doubled spaces.
         if (keyword.Length is < 1 or > 79 || keyword.Any(c => c is < (char)32 or > (char)126 and < (char)161 or > (char)255)
             || keyword.StartsWith(' ') || keyword.EndsWith(' ') || keyword.Contains("  ", StringComparison.Ordinal))
-            throw new ArgumentException($"'{keyword}' is not a valid PNG text keyword (1–79 printable Latin-1 characters, single inner spaces).", "text");
+            throw new ArgumentException($"'{keyword}' is not a valid PNG text keyword (1–79 printable Latin-1 characters, single inner spaces).", nameof(text));
         ArgumentNullException.ThrowIfNull(text);
     }
 
@@ -106,7 +113,7 @@ public static class PngWriter
     /// controls and unpaired surrogates become U+FFFD. Text without such characters is returned as it is. This is
     /// applied on every write, so a prompt can never fail the write after the work is done.
     /// </summary>
-    public static string SanitizeText(string text)
+    internal static string SanitizeText(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
         static bool Clean(string s)

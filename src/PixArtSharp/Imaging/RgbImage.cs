@@ -6,10 +6,14 @@ namespace PixArtSharp.Imaging;
 /// </summary>
 public sealed class RgbImage
 {
+    /// <summary>Width in pixels (at least 1).</summary>
     public int Width { get; }
+    /// <summary>Height in pixels (at least 1).</summary>
     public int Height { get; }
+    /// <summary>Height × Width × 3 bytes, rows top to bottom, R G B per pixel; not copied (the caller's array).</summary>
     public byte[] Pixels { get; }
 
+    /// <summary>Wraps <paramref name="pixels"/> (Height × Width × 3 bytes, HWC); throws ArgumentException when the length does not match the size.</summary>
     public RgbImage(int width, int height, byte[] pixels)
     {
         ArgumentNullException.ThrowIfNull(pixels);

@@ -15,7 +15,7 @@ public class UserFileException(string message, Exception? inner = null) : IOExce
 /// such as <c>/dev/zero</c> would never end), with the size checked against a limit <b>before</b> reading, and a
 /// read that stops at the limit even if the file grows meanwhile. Every failure is a <see cref="UserFileException"/>.
 /// </summary>
-public static class UserFiles
+internal static class UserFiles
 {
     /// <summary>The limit for a --prompts-file: 4 MiB (tens of thousands of prompts).</summary>
     public const long MaxPromptsFileBytes = 4L << 20;

@@ -11,7 +11,7 @@ namespace PixArtSharp.Loading;
 /// literals (e.g. <c>"lambda_min_clipped": -Infinity</c>), which are not JSON: they are quoted before parsing,
 /// and <see cref="JsonNumberHandling.AllowNamedFloatingPointLiterals"/> reads the quoted forms into floats.
 /// </summary>
-public static class ConfigJson
+internal static class ConfigJson
 {
     public static readonly JsonSerializerOptions Options = new()
     {
@@ -39,7 +39,7 @@ public static class ConfigJson
         }
         catch (JsonException e)
         {
-            throw new ModelConfigException(source, e.Path is { Length: > 2 } jp && jp.StartsWith("$.") ? jp[2..] : null, $"{source} is not a valid config ({e.Message}); download the model again.", e);
+            throw new ModelConfigException(source, e.Path is { Length: > 2 } jp && jp.StartsWith("$.", StringComparison.Ordinal) ? jp[2..] : null, $"{source} is not a valid config ({e.Message}); download the model again.", e);
         }
     }
 

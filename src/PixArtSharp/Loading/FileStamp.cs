@@ -6,7 +6,7 @@ namespace PixArtSharp.Loading;
 /// A file's length and modification time, links followed: enough to tell that a weight file was truncated,
 /// rewritten or replaced since it was loaded.
 /// </summary>
-public readonly record struct FileStamp(long Length, DateTime LastWriteUtc)
+internal readonly record struct FileStamp(long Length, DateTime LastWriteUtc)
 {
     /// <summary>The stamp of the file <paramref name="path"/> leads to now; null when it is gone or cannot be reached.</summary>
     public static FileStamp? Of(string path)
@@ -34,7 +34,7 @@ public readonly record struct FileStamp(long Length, DateTime LastWriteUtc)
 /// checked later: a server calls <see cref="CheckUnchanged"/> before each job and answers 503 naming the file
 /// when a model file was changed under it.
 /// </summary>
-public sealed class FileStamps
+internal sealed class FileStamps
 {
     private readonly (string Path, FileStamp? Stamp)[] _files;
 
@@ -69,9 +69,9 @@ public sealed class FileStamps
 /// The type of a file system entry, from statx(2) on Linux (arch-independent layout); elsewhere from .NET
 /// (which cannot tell a FIFO or device from a file, so those report <see cref="FileKind.Regular"/>).
 /// </summary>
-public enum FileKind { Missing, Regular, Directory, Fifo, CharDevice, BlockDevice, Socket, SymlinkLoop, Other }
+internal enum FileKind { Missing, Regular, Directory, Fifo, CharDevice, BlockDevice, Socket, SymlinkLoop, Other }
 
-public static partial class FileKinds
+internal static partial class FileKinds
 {
     private const int AtFdCwd = -100;
     private const uint StatxType = 0x1;

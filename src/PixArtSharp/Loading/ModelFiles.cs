@@ -8,7 +8,7 @@ namespace PixArtSharp.Loading;
 /// should be, an unreadable file or one over the size limit is a <see cref="WeightFileException"/> — never .NET's
 /// message alone, and never a read that blocks (FIFO) or does not end (<c>/dev/zero</c>).
 /// </summary>
-public static class ModelFiles
+internal static class ModelFiles
 {
     /// <summary>Config, index and tokenizer files larger than this (64 MiB) are refused: real ones are below 1 MB.</summary>
     public const long MaxConfigBytes = 64L << 20;

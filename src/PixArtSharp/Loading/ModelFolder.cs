@@ -7,7 +7,7 @@ namespace PixArtSharp.Loading;
 /// A diffusers pipeline folder: <c>model_index.json</c> naming each component's library and class, one
 /// sub-folder per component with its <c>config.json</c> (or <c>scheduler_config.json</c>) and weights.
 /// </summary>
-public sealed class ModelFolder
+internal sealed class ModelFolder
 {
     public string Root { get; }
     /// <summary>Component name → (library, class), e.g. transformer → (diffusers, Transformer2DModel).</summary>
@@ -188,11 +188,11 @@ public sealed class ModelFolder
             return Locate(componentDir, stem, null);
 
         var present = Directory.Exists(componentDir)
-            ? Directory.GetFiles(componentDir).Select(Path.GetFileName).Where(f => f!.Contains(".safetensors") || f.EndsWith(".bin")).ToList()
+            ? Directory.GetFiles(componentDir).Select(Path.GetFileName).Where(f => f!.Contains(".safetensors") || f.EndsWith(".bin", StringComparison.Ordinal)).ToList()
             : [];
         string hint = present.Count == 0
             ? "The folder holds no weights: download the model again."
-            : present.All(f => f!.EndsWith(".bin"))
+            : present.All(f => f!.EndsWith(".bin", StringComparison.Ordinal))
                 ? $"Only PyTorch .bin weights are there ({string.Join(", ", present)}); PixArtSharp reads safetensors only. Convert them, or download the safetensors files."
                 : string.IsNullOrEmpty(variant)
                     ? $"Found {string.Join(", ", present)}: if these are a variant, pass it (e.g. --variant fp16)."

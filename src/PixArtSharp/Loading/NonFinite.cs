@@ -9,7 +9,7 @@ namespace PixArtSharp.Loading;
 /// <see cref="Check"/> on the final latents and on the decoded image so such a run fails, naming the stage,
 /// and writes nothing. One reduction and one scalar read per call (a device sync on a GPU).
 /// </summary>
-public static class NonFinite
+internal static class NonFinite
 {
     /// <summary>The number of NaN or infinite elements of <paramref name="t"/> (0 for integer and bool tensors).</summary>
     public static long Count(Tensor t)

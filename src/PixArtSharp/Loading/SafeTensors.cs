@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 namespace PixArtSharp.Loading;
 
 /// <summary>One entry of a safetensors header: where a tensor's bytes are, relative to the data area.</summary>
-public sealed record SafeTensorInfo(string Name, string DType, long[] Shape, long Begin, long End)
+internal sealed record SafeTensorInfo(string Name, string DType, long[] Shape, long Begin, long End)
 {
     public long ByteLength => End - Begin;
 }
@@ -27,7 +27,7 @@ public sealed record SafeTensorInfo(string Name, string DType, long[] Shape, lon
 /// file's length and modification time are checked before each load, so a file that changed since it was opened
 /// is an error naming it, not a mapping past its end.</para>
 /// </summary>
-public sealed class SafeTensorsFile : IDisposable
+internal sealed class SafeTensorsFile : IDisposable
 {
     /// <summary>The reference implementation refuses headers above 100 MB; so do we.</summary>
     public const long MaxHeaderBytes = 100_000_000;

@@ -10,7 +10,7 @@ namespace PixArtSharp.Loading;
 /// name (so every offset stays aligned for zero-copy reading), the header padded with spaces to 8 bytes.
 /// Written to a temporary file and renamed, so a failed write never leaves a half file behind.
 /// </summary>
-public static class SafeTensorsWriter
+internal static class SafeTensorsWriter
 {
     public static void Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {

@@ -29,6 +29,7 @@ public sealed class ModelConfigException(string file, string? key, string messag
 /// </summary>
 public sealed class NonFiniteOutputException(string stage, string message) : WeightFileException(message)
 {
+    /// <summary>Where the values were found, e.g. "the final latents" or "the decoded image".</summary>
     public string Stage { get; } = stage;
 }
 

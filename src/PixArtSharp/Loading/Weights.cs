@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace PixArtSharp.Loading;
 
 /// <summary>How weights are read from safetensors files.</summary>
-public sealed record WeightLoadOptions
+internal sealed record WeightLoadOptions
 {
     /// <summary>Zero-copy where possible: tensors already in the compute dtype stay views of the mapped file.</summary>
     public static readonly WeightLoadOptions Default = new();
@@ -39,7 +39,7 @@ public sealed record WeightLoadOptions
 /// model did not ask for. Tensors in the file's dtype on the CPU are handed out as zero-copy views of the
 /// memory-mapped file; anything else is converted once.
 /// </summary>
-public sealed class Weights : IDisposable
+internal sealed class Weights : IDisposable
 {
     private sealed class Source(string description, Func<string, bool> contains, Func<string, long[]?> shapeOf,
                                 Func<string, long[], Tensor> load, IEnumerable<string> keys, Action dispose,
@@ -207,7 +207,7 @@ public sealed class Weights : IDisposable
                 seen.Add(name);
                 using var scope = NewDisposeScope();
                 var t = torch.randn(shape, ScalarType.Float32, generator: gen).mul_(std);
-                if (shape.Length == 1 && (name.EndsWith("norm.weight") || name.Contains("norm") || name.EndsWith("layer_norm.weight")) && name.EndsWith("weight"))
+                if (shape.Length == 1 && (name.EndsWith("norm.weight", StringComparison.Ordinal) || name.Contains("norm") || name.EndsWith("layer_norm.weight", StringComparison.Ordinal)) && name.EndsWith("weight", StringComparison.Ordinal))
                     t.add_(1.0);
                 var result = t.to(dtype).MoveToOuterDisposeScope();
                 created?.Invoke(name, result);

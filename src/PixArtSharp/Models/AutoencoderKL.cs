@@ -10,7 +10,7 @@ namespace PixArtSharp.Models;
 /// named as the checkpoint keys (<c>encoder.*</c>, <c>decoder.*</c>, <c>quant_conv</c>, <c>post_quant_conv</c>).
 /// Weights may be held in bf16; every public result is returned in fp32.
 /// </summary>
-public sealed class AutoencoderKL : IVae, IMovableModel
+internal sealed class AutoencoderKL : IVae, IMovableModel
 {
     public const string WeightStem = "diffusion_pytorch_model";
 
@@ -253,7 +253,7 @@ public sealed class AutoencoderKL : IVae, IMovableModel
 /// diffusers' <c>DiagonalGaussianDistribution</c> over latents, in fp32: mean, logvar (already clamped to
 /// [−30, 20]), std = exp(0.5·logvar), var = exp(logvar). Owns its tensors.
 /// </summary>
-public sealed class LatentDist : IDisposable
+internal sealed class LatentDist : IDisposable
 {
     public readonly Tensor mean;
     public readonly Tensor logvar;

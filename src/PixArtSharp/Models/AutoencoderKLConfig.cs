@@ -6,7 +6,7 @@ namespace PixArtSharp.Models;
 /// <c>vae/config.json</c> of diffusers' <c>AutoencoderKL</c> (v0.29.2). Defaults are diffusers' own, so the real
 /// PixArt VAE configs (which omit <c>use_quant_conv</c>, <c>shift_factor</c>, … ) load as they are.
 /// </summary>
-public sealed class AutoencoderKLConfig
+internal sealed class AutoencoderKLConfig
 {
     [System.Text.Json.Serialization.JsonPropertyName("_class_name")] public string? ClassName { get; set; }
     public int InChannels { get; set; } = 3;

@@ -14,7 +14,7 @@ namespace PixArtSharp.Models;
 /// <c>decoder.layers.N…</c>). Weights may be held in bf16; every public result is returned in fp32.
 /// <para>Decoding is tiling- and slicing-free, as diffusers' <c>decode</c> with both disabled (its defaults).</para>
 /// </summary>
-public sealed class AutoencoderTiny : IVae
+internal sealed class AutoencoderTiny : IVae
 {
     public const string WeightStem = "diffusion_pytorch_model";
 
@@ -176,14 +176,14 @@ public sealed class AutoencoderTiny : IVae
 /// activation or an upsampling. Its forward may modify its input in place (activations) or free nothing; the
 /// sequential's forward owns every intermediate.
 /// </summary>
-public interface ITinyLayer : IDisposable
+internal interface ITinyLayer : IDisposable
 {
     Tensor forward(Tensor x);
     IEnumerable<(string Key, Tensor Tensor)> NamedParameters();
 }
 
 /// <summary>A weightless layer of the sequential: the activation (applied in place) or <c>nn.Upsample</c>.</summary>
-public sealed class TinyFunction(string name, Func<Tensor, Tensor> fn) : ITinyLayer
+internal sealed class TinyFunction(string name, Func<Tensor, Tensor> fn) : ITinyLayer
 {
     public string Name { get; } = name;
     public Tensor forward(Tensor x) => fn(x);
@@ -192,7 +192,7 @@ public sealed class TinyFunction(string name, Func<Tensor, Tensor> fn) : ITinyLa
 }
 
 /// <summary>An <c>nn.Conv2d</c> entry of the sequential (keys <c>weight</c>, and <c>bias</c> unless built with bias=False).</summary>
-public sealed class TinyConv(VaeConv2d conv) : ITinyLayer
+internal sealed class TinyConv(VaeConv2d conv) : ITinyLayer
 {
     public readonly VaeConv2d conv = conv;
     public Tensor forward(Tensor x) => conv.forward(x);
@@ -206,7 +206,7 @@ public sealed class TinyConv(VaeConv2d conv) : ITinyLayer
 /// conv.2 → act → conv.4 (3×3, padding 1), skip a bias-free 1×1 conv when the channels change (identity in TAESD),
 /// fuse an <c>nn.ReLU</c> whatever act_fn is.
 /// </summary>
-public sealed class AutoencoderTinyBlock : ITinyLayer
+internal sealed class AutoencoderTinyBlock : ITinyLayer
 {
     /// <summary>The convolutions of <c>conv</c> (an nn.Sequential): indices 0, 2 and 4; 1 and 3 are the activation.</summary>
     public readonly VaeConv2d conv_0, conv_2, conv_4;
@@ -315,7 +315,7 @@ internal static class TinySequential
 /// in → C with bias; later levels: C → C, stride 2, no bias) followed by num_encoder_blocks[i]
 /// AutoencoderTinyBlocks; then a 3×3 conv C → latent_channels. Input images in [−1, 1] are mapped to [0, 1] first.
 /// </summary>
-public sealed class EncoderTiny : IDisposable
+internal sealed class EncoderTiny : IDisposable
 {
     public readonly ITinyLayer[] layers;
 
@@ -367,7 +367,7 @@ public sealed class EncoderTiny : IDisposable
 /// <c>nn.Upsample(×2, nearest)</c> and a bias-free 3×3 conv C → C; the last level ends in a 3×3 conv C → out with
 /// bias. The input is first soft-clamped, tanh(x/3)·3; the [0, 1] output is mapped to [−1, 1].
 /// </summary>
-public sealed class DecoderTiny : IDisposable
+internal sealed class DecoderTiny : IDisposable
 {
     public readonly ITinyLayer[] layers;
 

@@ -7,7 +7,7 @@ namespace PixArtSharp.Models;
 /// <c>config.json</c> of diffusers' <c>AutoencoderTiny</c> (v0.29.2), the TAESD / TAESDXL tiny autoencoders. Defaults
 /// are diffusers' own, which are also the values <c>madebyollin/taesd</c> and <c>madebyollin/taesdxl</c> use.
 /// </summary>
-public sealed class AutoencoderTinyConfig
+internal sealed class AutoencoderTinyConfig
 {
     [JsonPropertyName("_class_name")] public string? ClassName { get; set; }
     public int InChannels { get; set; } = 3;

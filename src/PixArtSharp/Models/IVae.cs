@@ -8,7 +8,7 @@ namespace PixArtSharp.Models;
 /// encode as <c>retrieve_latents(vae.encode(image), generator)</c> does it, and the two config values the pipeline
 /// reads (<c>scaling_factor</c>, and the pixels per latent). <see cref="AutoencoderKL"/> (the SD / SDXL VAE) is one.
 /// </summary>
-public interface IVae : IDisposable
+internal interface IVae : IDisposable
 {
     /// <summary><c>vae.config.scaling_factor</c>: the pipeline decodes <c>latents / ScalingFactor</c>.</summary>
     double ScalingFactor { get; }

@@ -8,7 +8,7 @@ namespace PixArtSharp.Models;
 // The few primitive layers every model shares. Each holds its tensors in fields named as the checkpoint keys
 // (weight, bias) and is built from the Weights at its own key path, so a checkpoint binds by name.
 
-public sealed class Linear : IDisposable
+internal sealed class Linear : IDisposable
 {
     public readonly Tensor weight;
     public readonly Tensor? bias;
@@ -37,7 +37,7 @@ public sealed class Linear : IDisposable
     public void Dispose() { weight.Dispose(); bias?.Dispose(); }
 }
 
-public sealed class Conv2d : IDisposable
+internal sealed class Conv2d : IDisposable
 {
     public readonly Tensor weight;
     public readonly Tensor? bias;
@@ -57,7 +57,7 @@ public sealed class Conv2d : IDisposable
     public void Dispose() { weight.Dispose(); bias?.Dispose(); }
 }
 
-public sealed class GroupNorm : IDisposable
+internal sealed class GroupNorm : IDisposable
 {
     public readonly Tensor weight;
     public readonly Tensor bias;
@@ -78,7 +78,7 @@ public sealed class GroupNorm : IDisposable
 }
 
 /// <summary>LayerNorm over the last dimension; without affine parameters when the checkpoint has none.</summary>
-public sealed class LayerNorm : IDisposable
+internal sealed class LayerNorm : IDisposable
 {
     public readonly Tensor? weight;
     public readonly Tensor? bias;

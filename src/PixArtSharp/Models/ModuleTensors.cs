@@ -14,7 +14,7 @@ namespace PixArtSharp.Models;
 /// <c>Device</c>) is set to the new device. Types outside PixArtSharp and PixArtSharp.Loading's (the weight files
 /// themselves) are not entered.
 /// </summary>
-public static class ModuleTensors
+internal static class ModuleTensors
 {
     /// <summary>
     /// Moves every tensor of <paramref name="model"/> to <paramref name="device"/>; returns the bytes the moved tensors

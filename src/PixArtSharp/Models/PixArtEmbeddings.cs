@@ -11,7 +11,7 @@ namespace PixArtSharp.Models;
 // weights are held in.
 
 /// <summary>Fixed sinusoidal tables (no weights).</summary>
-public static class PixArtEmbeddings
+internal static class PixArtEmbeddings
 {
     /// <summary>
     /// diffusers <c>get_timestep_embedding</c>: [N] timesteps (any numeric dtype) → [N, dim] float32.
@@ -92,7 +92,7 @@ public static class PixArtEmbeddings
 }
 
 /// <summary>diffusers <c>PatchEmbed</c> (sincos, no layer norm): conv p×p stride p, flatten to tokens, add the 2D table.</summary>
-public sealed class PatchEmbed : IDisposable
+internal sealed class PatchEmbed : IDisposable
 {
     public readonly Conv2d proj;
     private readonly long _patch, _embedDim, _inChannels;
@@ -161,7 +161,7 @@ public sealed class PatchEmbed : IDisposable
 }
 
 /// <summary>diffusers <c>TimestepEmbedding</c>: linear_1 → SiLU → linear_2.</summary>
-public sealed class TimestepEmbedding : IDisposable
+internal sealed class TimestepEmbedding : IDisposable
 {
     public readonly Linear linear_1;
     public readonly Linear linear_2;
@@ -185,7 +185,7 @@ public sealed class TimestepEmbedding : IDisposable
 /// diffusers <c>PixArtAlphaCombinedTimestepSizeEmbeddings</c>: the timestep embedding, plus (micro-conditioning)
 /// embeddings of the resolution (2 values → 2·D/3) and the aspect ratio (→ D/3), concatenated and added.
 /// </summary>
-public sealed class PixArtAlphaCombinedTimestepSizeEmbeddings : IDisposable
+internal sealed class PixArtAlphaCombinedTimestepSizeEmbeddings : IDisposable
 {
     public const int SinusoidChannels = 256;
     public readonly TimestepEmbedding timestep_embedder;
@@ -231,7 +231,7 @@ public sealed class PixArtAlphaCombinedTimestepSizeEmbeddings : IDisposable
 /// diffusers <c>AdaLayerNormSingle</c> (PixArt-α adaLN-single): one timestep embedding shared by every block,
 /// turned into 6·D modulation values by <c>linear(silu(emb))</c>.
 /// </summary>
-public sealed class AdaLayerNormSingle : IDisposable
+internal sealed class AdaLayerNormSingle : IDisposable
 {
     public readonly PixArtAlphaCombinedTimestepSizeEmbeddings emb;
     public readonly Linear linear;
@@ -255,7 +255,7 @@ public sealed class AdaLayerNormSingle : IDisposable
 }
 
 /// <summary>diffusers <c>PixArtAlphaTextProjection</c>: linear_1 → GELU(tanh) → linear_2, T5 width → model width.</summary>
-public sealed class PixArtAlphaTextProjection : IDisposable
+internal sealed class PixArtAlphaTextProjection : IDisposable
 {
     public readonly Linear linear_1;
     public readonly Linear linear_2;

@@ -17,7 +17,7 @@ namespace PixArtSharp.Models;
 // checks the LayerNorm claim), so they take bf16 tensors directly.
 
 /// <summary>diffusers <c>Attention</c> (no norms, no residual inside) run as AttnProcessor2_0 does, with SDPA.</summary>
-public sealed class PixArtAttention : IDisposable
+internal sealed class PixArtAttention : IDisposable
 {
     public readonly Linear to_q;
     public readonly Linear to_k;
@@ -59,7 +59,7 @@ public sealed class PixArtAttention : IDisposable
 }
 
 /// <summary>diffusers <c>FeedForward</c> with a GELU projection: net.0.proj → GELU → (net.1 dropout) → net.2.</summary>
-public sealed class PixArtFeedForward : IDisposable
+internal sealed class PixArtFeedForward : IDisposable
 {
     /// <summary>net.0 (GELU module holding proj), net.2 (Linear). net.1 is dropout and has no weights.</summary>
     public readonly Linear net_0_proj;
@@ -88,7 +88,7 @@ public sealed class PixArtFeedForward : IDisposable
 /// diffusers <c>BasicTransformerBlock</c> with norm_type "ada_norm_single" (PixArt-α): adaLN-modulated
 /// self-attention, un-normalised cross-attention to the caption, adaLN-modulated feed-forward.
 /// </summary>
-public sealed class PixArtTransformerBlock : IDisposable
+internal sealed class PixArtTransformerBlock : IDisposable
 {
     public readonly LayerNorm norm1;
     public readonly PixArtAttention attn1;
@@ -149,7 +149,7 @@ public sealed class PixArtTransformerBlock : IDisposable
 /// embeddings + timestep (+ resolution and aspect ratio micro-conditions for the 1024 models) → noise prediction
 /// and learned variance [B, 8, H, W].
 /// </summary>
-public sealed class PixArtTransformer2DModel : IDisposable, ISequentialModel
+internal sealed class PixArtTransformer2DModel : IDisposable, ISequentialModel
 {
     public const string WeightStem = "diffusion_pytorch_model";
 

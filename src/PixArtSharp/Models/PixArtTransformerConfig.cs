@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json.Serialization;
 using PixArtSharp.Loading;
 
@@ -10,7 +11,7 @@ namespace PixArtSharp.Models;
 /// <c>use_linear_projection</c>); they load too. Values left null are derived as diffusers derives them
 /// (<see cref="UseAdditionalConditionsResolved"/>, <see cref="InterpolationScaleResolved"/>).
 /// </summary>
-public sealed class PixArtTransformerConfig
+internal sealed class PixArtTransformerConfig
 {
     [JsonPropertyName("_class_name")] public string? ClassName { get; set; }
     public int NumAttentionHeads { get; set; } = 16;
@@ -102,7 +103,7 @@ public sealed class PixArtTransformerConfig
         if (NumVectorEmbeds is not null) Unsupported("num_vector_embeds (discrete input) is not supported.");
         if (CaptionChannels is not > 0) Unsupported("caption_channels must be given: a PixArt-α transformer projects T5 embeddings.");
         if (CrossAttentionDim != InnerDim)
-            Unsupported($"cross_attention_dim {CrossAttentionDim?.ToString() ?? "null"} must equal num_attention_heads·attention_head_dim = {InnerDim} (the caption projection's width).");
+            Unsupported($"cross_attention_dim {CrossAttentionDim?.ToString(CultureInfo.InvariantCulture) ?? "null"} must equal num_attention_heads·attention_head_dim = {InnerDim} (the caption projection's width).");
         if (InnerDim % 4 != 0) Bad($"the inner dim {InnerDim} must be divisible by 4 for the 2D sin-cos position embedding.");
         if (UseAdditionalConditionsResolved && InnerDim % 3 != 0)
             Bad($"with micro-conditioning (use_additional_conditions) the inner dim {InnerDim} must be divisible by 3.");

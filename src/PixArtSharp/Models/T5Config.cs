@@ -10,7 +10,7 @@ namespace PixArtSharp.Models;
 /// them (<c>"gated-gelu"</c> → gated <c>gelu_new</c>); values stored in the file win, as they do in transformers
 /// (<c>PretrainedConfig.__init__</c> sets leftover kwargs after the derivation).
 /// </summary>
-public sealed class T5Config
+internal sealed class T5Config
 {
     public string[]? Architectures { get; set; }
     public string? ModelType { get; set; } = "t5";

@@ -36,7 +36,7 @@ namespace PixArtSharp.Models;
 /// The T5 encoder stack: token embedding (<c>shared</c>), <c>encoder.block.{i}</c>, <c>encoder.final_layer_norm</c>.
 /// <see cref="forward"/> returns <c>last_hidden_state</c> [B, L, d_model] in fp32.
 /// </summary>
-public sealed class T5EncoderModel : IDisposable, ISequentialModel
+internal sealed class T5EncoderModel : IDisposable, ISequentialModel
 {
     public readonly T5Config config;
     private readonly Tensor? _shared;
@@ -199,7 +199,7 @@ public sealed class T5EncoderModel : IDisposable, ISequentialModel
 
 /// <summary><c>encoder</c>: the blocks and the final RMSNorm. Block 0 owns the relative attention bias, which
 /// every block reuses.</summary>
-public sealed class T5Stack : IDisposable
+internal sealed class T5Stack : IDisposable
 {
     public readonly T5Block[] block;
     public readonly T5LayerNorm final_layer_norm;
@@ -258,7 +258,7 @@ public sealed class T5Stack : IDisposable
 }
 
 /// <summary><c>encoder.block.{i}</c>: self-attention (<c>layer.0</c>) then feed-forward (<c>layer.1</c>).</summary>
-public sealed class T5Block : IDisposable
+internal sealed class T5Block : IDisposable
 {
     /// <summary>Checkpoint key <c>layer.0</c>.</summary>
     public readonly T5LayerSelfAttention layer_0;
@@ -286,7 +286,7 @@ public sealed class T5Block : IDisposable
 }
 
 /// <summary><c>layer.0</c>: pre-norm self-attention with a residual connection.</summary>
-public sealed class T5LayerSelfAttention : IDisposable
+internal sealed class T5LayerSelfAttention : IDisposable
 {
     public readonly T5Attention SelfAttention;
     public readonly T5LayerNorm layer_norm;
@@ -314,7 +314,7 @@ public sealed class T5LayerSelfAttention : IDisposable
 /// <c>SelfAttention</c>: bias-free q/k/v/o projections, unscaled dot-product attention (T5 folds 1/√d_kv into
 /// the initialisation of q), and in block 0 the bucketed relative position bias table.
 /// </summary>
-public sealed class T5Attention : IDisposable
+internal sealed class T5Attention : IDisposable
 {
     public readonly T5Linear q, k, v, o;
     /// <summary><c>relative_attention_bias.weight</c> [num_buckets, heads] (nn.Embedding), fp32; block 0 only.</summary>
@@ -423,7 +423,7 @@ public sealed class T5Attention : IDisposable
 }
 
 /// <summary><c>layer.1</c>: pre-norm feed-forward with a residual connection.</summary>
-public sealed class T5LayerFF : IDisposable
+internal sealed class T5LayerFF : IDisposable
 {
     public readonly T5DenseReluDense DenseReluDense;
     public readonly T5LayerNorm layer_norm;
@@ -450,7 +450,7 @@ public sealed class T5LayerFF : IDisposable
 /// <c>DenseReluDense</c>: transformers' T5DenseGatedActDense (T5 v1.1, "gated-gelu": <c>wo(act(wi_0 x) · wi_1 x)</c>)
 /// or T5DenseActDense (original T5, "relu": <c>wo(act(wi x))</c>).
 /// </summary>
-public sealed class T5DenseReluDense : IDisposable
+internal sealed class T5DenseReluDense : IDisposable
 {
     public readonly T5Linear? wi;
     public readonly T5Linear? wi_0, wi_1;
@@ -518,7 +518,7 @@ public sealed class T5DenseReluDense : IDisposable
 /// (T5 keeps <c>wo</c> in fp32 for fp16 models). From a GGUF file the weight stays encoded
 /// (<see cref="weight_quantized"/>) and is decoded to that dtype for each call, then freed.
 /// </summary>
-public sealed class T5Linear : IDisposable
+internal sealed class T5Linear : IDisposable
 {
     private readonly Tensor? _weight;
     /// <summary>The weight still encoded (GGUF), or null when <see cref="weight"/> is held.</summary>
@@ -551,7 +551,7 @@ public sealed class T5Linear : IDisposable
 /// T5LayerNorm (RMSNorm): <c>weight · x / √(mean(x²) + eps)</c>, no mean subtraction, no bias. The variance and
 /// normalisation are fp32; the result is cast to the weight's dtype before the weight multiply, as in transformers.
 /// </summary>
-public sealed class T5LayerNorm : IDisposable
+internal sealed class T5LayerNorm : IDisposable
 {
     public readonly Tensor weight;
     private readonly double _eps;

@@ -25,7 +25,7 @@ namespace PixArtSharp.Models;
 // rather than letting the dispose scope hold all of them until the end.
 
 /// <summary>The VAE's activation (<c>act_fn</c>); SD VAEs use silu. Applied in place on a tensor we own.</summary>
-public static class VaeActivation
+internal static class VaeActivation
 {
     public static Func<Tensor, Tensor>? Parse(string? name) => name switch
     {
@@ -51,7 +51,7 @@ public static class VaeActivation
 /// 1024² channels-last, 0.046 s CPU against 0.235 s for the fp32 route (which converts the whole input to fp32),
 /// with the same error (the output is rounded to bf16 either way). Others run as they are.
 /// </summary>
-public sealed class VaeConv2d : IDisposable
+internal sealed class VaeConv2d : IDisposable
 {
     /// <summary>The checkpoint's weight, [out, in, k, k] (with padOutputs, a view of the padded one).</summary>
     public readonly Tensor weight;
@@ -126,7 +126,7 @@ public sealed class VaeConv2d : IDisposable
 }
 
 /// <summary>diffusers <c>ResnetBlock2D</c> without time embedding: norm1 → act → conv1 → norm2 → act → conv2, + shortcut.</summary>
-public sealed class ResnetBlock2D : IDisposable
+internal sealed class ResnetBlock2D : IDisposable
 {
     public readonly GroupNorm norm1;
     public readonly VaeConv2d conv1;
@@ -179,7 +179,7 @@ public sealed class ResnetBlock2D : IDisposable
 }
 
 /// <summary>diffusers <c>Downsample2D(use_conv=True, padding=0)</c>: pad right/bottom by one, then a 3×3 stride-2 conv.</summary>
-public sealed class Downsample2D : IDisposable
+internal sealed class Downsample2D : IDisposable
 {
     public readonly VaeConv2d conv;
 
@@ -200,7 +200,7 @@ public sealed class Downsample2D : IDisposable
 }
 
 /// <summary>diffusers <c>Upsample2D(use_conv=True)</c>: nearest ×2, then a 3×3 conv.</summary>
-public sealed class Upsample2D : IDisposable
+internal sealed class Upsample2D : IDisposable
 {
     public readonly VaeConv2d conv;
 
@@ -225,7 +225,7 @@ public sealed class Upsample2D : IDisposable
 /// The mid-block <c>Attention</c> of the VAE: group norm, then single-head self-attention over the H·W positions
 /// (heads = channels / attention_head_dim = 1, head dim = channels), output projection, residual add.
 /// </summary>
-public sealed class VaeAttention : IDisposable
+internal sealed class VaeAttention : IDisposable
 {
     public readonly GroupNorm group_norm;
     public readonly Linear to_q;
@@ -274,7 +274,7 @@ public sealed class VaeAttention : IDisposable
 }
 
 /// <summary>diffusers <c>UNetMidBlock2D</c> (no time embedding): resnets.0 → attentions.0 (optional) → resnets.1.</summary>
-public sealed class UNetMidBlock2D : IDisposable
+internal sealed class UNetMidBlock2D : IDisposable
 {
     public readonly ResnetBlock2D[] resnets;
     /// <summary>Empty when <c>mid_block_add_attention</c> is false (diffusers then holds [None]).</summary>
@@ -313,7 +313,7 @@ public sealed class UNetMidBlock2D : IDisposable
 }
 
 /// <summary>diffusers <c>DownEncoderBlock2D</c>: layers_per_block resnets, then a Downsample2D except on the last level.</summary>
-public sealed class DownEncoderBlock2D : IDisposable
+internal sealed class DownEncoderBlock2D : IDisposable
 {
     public readonly ResnetBlock2D[] resnets;
     /// <summary>One Downsample2D, or none on the last level.</summary>
@@ -354,7 +354,7 @@ public sealed class DownEncoderBlock2D : IDisposable
 }
 
 /// <summary>diffusers <c>UpDecoderBlock2D</c>: layers_per_block+1 resnets, then an Upsample2D except on the last level.</summary>
-public sealed class UpDecoderBlock2D : IDisposable
+internal sealed class UpDecoderBlock2D : IDisposable
 {
     public readonly ResnetBlock2D[] resnets;
     /// <summary>One Upsample2D, or none on the last level.</summary>
@@ -395,7 +395,7 @@ public sealed class UpDecoderBlock2D : IDisposable
 }
 
 /// <summary>diffusers <c>Encoder</c> (vae.py) with double_z: image (B,in,H,W) → moments (B,2·latent,H/f,W/f).</summary>
-public sealed class VaeEncoder : IDisposable
+internal sealed class VaeEncoder : IDisposable
 {
     public readonly VaeConv2d conv_in;
     public readonly DownEncoderBlock2D[] down_blocks;
@@ -455,7 +455,7 @@ public sealed class VaeEncoder : IDisposable
 }
 
 /// <summary>diffusers <c>Decoder</c> (vae.py, norm_type "group"): latents (B,latent,h,w) → image (B,out,h·f,w·f).</summary>
-public sealed class VaeDecoder : IDisposable
+internal sealed class VaeDecoder : IDisposable
 {
     public readonly VaeConv2d conv_in;
     public readonly UNetMidBlock2D mid_block;

@@ -4,6 +4,9 @@ using static TorchSharp.torch;
 namespace PixArtSharp.Pipeline;
 
 /// <summary>One aspect-ratio bin: the ratio key (height/width, as written in diffusers) and its [height, width].</summary>
+/// <param name="Ratio">The ratio height/width as diffusers' table writes it, e.g. "0.57".</param>
+/// <param name="Height">The bin's height in pixels.</param>
+/// <param name="Width">The bin's width in pixels.</param>
 public sealed record AspectRatioBin(string Ratio, double Height, double Width)
 {
     /// <summary>Python's <c>float(key)</c>.</summary>
@@ -15,7 +18,7 @@ public sealed record AspectRatioBin(string Ratio, double Height, double Width)
 /// ties go to the first key), <c>PixArtImageProcessor.classify_height_width_bin</c> and
 /// <c>resize_and_crop_tensor</c>.
 /// </summary>
-public static class AspectRatioBins
+internal static class AspectRatioBins
 {
     /// <summary><c>ASPECT_RATIO_2048_BIN</c> from diffusers' pipeline_pixart_sigma.py (40 bins).</summary>
     public static readonly IReadOnlyList<AspectRatioBin> AspectRatio2048Bin =

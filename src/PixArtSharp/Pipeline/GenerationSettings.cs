@@ -6,6 +6,12 @@ using System.Text.Json.Serialization;
 namespace PixArtSharp.Pipeline;
 
 /// <summary>Bounds a front end accepts. The server is stricter than the CLI (it serves other people).</summary>
+/// <param name="MinSide">Smallest width or height in pixels.</param>
+/// <param name="MaxSide">Largest width or height in pixels.</param>
+/// <param name="MaxSteps">Most denoising steps.</param>
+/// <param name="MaxImages">Most images per call (prompts × images per prompt).</param>
+/// <param name="MaxPromptChars">Longest prompt or negative prompt, in characters.</param>
+/// <param name="MaxGuidance">Largest guidance scale.</param>
 public sealed record GenerationLimits(int MinSide, int MaxSide, int MaxSteps, int MaxImages, int MaxPromptChars, double MaxGuidance)
 {
     /// <summary>The CLI: anything the models can run, within reason.</summary>
@@ -21,31 +27,40 @@ public sealed record GenerationLimits(int MinSide, int MaxSide, int MaxSteps, in
 /// </summary>
 public sealed record GenerationSettings
 {
+    /// <summary>The prompts, one image batch each (before the style is applied).</summary>
     [JsonPropertyName("prompts")] public IReadOnlyList<string> Prompts { get; init; } = [];
+    /// <summary>One negative prompt for every prompt ("" = none); used with guidance above 1.</summary>
     [JsonPropertyName("negative_prompt")] public string NegativePrompt { get; init; } = "";
     /// <summary>One of <see cref="StylePresets"/> (PixArt demo presets); applied to every prompt.</summary>
     [JsonPropertyName("style")] public string? Style { get; init; }
+    /// <summary>Denoising steps; null = the scheduler's default.</summary>
     [JsonPropertyName("steps")] public int? Steps { get; init; }
     /// <summary>Custom timesteps (diffusers' <c>timesteps=[...]</c>, e.g. [400] for one-step DMD); Steps is then their count.</summary>
     [JsonPropertyName("timesteps")] public IReadOnlyList<int>? Timesteps { get; init; }
     /// <summary>T5 tokens per prompt (null = the pipeline's: α 120, Σ 300).</summary>
     [JsonPropertyName("max_sequence_length")] public int? MaxSequenceLength { get; init; }
+    /// <summary>Classifier-free guidance scale; null = the scheduler's default.</summary>
     [JsonPropertyName("guidance")] public double? Guidance { get; init; }
+    /// <summary>The generator's seed; null = a random one, recorded once resolved.</summary>
     [JsonPropertyName("seed")] public long? Seed { get; init; }
+    /// <summary>Image width in pixels; null = the model's default.</summary>
     [JsonPropertyName("width")] public int? Width { get; init; }
+    /// <summary>Image height in pixels; null = the model's default.</summary>
     [JsonPropertyName("height")] public int? Height { get; init; }
     /// <summary>Images per prompt.</summary>
     [JsonPropertyName("num_images")] public int NumImages { get; init; } = 1;
     /// <summary>"lcm", "dpm-solver", "sa-solver"; null = model_index.json's.</summary>
     [JsonPropertyName("scheduler")] public string? Scheduler { get; init; }
+    /// <summary>Run at the nearest aspect-ratio bin and resize back (text-to-image only).</summary>
     [JsonPropertyName("resolution_binning")] public bool ResolutionBinning { get; init; } = true;
+    /// <summary>Clean prompts as diffusers' <c>clean_caption</c> does.</summary>
     [JsonPropertyName("clean_caption")] public bool CleanCaption { get; init; } = true;
     /// <summary>Image-to-image strength in (0, 1]; null for text-to-image.</summary>
     [JsonPropertyName("strength")] public double? Strength { get; init; }
     /// <summary>sha256 (hex) of the image-to-image source file, recorded so a run can be reproduced.</summary>
     [JsonPropertyName("image_sha256")] public string? ImageSha256 { get; init; }
 
-    public static readonly JsonSerializerOptions JsonOptions = new()
+    internal static readonly JsonSerializerOptions JsonOptions = new()
     {
         DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
         WriteIndented = false,
@@ -191,7 +206,7 @@ public sealed record GenerationSettings
     /// One pipeline request for several compatible one-prompt settings (the server's batch): each keeps its own styled
     /// prompt, negative prompt and seed (one generator per request), so each gets exactly the images it gets alone.
     /// </summary>
-    public static GenerationRequest ToBatchRequest(IReadOnlyList<GenerationSettings> batch)
+    internal static GenerationRequest ToBatchRequest(IReadOnlyList<GenerationSettings> batch)
     {
         ArgumentNullException.ThrowIfNull(batch);
         if (batch.Count == 1) return batch[0].ToRequest();
@@ -206,7 +221,7 @@ public sealed record GenerationSettings
     }
 
     /// <summary>Diffusers-style sampler names for the A1111 "Sampler:" field.</summary>
-    public static string SamplerLabel(string? scheduler) => scheduler switch
+    internal static string SamplerLabel(string? scheduler) => scheduler switch
     {
         "lcm" => "LCM",
         "dpm-solver" => "DPM++ 2M",
@@ -215,7 +230,7 @@ public sealed record GenerationSettings
         _ => scheduler ?? "default",
     };
 
-    public static string SchedulerName(string className) => className switch
+    internal static string SchedulerName(string className) => className switch
     {
         "LCMScheduler" => "lcm",
         "DPMSolverMultistepScheduler" => "dpm-solver",
@@ -253,8 +268,10 @@ public sealed record GenerationSettings
         return sb.ToString();
     }
 
+    /// <summary>The settings as the server takes and the PNG records them (snake_case, nulls left out).</summary>
     public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
 
+    /// <summary>Reads <see cref="ToJson"/>'s form; ArgumentException for empty JSON, JsonException for malformed.</summary>
     public static GenerationSettings FromJson(string json) =>
         JsonSerializer.Deserialize<GenerationSettings>(json, JsonOptions)
         ?? throw new ArgumentException("The settings JSON is empty.", nameof(json));

@@ -8,7 +8,7 @@ namespace PixArtSharp.Pipeline;
 /// <param name="Timesteps">The timesteps the loop runs, in order; the first one is where the image latent is noised.</param>
 /// <param name="FullSchedule">The scheduler's whole schedule after set_timesteps.</param>
 /// <param name="TStart">DPM-Solver++/SA-Solver: the index of the first kept step (begin_index); null for LCM.</param>
-public sealed record ImageToImageSchedule(long[] Timesteps, long[] FullSchedule, int? TStart);
+internal sealed record ImageToImageSchedule(long[] Timesteps, long[] FullSchedule, int? TStart);
 
 /// <summary>
 /// The parts of PixArt image-to-image (SDEdit) that are not the denoising loop, as the fixtures' composition takes
@@ -24,7 +24,7 @@ public static class ImageToImage
     /// Image sides must be multiples of this times the VAE scale factor (8·2 = 16): the latent is patchified by 2.
     /// diffusers' preprocessor would round the size down and resize; PixArtSharp refuses instead.
     /// </summary>
-    public const int PatchSize = 2;
+    internal const int PatchSize = 2;
 
     /// <summary>
     /// VaeImageProcessor.preprocess of a PIL RGB image: uint8/255 in float32, NCHW, then 2x − 1 → (1, 3, H, W) in [−1, 1].
@@ -53,7 +53,7 @@ public static class ImageToImage
     /// (int(n·s) = 0) diffusers fails later with an index error; here it is an <see cref="ArgumentException"/>.</item>
     /// </list>
     /// </summary>
-    public static ImageToImageSchedule SetTimesteps(IScheduler scheduler, int? numInferenceSteps, IReadOnlyList<int>? timesteps, double strength)
+    internal static ImageToImageSchedule SetTimesteps(IScheduler scheduler, int? numInferenceSteps, IReadOnlyList<int>? timesteps, double strength)
     {
         ArgumentNullException.ThrowIfNull(scheduler);
         CheckStrength(strength);
@@ -102,7 +102,7 @@ public static class ImageToImage
     /// <paramref name="maxSide"/> per side. Throws ArgumentException saying what is wrong and what to do;
     /// <paramref name="resizeOption"/> is how the caller's user asks for the resize (a flag, a JSON field).
     /// </summary>
-    public static (int Width, int Height) OutputSize(int width, int height, bool resizeToFit, long maxPixels, int maxSide, string resizeOption, int multiple = 16)
+    internal static (int Width, int Height) OutputSize(int width, int height, bool resizeToFit, long maxPixels, int maxSide, string resizeOption, int multiple = 16)
     {
         var (w, h) = resizeToFit ? FitSize(width, height, maxPixels, multiple) : (width, height);
         if (w % multiple != 0 || h % multiple != 0)
@@ -136,7 +136,7 @@ public static class ImageToImage
     }
 
     /// <summary>strength must be in (0, 1].</summary>
-    public static void CheckStrength(double strength)
+    internal static void CheckStrength(double strength)
     {
         if (double.IsNaN(strength) || strength <= 0 || strength > 1)
             throw new ArgumentException($"The value of strength should be in (0.0, 1.0] but is {Py(strength)}.", nameof(strength));

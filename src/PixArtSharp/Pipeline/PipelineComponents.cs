@@ -15,7 +15,7 @@ namespace PixArtSharp.Pipeline;
 /// folder (with optional components from elsewhere, <see cref="PipelineOptions.TextEncoder"/> …), or by hand (the
 /// bench's seeded random weights).
 /// </summary>
-public sealed class PipelineComponents
+internal sealed class PipelineComponents
 {
     /// <summary>The model folder, when the components come from one.</summary>
     public ModelFolder? Folder { get; init; }

@@ -9,7 +9,7 @@ namespace PixArtSharp.Pipeline;
 public sealed class PixArtAlphaPipeline : PixArtPipeline
 {
     /// <summary>Builds the pipeline from its components (diffusers' <c>__init__</c>).</summary>
-    public PixArtAlphaPipeline(PipelineComponents components, PipelineOptions options) : base(components, options) { }
+    internal PixArtAlphaPipeline(PipelineComponents components, PipelineOptions options) : base(components, options) { }
 
     /// <summary>Opens a diffusers folder as a <c>PixArtAlphaPipeline</c>, whatever its model_index.json names.</summary>
     public static new PixArtAlphaPipeline FromPretrained(string folder, PipelineOptions? options = null)
@@ -26,7 +26,7 @@ public sealed class PixArtAlphaPipeline : PixArtPipeline
     /// <inheritdoc/>
     public override IReadOnlyList<AspectRatioBin> AspectRatioBins => Pipeline.AspectRatioBins.BinsForSampleSize(TransformerConfig.SampleSize!.Value);
     /// <inheritdoc/>
-    protected override bool PreparesMicroConditions => true;
+    private protected override bool PreparesMicroConditions => true;
     /// <inheritdoc/>
-    protected override bool HasOneStepBranch => true;
+    private protected override bool HasOneStepBranch => true;
 }

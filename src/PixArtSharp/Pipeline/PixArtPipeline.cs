@@ -77,6 +77,9 @@ public enum PipelineStage
 }
 
 /// <summary>A stage started (<see cref="Elapsed"/> null) or ended (its wall time).</summary>
+/// <param name="Stage">Which stage.</param>
+/// <param name="Detail">For a load, the component ("text encoder", "transformer", "VAE"); otherwise a short note or "".</param>
+/// <param name="Elapsed">Null when the stage starts; its wall time when it ends.</param>
 public sealed record StageEvent(PipelineStage Stage, string Detail, TimeSpan? Elapsed);
 
 /// <summary>
@@ -102,18 +105,18 @@ public abstract class PixArtPipeline : IDisposable
     /// <inheritdoc cref="PromptCacheHits"/>
     public long PromptCacheMisses => _promptCache?.Misses ?? 0;
     /// <summary>The prompt cache (null when <see cref="PipelineOptions.PromptCacheEntries"/> is 0).</summary>
-    public PromptEmbeddingCache? PromptCache => _promptCache;
+    internal PromptEmbeddingCache? PromptCache => _promptCache;
 
     /// <summary>The model folder the pipeline was loaded from (null when built from components alone).</summary>
-    public ModelFolder? Folder => _components.Folder;
+    internal ModelFolder? Folder => _components.Folder;
     /// <summary>How the pipeline was loaded.</summary>
     public PipelineOptions Options { get; }
     /// <summary>The T5 tokenizer (null for a pipeline built without one: it then takes only prompt embeddings).</summary>
-    public T5Tokenizer? Tokenizer => _components.Tokenizer;
+    internal T5Tokenizer? Tokenizer => _components.Tokenizer;
     /// <summary>The transformer's config (sizes, micro-conditions, position-embedding scale).</summary>
-    public PixArtTransformerConfig TransformerConfig => _components.TransformerConfig;
+    internal PixArtTransformerConfig TransformerConfig => _components.TransformerConfig;
     /// <summary>The default scheduler (model_index.json's, or PipelineOptions.Scheduler). Each call runs a fresh one.</summary>
-    public IScheduler Scheduler { get; }
+    internal IScheduler Scheduler { get; }
     /// <summary>Where the models run.</summary>
     public Device Device { get; }
     /// <summary>
@@ -129,12 +132,12 @@ public abstract class PixArtPipeline : IDisposable
     /// <summary>The aspect-ratio bins <c>__call__</c> uses for this transformer's <c>sample_size</c> (diffusers raises "Invalid sample size" otherwise).</summary>
     public abstract IReadOnlyList<AspectRatioBin> AspectRatioBins { get; }
     /// <summary>Whether <c>__call__</c> builds resolution / aspect-ratio micro-conditions (α: for sample_size 128; Σ: never).</summary>
-    protected abstract bool PreparesMicroConditions { get; }
+    private protected abstract bool PreparesMicroConditions { get; }
     /// <summary>
     /// α's one-step branch (<c>num_inference_steps == 1</c> → <c>step(...).pred_original_sample</c>, DMD). Σ has none:
     /// one step is an ordinary step.
     /// </summary>
-    protected abstract bool HasOneStepBranch { get; }
+    private protected abstract bool HasOneStepBranch { get; }
 
     /// <summary>2^(len(block_out_channels) − 1): 8 for the SD and SDXL VAEs.</summary>
     public int VaeScaleFactor => _components.VaeScaleFactor;
@@ -155,7 +158,7 @@ public abstract class PixArtPipeline : IDisposable
     public int DefaultWidth => SampleSize * VaeScaleFactor;
 
     /// <summary>Builds a pipeline from its components (diffusers' <c>__init__</c>); models are made when first needed.</summary>
-    protected PixArtPipeline(PipelineComponents components, PipelineOptions options)
+    private protected PixArtPipeline(PipelineComponents components, PipelineOptions options)
     {
         ArgumentNullException.ThrowIfNull(components);
         ArgumentNullException.ThrowIfNull(options);
@@ -219,11 +222,11 @@ public abstract class PixArtPipeline : IDisposable
     }
 
     /// <summary>The T5 encoder, loaded now if it is not yet.</summary>
-    public T5EncoderModel LoadTextEncoder() => _textEncoder = Loaded(_textEncoder, _components.LoadTextEncoder, "text encoder", null);
+    internal T5EncoderModel LoadTextEncoder() => _textEncoder = Loaded(_textEncoder, _components.LoadTextEncoder, "text encoder", null);
     /// <summary>The transformer, loaded now if it is not yet.</summary>
-    public PixArtTransformer2DModel LoadTransformer() => _transformer = Loaded(_transformer, _components.LoadTransformer, "transformer", null);
+    internal PixArtTransformer2DModel LoadTransformer() => _transformer = Loaded(_transformer, _components.LoadTransformer, "transformer", null);
     /// <summary>The VAE, loaded now if it is not yet.</summary>
-    public IVae LoadVae() => _vae = Loaded(_vae, _components.LoadVae, "VAE", null);
+    internal IVae LoadVae() => _vae = Loaded(_vae, _components.LoadVae, "VAE", null);
 
     /// <summary>
     /// Runs a model's load where no dispose scope is open: its weights belong to the pipeline (freed by Release or
@@ -356,7 +359,7 @@ public abstract class PixArtPipeline : IDisposable
     }
 
     /// <summary>T5 on token ids (B, L) and their mask: fp32 states (B, L, d_model). The bench calls it with fixed ids.</summary>
-    public Tensor EncodeTokens(Tensor inputIds, Tensor attentionMask)
+    internal Tensor EncodeTokens(Tensor inputIds, Tensor attentionMask)
     {
         var encoder = LoadTextEncoder();
         using (no_grad())
@@ -653,7 +656,7 @@ public abstract class PixArtPipeline : IDisposable
     /// measured peak of a whole decode (pixart bench, bf16 3.3 GiB and fp32 5.0 GiB at 1024×1024), proportional to the
     /// pixel count: ≈ 3.5 KB (bf16/fp16) or 5.4 KB (fp32) per output pixel. The VAE decodes one image at a time.
     /// </summary>
-    public static int AutoTile(long latentHeight, long latentWidth, ScalarType dtype, long? availableBytes)
+    internal static int AutoTile(long latentHeight, long latentWidth, ScalarType dtype, long? availableBytes)
     {
         if (availableBytes is not { } available) return 0;
         double perPixel = dtype == ScalarType.Float32 ? 5.4e3 : 3.5e3;
@@ -662,7 +665,7 @@ public abstract class PixArtPipeline : IDisposable
     }
 
     /// <summary>A fresh scheduler: the pipeline's (null) or the one named ("lcm", "dpm-solver", "sa-solver", "ddpm").</summary>
-    public IScheduler CreateScheduler(string? name)
+    internal IScheduler CreateScheduler(string? name)
     {
         try { return _components.CreateScheduler(name ?? Options.Scheduler); }
         catch (ArgumentException e) when (name is not null) { throw new ArgumentException(e.Message, nameof(GenerationRequest.Scheduler), e); }

@@ -9,7 +9,7 @@ namespace PixArtSharp.Pipeline;
 public sealed class PixArtSigmaPipeline : PixArtPipeline
 {
     /// <summary>Builds the pipeline from its components (diffusers' <c>__init__</c>).</summary>
-    public PixArtSigmaPipeline(PipelineComponents components, PipelineOptions options) : base(components, options) { }
+    internal PixArtSigmaPipeline(PipelineComponents components, PipelineOptions options) : base(components, options) { }
 
     /// <inheritdoc/>
     public override string ClassName => "PixArtSigmaPipeline";
@@ -18,7 +18,7 @@ public sealed class PixArtSigmaPipeline : PixArtPipeline
     /// <inheritdoc/>
     public override IReadOnlyList<AspectRatioBin> AspectRatioBins => Pipeline.AspectRatioBins.BinsForSampleSize(TransformerConfig.SampleSize!.Value, with2048: true);
     /// <inheritdoc/>
-    protected override bool PreparesMicroConditions => false;
+    private protected override bool PreparesMicroConditions => false;
     /// <inheritdoc/>
-    protected override bool HasOneStepBranch => false;
+    private protected override bool HasOneStepBranch => false;
 }

@@ -10,7 +10,7 @@ namespace PixArtSharp.Pipeline;
 /// boundary scalings (c_skip ≈ 0, c_out ≈ 1 at PixArt-LCM's timesteps). It only reads the step's tensors, so the
 /// denoising itself (and the final image) is untouched.
 /// </summary>
-public static class PredictedClean
+internal static class PredictedClean
 {
     /// <summary>
     /// x̂₀ (fp32, the shape of <paramref name="sample"/>) for timestep <paramref name="timestep"/>, or null when the

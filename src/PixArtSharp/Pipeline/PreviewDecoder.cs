@@ -9,7 +9,9 @@ namespace PixArtSharp.Pipeline;
 /// <summary>The image format of a preview frame.</summary>
 public enum PreviewFormat
 {
+    /// <summary>JPEG (<c>image/jpeg</c>), the default: small and fast to encode.</summary>
     Jpeg,
+    /// <summary>WebP (<c>image/webp</c>).</summary>
     WebP,
 }
 
@@ -42,7 +44,7 @@ public sealed class PreviewDecoder : IDisposable
     /// <summary>The MIME type of the frames.</summary>
     public string MimeType => Format == PreviewFormat.WebP ? "image/webp" : "image/jpeg";
 
-    public PreviewDecoder(AutoencoderTiny taesd, string folder)
+    internal PreviewDecoder(AutoencoderTiny taesd, string folder)
     {
         ArgumentNullException.ThrowIfNull(taesd);
         _taesd = taesd;
@@ -116,5 +118,6 @@ public sealed class PreviewDecoder : IDisposable
     public string DataUrl(Tensor denoisedLatents, int maxSide = DefaultMaxSide) =>
         $"data:{MimeType};base64,{Convert.ToBase64String(Encode(denoisedLatents, maxSide))}";
 
+    /// <summary>Frees the TAESD weights.</summary>
     public void Dispose() => _taesd.Dispose();
 }

@@ -9,7 +9,7 @@ namespace PixArtSharp.Pipeline;
 /// gives the same bits as the encode it saved. Each entry holds (1, L, d_model) fp32 states: 2 MB for α's 120 tokens,
 /// 4.9 MB for Σ's 300. Thread-safe.
 /// </summary>
-public sealed class PromptEmbeddingCache : IDisposable
+internal sealed class PromptEmbeddingCache : IDisposable
 {
     private readonly record struct Key(string Text, int MaxLength, bool Clean);
 

@@ -1,6 +1,9 @@
 namespace PixArtSharp.Pipeline;
 
 /// <summary>A prompt template ("{prompt}" is replaced) and the negative prompt that goes with it.</summary>
+/// <param name="Name">The demo's name for the style, e.g. "Cinematic".</param>
+/// <param name="Prompt">The template; "{prompt}" stands for the user's prompt.</param>
+/// <param name="NegativePrompt">The style's negative prompt (the user's is appended to it).</param>
 public sealed record StylePreset(string Name, string Prompt, string NegativePrompt);
 
 /// <summary>
@@ -10,8 +13,10 @@ public sealed record StylePreset(string Name, string Prompt, string NegativeProm
 /// </summary>
 public static class StylePresets
 {
+    /// <summary>The name of the style that leaves prompts as they are.</summary>
     public const string DefaultName = "(No style)";
 
+    /// <summary>Every preset, in the demo's order, the no-op style first.</summary>
     public static readonly IReadOnlyList<StylePreset> All =
     [
         new("(No style)", "{prompt}", ""),

@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 namespace PixArtSharp.Schedulers;
 
 /// <summary>diffusers' <c>DDPMSchedulerOutput</c>; disposing it frees both tensors.</summary>
-public sealed record DDPMSchedulerOutput(Tensor PrevSample, Tensor PredOriginalSample) : IDisposable
+internal sealed record DDPMSchedulerOutput(Tensor PrevSample, Tensor PredOriginalSample) : IDisposable
 {
     public void Dispose()
     {
@@ -26,7 +26,7 @@ public sealed record DDPMSchedulerOutput(Tensor PrevSample, Tensor PredOriginalS
 /// one-step run, where it is scaled by √1e-20 and changes nothing but the generator's position.
 /// </para>
 /// </summary>
-public sealed class DDPMScheduler : IScheduler
+internal sealed class DDPMScheduler : IScheduler
 {
     public SchedulerConfig Config { get; }
     /// <summary>β, ᾱ (float32, CPU, num_train_timesteps values).</summary>

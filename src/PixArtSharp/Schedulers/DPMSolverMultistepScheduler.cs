@@ -22,7 +22,7 @@ namespace PixArtSharp.Schedulers;
 /// (it reads <c>.pred_original_sample</c>); a port should use <c>prev_sample</c>, which is that x₀.
 /// </para>
 /// </summary>
-public sealed class DPMSolverMultistepScheduler : IScheduler
+internal sealed class DPMSolverMultistepScheduler : IScheduler
 {
     public SchedulerConfig Config { get; }
     /// <summary>Training tables (float32, CPU, num_train_timesteps values): β, ᾱ, α_t = √ᾱ, σ_t = √(1−ᾱ), λ_t = log α_t − log σ_t.</summary>

@@ -7,7 +7,7 @@ namespace PixArtSharp.Schedulers;
 /// What the pipeline needs from a scheduler: diffusers' set_timesteps / step / add_noise contract, plus the model
 /// defaults a diffusers user gets from the pipeline for it. One implementation per diffusers scheduler class.
 /// </summary>
-public interface IScheduler : IDisposable
+internal interface IScheduler : IDisposable
 {
     /// <summary>diffusers' class name, as written in model_index.json.</summary>
     string ClassName { get; }
@@ -36,10 +36,17 @@ public interface IScheduler : IDisposable
     Tensor AddNoise(Tensor originalSamples, Tensor noise, Tensor timesteps);
 }
 
-/// <summary>Builds the scheduler a model folder names, or the one the user asks for.</summary>
+/// <summary>
+/// Builds the scheduler a model folder names, or the one the user asks for. Public for <see cref="Names"/> only:
+/// a caller picks a scheduler by name (<c>PipelineOptions.Scheduler</c>, <c>GenerationRequest.Scheduler</c>) and the
+/// pipeline builds it.
+/// </summary>
 public static class SchedulerFactory
 {
-    /// <summary>Names accepted by <see cref="Create"/>'s override (and the CLI's --scheduler).</summary>
+    /// <summary>
+    /// The scheduler names a pipeline accepts (<c>PipelineOptions.Scheduler</c>, <c>GenerationRequest.Scheduler</c>,
+    /// the CLI's --scheduler): "lcm", "dpm-solver" (DPM-Solver++), "sa-solver" and "ddpm".
+    /// </summary>
     public static readonly IReadOnlyList<string> Names = ["lcm", "dpm-solver", "sa-solver", "ddpm"];
 
     /// <summary>
@@ -47,7 +54,7 @@ public static class SchedulerFactory
     /// or <paramref name="overrideName"/> ("lcm", "dpm-solver", "sa-solver", "ddpm") built from the same config file
     /// the way diffusers' <c>from_config</c> does (unknown keys ignored, missing ones defaulted).
     /// </summary>
-    public static IScheduler Create(ModelFolder folder, string? overrideName = null)
+    internal static IScheduler Create(ModelFolder folder, string? overrideName = null)
     {
         string dir = folder.ComponentDir("scheduler");
         string configPath = Path.Combine(dir, "scheduler_config.json");

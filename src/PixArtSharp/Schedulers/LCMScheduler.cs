@@ -9,13 +9,13 @@ namespace PixArtSharp.Schedulers;
 /// Tables are float32 on the CPU; every per-step scalar is computed with float32 torch ops exactly as diffusers
 /// does (the pipeline passes the timestep as an int64 tensor, so <c>timestep × timestep_scaling</c> is float32).
 /// <para>
-/// One-step schedules: <see cref="Step"/> returns <c>prev_sample == denoised</c> and draws no noise (diffusers'
+/// One-step schedules: <see cref="Step(Tensor, long, Tensor, Generator?)"/> returns <c>prev_sample == denoised</c> and draws no noise (diffusers'
 /// scheduler behaviour; the fixtures' <c>lcm_1steps</c> checks it). diffusers' PixArt pipeline crashes for
 /// <c>num_inference_steps == 1</c> because it reads <c>.pred_original_sample</c>; a port should simply use
 /// <c>prev_sample</c>, which is the denoised sample here.
 /// </para>
 /// </summary>
-public sealed class LCMScheduler : IScheduler
+internal sealed class LCMScheduler : IScheduler
 {
     private const double SigmaData = 0.5;
 

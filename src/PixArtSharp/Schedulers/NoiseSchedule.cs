@@ -8,7 +8,7 @@ namespace PixArtSharp.Schedulers;
 /// functions <c>betas_for_alpha_bar</c> / <c>rescale_zero_terminal_snr</c> / <c>_threshold_sample</c>). Everything
 /// is float32 on the CPU, computed with the same torch ops as diffusers so the tables match bit for bit.
 /// </summary>
-public static class NoiseSchedule
+internal static class NoiseSchedule
 {
     /// <summary>
     /// betas (float32, CPU) for <paramref name="betaSchedule"/> "linear", "scaled_linear" or "squaredcos_cap_v2";

@@ -10,7 +10,7 @@ namespace PixArtSharp.Schedulers;
 /// Draws are float32 on the generator's device (TorchSharp's CPU fp32 randn is bit-identical to PyTorch's; its
 /// fp16 one is not), then cast and moved, as diffusers' randn_tensor does.
 /// </summary>
-public sealed class NoiseSource
+internal sealed class NoiseSource
 {
     public IReadOnlyList<Generator> Generators { get; }
 

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using PixArtSharp.Loading;
 using TorchSharp;
@@ -11,7 +12,7 @@ namespace PixArtSharp.Schedulers;
 /// DPM-only keys (solver_order, solver_type, euler_at_final, use_lu_lambdas, final_sigmas_type,
 /// rescale_betas_zero_snr) are ignored, exactly as diffusers carries them over without reading them.
 /// </summary>
-public sealed record SASolverConfig
+internal sealed record SASolverConfig
 {
     public int NumTrainTimesteps { get; init; } = 1000;
     public double BetaStart { get; init; } = 0.0001;
@@ -40,7 +41,7 @@ public sealed record SASolverConfig
 
 /// <summary>
 /// Port of diffusers v0.29.2 <c>SASolverScheduler</c> (schedulers/scheduling_sasolver.py): SA-Solver, a stochastic
-/// Adams predictor–corrector for the diffusion SDE (arXiv 2309.05019). Each <see cref="Step"/> first corrects the
+/// Adams predictor–corrector for the diffusion SDE (arXiv 2309.05019). Each <see cref="Step(Tensor, long, Tensor, Generator?)"/> first corrects the
 /// incoming sample (stochastic Adams–Moulton, i &gt; 0), then draws one randn of the model output's shape, then
 /// predicts the next sample (stochastic Adams–Bashforth). The scheduler keeps that history (previous data
 /// predictions, the last corrected sample and its noise) between steps, so steps must run in order.
@@ -49,7 +50,7 @@ public sealed record SASolverConfig
 /// float32 0-d tensor op in diffusers and is computed here in C# <c>float</c> in the same operation order (exp/log
 /// may differ from torch's SLEEF by an ulp); tensor updates run in the tensors' dtype.
 /// </summary>
-public sealed class SASolverScheduler : IScheduler
+internal sealed class SASolverScheduler : IScheduler
 {
     public SASolverConfig Config { get; }
 
@@ -193,7 +194,7 @@ public sealed class SASolverScheduler : IScheduler
         if (timesteps != null)
             throw new ArgumentException("SASolverScheduler does not support custom timestep schedules; pass numInferenceSteps.", nameof(timesteps));
         if (numInferenceSteps is not int n || n < 1)
-            throw new ArgumentException($"numInferenceSteps must be a positive integer, got {numInferenceSteps?.ToString() ?? "null"}.", nameof(numInferenceSteps));
+            throw new ArgumentException($"numInferenceSteps must be a positive integer, got {numInferenceSteps?.ToString(CultureInfo.InvariantCulture) ?? "null"}.", nameof(numInferenceSteps));
         int numTrain = Config.NumTrainTimesteps;
 
         // 1. Clip the minimum of lambda(t) (critical for squaredcos_cap_v2):

@@ -11,7 +11,7 @@ namespace PixArtSharp.Schedulers;
 /// defaults differ (beta_start, beta_end, beta_schedule, timestep_spacing) the property is nullable and each
 /// scheduler applies its own default (see the <c>…For…</c> helpers). Keys of other schedulers are ignored.
 /// </summary>
-public sealed partial class SchedulerConfig
+internal sealed partial class SchedulerConfig
 {
     [JsonPropertyName("_class_name")] public string? ClassName { get; set; }
 
@@ -78,7 +78,7 @@ public sealed partial class SchedulerConfig
         }
         catch (JsonException e)
         {
-            throw new ModelConfigException(file, e.Path is { Length: > 2 } jp && jp.StartsWith("$.") ? jp[2..] : null, $"{file} is not a valid config ({e.Message}); download the model again.", e);
+            throw new ModelConfigException(file, e.Path is { Length: > 2 } jp && jp.StartsWith("$.", StringComparison.Ordinal) ? jp[2..] : null, $"{file} is not a valid config ({e.Message}); download the model again.", e);
         }
         config.Validate(file);
         return config;

@@ -15,7 +15,7 @@ namespace PixArtSharp.Text;
 /// One gap remains: .NET matches UTF-16 units, so a letter outside the BMP (e.g. U+20000) is not a word
 /// character here, though it is in Python.
 /// </remarks>
-public static class CaptionCleaner
+internal static class CaptionCleaner
 {
     private const string W = @"[\p{L}\p{N}_]";
     private const string WordChars = @"\p{L}\p{N}_";

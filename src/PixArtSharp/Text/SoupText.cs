@@ -385,7 +385,7 @@ internal sealed partial class SoupText
 
     private void UnknownDecl(string data)
     {
-        bool cdata = data.Length >= 6 && data[..6].ToUpperInvariant() == "CDATA[";
+        bool cdata = data.Length >= 6 && string.Equals(data[..6], "CDATA[", StringComparison.OrdinalIgnoreCase);
         EndData(StringKind.Navigable);
         if (!cdata) return;
         HandleData(data[6..]);

@@ -8,7 +8,7 @@ namespace PixArtSharp.Text;
 /// <c>tokenizer(text, padding="max_length", max_length=120, truncation=True, add_special_tokens=True)</c>.
 /// Microsoft.ML.Tokenizers loads the model and normalizes; this class adds what that library does differently.
 /// </summary>
-public sealed class T5Tokenizer
+internal sealed class T5Tokenizer
 {
     public const int PadId = 0;
     public const int EosId = 1;

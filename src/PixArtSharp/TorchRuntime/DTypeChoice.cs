@@ -24,7 +24,7 @@ public static class DTypeChoice
         _ => throw new ArgumentException($"--dtype must be {Choices}, got '{name}'.", "--dtype"),
     };
 
-    /// <summary><c>auto</c> → <see cref="Auto"/>(device); any other name → <see cref="Parse"/>.</summary>
+    /// <summary><c>auto</c> → <see cref="Auto(Device)"/>; any other name → <see cref="Parse"/>.</summary>
     public static ScalarType Resolve(string? name, Device device) =>
         (name ?? "").Trim().Equals("auto", StringComparison.OrdinalIgnoreCase) ? Auto(device) : Parse(name);
 
@@ -40,7 +40,7 @@ public static class DTypeChoice
     public static ScalarType Auto(Device device) => Auto(device.type, CpuHasFastBf16());
 
     /// <summary>The rule itself, with the CPU's answer given (testable with any CPU).</summary>
-    public static ScalarType Auto(DeviceType device, bool cpuHasFastBf16) => device switch
+    internal static ScalarType Auto(DeviceType device, bool cpuHasFastBf16) => device switch
     {
         DeviceType.CUDA => ScalarType.Float16,
         _ when cpuHasFastBf16 => ScalarType.BFloat16,
@@ -66,7 +66,7 @@ public static class DTypeChoice
     public static bool CpuHasFastBf16() => _cpuFastBf16.Value;
 
     /// <summary>Whether a /proc/cpuinfo "flags" value lists <c>avx512_bf16</c> or <c>amx_bf16</c> (whole words).</summary>
-    public static bool CpuHasFastBf16(string? cpuinfoFlags)
+    internal static bool CpuHasFastBf16(string? cpuinfoFlags)
     {
         if (string.IsNullOrEmpty(cpuinfoFlags)) return false;
         var flags = cpuinfoFlags.Split([' ', '\t', '\n'], StringSplitOptions.RemoveEmptyEntries);

@@ -3,17 +3,31 @@ using static TorchSharp.torch;
 
 namespace PixArtSharp;
 
-public enum DeviceKind { Auto, Cpu, Cuda }
+/// <summary>Which kind of device a <see cref="DeviceSpec"/> names.</summary>
+public enum DeviceKind
+{
+    /// <summary>A GPU when a CUDA libtorch and a GPU are present, else the CPU.</summary>
+    Auto,
+    /// <summary>The CPU.</summary>
+    Cpu,
+    /// <summary>An NVIDIA GPU (CUDA).</summary>
+    Cuda,
+}
 
 /// <summary>
 /// A device as the user names it: <c>auto</c> (a GPU when a CUDA libtorch is loaded and a GPU is present, else the
 /// CPU), <c>cpu</c>, <c>cuda</c> (GPU 0) or <c>cuda:N</c>. <see cref="Resolve"/> loads libtorch accordingly and
 /// returns the TorchSharp device.
 /// </summary>
+/// <param name="Kind">auto, cpu or cuda.</param>
+/// <param name="Index">The GPU's index for cuda:N; null for plain <c>cuda</c> (GPU 0) and for the other kinds.</param>
 public readonly record struct DeviceSpec(DeviceKind Kind, int? Index = null)
 {
+    /// <summary><c>auto</c>: a GPU when one can be used, else the CPU.</summary>
     public static readonly DeviceSpec Auto = new(DeviceKind.Auto);
+    /// <summary>The CPU (<c>cpu</c>).</summary>
     public static readonly DeviceSpec Cpu = new(DeviceKind.Cpu);
+    /// <summary>GPU 0 (<c>cuda</c>).</summary>
     public static readonly DeviceSpec Cuda = new(DeviceKind.Cuda);
 
     /// <summary>The accepted spellings, for help texts.</summary>
@@ -61,6 +75,7 @@ public readonly record struct DeviceSpec(DeviceKind Kind, int? Index = null)
         }
     }
 
+    /// <summary>The spelling <see cref="Parse"/> accepts: auto, cpu, cuda or cuda:N.</summary>
     public override string ToString() => Kind switch
     {
         DeviceKind.Auto => "auto",
@@ -75,10 +90,11 @@ public readonly record struct DeviceSpec(DeviceKind Kind, int? Index = null)
 /// </summary>
 public sealed class CudaUnavailableException(DeviceSpec device, string reason) : ArgumentException(Format(device, reason), "--device")
 {
+    /// <summary>Why CUDA cannot be used (e.g. the loaded libtorch is a CPU build, or no GPU is visible).</summary>
     public string Reason { get; } = reason;
 
     /// <summary>The two ways to a CUDA libtorch, as one sentence (also for docs and other messages).</summary>
-    public const string HowToGetCuda =
+    internal const string HowToGetCuda =
         "To run on an NVIDIA GPU either build with TorchSharp's CUDA natives (`dotnet build -p:TorchBackend=cuda`, or the same for " +
         "publish), or use an installed PyTorch with CUDA: set " + LibTorchLocation.EnvVar + "=<site-packages>/torch/lib, or leave it " +
         "unset and have `python3` import a CUDA torch (found automatically for --device auto|cuda). See docs/gpu.md.";

@@ -29,7 +29,7 @@ public enum LibTorchSource
 /// <param name="Version">libtorch's version as its files state it ("2.11.0+cu130"), or null when none says.</param>
 /// <param name="VersionFile">The file the version was read from, or null.</param>
 /// <param name="HasCuda">libtorch_cuda.so is in the folder.</param>
-public sealed partial record LibTorchLocation(LibTorchSource Source, string Directory, string? Version, string? VersionFile, bool HasCuda)
+internal sealed partial record LibTorchLocation(LibTorchSource Source, string Directory, string? Version, string? VersionFile, bool HasCuda)
 {
     /// <summary>Environment variable naming a libtorch folder to use instead of the bundled one ("bundled" forces the bundled one).</summary>
     public const string EnvVar = "PIXART_LIBTORCH";
@@ -288,7 +288,7 @@ public sealed partial record LibTorchLocation(LibTorchSource Source, string Dire
         env.Add(null);
         Console.Out.Flush();
         Console.Error.Flush();
-        execve("/proc/self/exe", [.. argv, null], [.. env]);
+        _ = execve("/proc/self/exe", [.. argv, null], [.. env]);   // returns only on failure (-1, errno below)
         throw new TorchUnavailableException($"Could not relaunch the process to load the libtorch at {Directory} (execve failed, errno {Marshal.GetLastPInvokeError()}). Start it with LD_LIBRARY_PATH={LibraryPath(null)} instead.");
     }
 

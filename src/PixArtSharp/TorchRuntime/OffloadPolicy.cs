@@ -4,17 +4,17 @@ using static TorchSharp.torch;
 namespace PixArtSharp;
 
 /// <summary>A model whose weights can be moved between devices (T5EncoderModel, PixArtTransformer2DModel, AutoencoderKL).</summary>
-public interface IMovableModel
+internal interface IMovableModel
 {
     /// <summary>Moves every weight to <paramref name="device"/>, disposing the old tensors.</summary>
     void MoveTo(Device device);
 }
 
 /// <summary>Called by a model's forward pass around each of its blocks; the handle returned is disposed after the block (sequential offload).</summary>
-public delegate IDisposable? BlockScope(object block);
+internal delegate IDisposable? BlockScope(object block);
 
 /// <summary>A model whose forward pass runs a list of blocks that sequential offload moves one at a time (T5EncoderModel, PixArtTransformer2DModel).</summary>
-public interface ISequentialModel : IMovableModel
+internal interface ISequentialModel : IMovableModel
 {
     /// <summary>The blocks, in the order the forward pass runs them.</summary>
     IReadOnlyList<object> OffloadBlocks { get; }
@@ -49,7 +49,7 @@ public enum OffloadMode
 /// each stage (<see cref="Stage"/>). The same code path runs with any device: with the CPU as execution device a
 /// Model-offload run moves CPU → CPU, which the tests use to check that the moves lose nothing.
 /// </summary>
-public sealed class OffloadPolicy
+internal sealed class OffloadPolicy
 {
     public OffloadMode Mode { get; }
     /// <summary>Where the stages run (cuda:N or cpu).</summary>

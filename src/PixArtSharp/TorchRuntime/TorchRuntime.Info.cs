@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
 using TorchSharp;
@@ -13,9 +14,13 @@ public static partial class TorchRuntime
     /// </summary>
     /// <param name="LibTorchVersion">"2.10.0", "2.11.0+cu130"; null when no file beside an external libtorch says.</param>
     /// <param name="LibTorchDirectory">The folder the loaded libtorch_cpu.so is in.</param>
+    /// <param name="Source">Where the libtorch came from: bundled, PIXART_LIBTORCH, or python3's torch.</param>
     /// <param name="LibTorch">"bundled libtorch-cpu-linux-x64 2.10.0", "PIXART_LIBTORCH", "python3's torch".</param>
+    /// <param name="CudaAvailable">Whether the loaded libtorch can use a GPU.</param>
+    /// <param name="CudaDeviceCount">GPUs visible to it (0 without CUDA).</param>
     /// <param name="CudaDeviceNames">Per visible GPU, e.g. "NVIDIA H200" (empty without CUDA; "cuda:N" where the driver does not say).</param>
     /// <param name="CpuFastBf16">The CPU has AVX512-BF16 or AMX-BF16 (what --dtype auto picks bf16 on).</param>
+    /// <param name="Threads">libtorch's intra-op thread count.</param>
     /// <param name="Note">Why python3's torch was not used, when it was looked at.</param>
     public sealed record Info(string? LibTorchVersion, string LibTorchDirectory, LibTorchSource Source, string LibTorch,
                               bool CudaAvailable, int CudaDeviceCount, IReadOnlyList<string> CudaDeviceNames,
@@ -32,9 +37,9 @@ public static partial class TorchRuntime
                     : $"cpu ({Threads} threads{(CpuFastBf16 ? ", bf16 instructions" : "")})");
                 sb.Append(" · ");
             }
-            sb.Append($"libtorch {LibTorchVersion ?? "(version unknown)"} at {LibTorchDirectory} ({LibTorch})");
+            sb.Append(CultureInfo.InvariantCulture, $"libtorch {LibTorchVersion ?? "(version unknown)"} at {LibTorchDirectory} ({LibTorch})");
             sb.Append(CudaAvailable ? $" · CUDA: {CudaDeviceCount} GPU{(CudaDeviceCount == 1 ? "" : "s")}" : " · CUDA: no");
-            if (Note is not null) sb.Append($" · {Note}");
+            if (Note is not null) sb.Append(CultureInfo.InvariantCulture, $" · {Note}");
             return sb.ToString();
         }
     }

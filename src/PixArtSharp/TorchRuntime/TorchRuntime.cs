@@ -104,7 +104,7 @@ public static partial class TorchRuntime
     }
 
     /// <summary>The real path of a loaded shared library of this file name (from /proc/self/maps), or null.</summary>
-    public static string? LoadedLibraryPath(string fileName)
+    internal static string? LoadedLibraryPath(string fileName)
     {
         if (!File.Exists("/proc/self/maps")) return null;
         foreach (var line in File.ReadLines("/proc/self/maps"))
@@ -157,6 +157,7 @@ public static partial class TorchRuntime
         torch.set_num_threads(threads);
     }
 
+    /// <summary>libtorch's intra-op thread count now (loads libtorch if needed); set it with <see cref="SetThreads"/>.</summary>
     public static int Threads
     {
         get { EnsureLoaded(); return torch.get_num_threads(); }
@@ -254,7 +255,7 @@ public static partial class TorchRuntime
     /// what failed, the innermost cause (the loader's own words), and the fix for the known causes.
     /// </summary>
     /// <param name="loaderError">The dynamic loader's own message for libLibTorchSharp.so, when known: it is the cause.</param>
-    public static string FormatLoadFailure(Exception e, string? loaderError = null)
+    internal static string FormatLoadFailure(Exception e, string? loaderError = null)
     {
         var chain = new List<Exception>();
         for (var x = e; x != null && chain.Count < 32; x = x.InnerException)

@@ -1,3 +1,4 @@
+using System.Globalization;
 using PixArtSharp.Imaging;
 using PixArtSharp.Tests.Support;
 using Xunit.Abstractions;
@@ -38,9 +39,9 @@ public sealed class FamilyCliTests(ITestOutputHelper output) : IDisposable
             .Replace("{prompt}", call.GetProperty("prompt").GetString())
             .Replace("{seed}", seed)
             .Replace("{lora}", Fixtures.Path("tiny-pixart-sigma-lora"))
-            .Replace("{steps}", call.TryGetProperty("num_inference_steps", out var st) ? st.GetInt32().ToString() : "")
-            .Replace("{h}", call.GetProperty("height").GetInt32().ToString())
-            .Replace("{w}", call.GetProperty("width").GetInt32().ToString())).ToList();
+            .Replace("{steps}", call.TryGetProperty("num_inference_steps", out var st) ? st.GetInt32().ToString(CultureInfo.InvariantCulture) : "")
+            .Replace("{h}", call.GetProperty("height").GetInt32().ToString(CultureInfo.InvariantCulture))
+            .Replace("{w}", call.GetProperty("width").GetInt32().ToString(CultureInfo.InvariantCulture))).ToList();
         if (call.TryGetProperty("guidance_scale", out var g) && !args.Contains("--guidance")) args.AddRange(["--guidance", g.GetDouble().ToString(System.Globalization.CultureInfo.InvariantCulture)]);
         if (call.TryGetProperty("negative_prompt", out var n) && n.GetString() is { Length: > 0 } neg) args.AddRange(["--negative-prompt", neg]);
         string png = _tmp.Path(name + ".png");
@@ -70,7 +71,7 @@ public sealed class FamilyCliTests(ITestOutputHelper output) : IDisposable
         int h = call.GetProperty("height").GetInt32(), w = call.GetProperty("width").GetInt32();
         string png = _tmp.Path("taesd.png");
         var result = CliRunner.Run(["generate", call.GetProperty("prompt").GetString()!, "--vae", Fixtures.Path("taesd", "tiny-taesd"),
-            "--steps", call.GetProperty("num_inference_steps").GetInt32().ToString(), "--guidance", "0", "-H", h.ToString(), "-W", w.ToString(),
+            "--steps", call.GetProperty("num_inference_steps").GetInt32().ToString(CultureInfo.InvariantCulture), "--guidance", "0", "-H", h.ToString(CultureInfo.InvariantCulture), "-W", w.ToString(CultureInfo.InvariantCulture),
             "--no-resolution-binning", "--seed", gen[at..gen.IndexOf(')', at)], "--model", Fixtures.Path("tiny-pixart-lcm"), "-o", png]);
         output.WriteLine(result.ToString());
         Assert.Equal(0, result.ExitCode);

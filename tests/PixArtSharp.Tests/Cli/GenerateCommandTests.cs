@@ -243,8 +243,8 @@ public sealed class GenerateCommandTests(ITestOutputHelper output) : IDisposable
         using (var pipe = PixArtAlphaPipeline.FromPretrained(model, new PipelineOptions { Variant = "fp16", KeepLoaded = false }))
         {
             Assert.Equal(2, pipe.Warnings.Count);
-            Assert.Contains(pipe.Warnings, w => w.StartsWith("'text_encoder' has no 'fp16' weights"));
-            Assert.Contains(pipe.Warnings, w => w.StartsWith("'vae' has no 'fp16' weights"));
+            Assert.Contains(pipe.Warnings, w => w.StartsWith("'text_encoder' has no 'fp16' weights", StringComparison.Ordinal));
+            Assert.Contains(pipe.Warnings, w => w.StartsWith("'vae' has no 'fp16' weights", StringComparison.Ordinal));
         }
         var r = Run("generate", "a cat", "--model", model, "--variant", "fp16", "-o", _tmp.Path("v.png"), "--steps", "1", "-H", "16", "-W", "16", "--no-resolution-binning", "--json");
         Assert.Equal(0, r.ExitCode);

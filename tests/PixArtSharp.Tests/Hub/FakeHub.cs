@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
@@ -74,7 +75,7 @@ public sealed class FakeHub : IDisposable
         Directory.EnumerateFiles(RepoDir, "*", SearchOption.AllDirectories)
             .Select(f => Path.GetRelativePath(RepoDir, f).Replace('\\', '/')).Order(StringComparer.Ordinal).ToList();
 
-    public static bool IsLfs(string path) => path.EndsWith(".safetensors") || path.EndsWith("spiece.model");
+    public static bool IsLfs(string path) => path.EndsWith(".safetensors", StringComparison.Ordinal) || path.EndsWith("spiece.model", StringComparison.Ordinal);
 
     public byte[] Bytes(string path) => File.ReadAllBytes(Path.Combine(RepoDir, path));
 
@@ -197,7 +198,7 @@ public sealed class FakeHub : IDisposable
                     .Header("Location", $"{Endpoint}/cdn/{TrueEtag(path)}")
                     .Header("X-Repo-Commit", Commit)
                     .Header("X-Linked-Etag", $"\"{etag}\"")
-                    .Header("X-Linked-Size", Bytes(path).Length.ToString())
+                    .Header("X-Linked-Size", Bytes(path).Length.ToString(CultureInfo.InvariantCulture))
                     .Header("ETag", $"\"{Convert.ToHexStringLower(SHA1.HashData(Encoding.UTF8.GetBytes(pointer)))}\"")
                     .Body(Encoding.UTF8.GetBytes(pointer)).Send();
                 return;
@@ -213,7 +214,7 @@ public sealed class FakeHub : IDisposable
     {
         var bytes = Bytes(path);
         long start = 0;
-        if (range != null && range.StartsWith("bytes=") && range.EndsWith('-') && long.TryParse(range[6..^1], out start))
+        if (range != null && range.StartsWith("bytes=", StringComparison.Ordinal) && range.EndsWith('-') && long.TryParse(range[6..^1], out start))
         {
             if (start >= bytes.Length)
             {
@@ -246,8 +247,8 @@ public sealed class FakeHub : IDisposable
         public async Task Send()
         {
             var sb = new StringBuilder($"HTTP/1.1 {_status} {_reason}\r\n");
-            foreach (var (n, v) in _headers) sb.Append($"{n}: {v}\r\n");
-            sb.Append($"Content-Length: {_body.Length}\r\nConnection: close\r\n\r\n");
+            foreach (var (n, v) in _headers) sb.Append(CultureInfo.InvariantCulture, $"{n}: {v}\r\n");
+            sb.Append(CultureInfo.InvariantCulture, $"Content-Length: {_body.Length}\r\nConnection: close\r\n\r\n");
             await stream.WriteAsync(Encoding.ASCII.GetBytes(sb.ToString()), ct);
             if (isHead) return;
             long limit = _dropAfter ?? _body.Length;

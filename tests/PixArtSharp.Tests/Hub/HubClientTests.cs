@@ -227,8 +227,8 @@ public sealed class HubClientTests(ITestOutputHelper output) : IDisposable
         string s16, s32;
         using (var client = Client(hub, cacheFp16)) s16 = await client.SnapshotDownloadAsync(hub.RepoId, variant: "fp16");
         var heads16 = hub.RequestsFor("HEAD", "/").Select(r => r.Path).ToList();
-        Assert.Contains(heads16, p => p.EndsWith(fp16));
-        Assert.DoesNotContain(heads16, p => p.EndsWith(fp32) || p.EndsWith(".bin") || p.EndsWith("README.md"));
+        Assert.Contains(heads16, p => p.EndsWith(fp16, StringComparison.Ordinal));
+        Assert.DoesNotContain(heads16, p => p.EndsWith(fp32, StringComparison.Ordinal) || p.EndsWith(".bin", StringComparison.Ordinal) || p.EndsWith("README.md", StringComparison.Ordinal));
         Assert.Equal(fake, File.ReadAllBytes(Path.Combine(s16, fp16)));
         Assert.False(File.Exists(Path.Combine(s16, fp32)));
         // Components without an fp16 file get their default weights, as diffusers' download does.
@@ -239,10 +239,10 @@ public sealed class HubClientTests(ITestOutputHelper output) : IDisposable
         hub.Requests.Clear();
         using (var client = Client(hub, cacheDefault)) s32 = await client.SnapshotDownloadAsync(hub.RepoId);
         var heads = hub.RequestsFor("HEAD", "/").Select(r => r.Path).ToList();
-        Assert.Contains(heads, p => p.EndsWith(fp32));
-        Assert.DoesNotContain(heads, p => p.EndsWith(fp16) || p.EndsWith(".bin") || p.EndsWith("README.md"));
+        Assert.Contains(heads, p => p.EndsWith(fp32, StringComparison.Ordinal));
+        Assert.DoesNotContain(heads, p => p.EndsWith(fp16, StringComparison.Ordinal) || p.EndsWith(".bin", StringComparison.Ordinal) || p.EndsWith("README.md", StringComparison.Ordinal));
         Assert.False(File.Exists(Path.Combine(s32, fp16)));
-        AssertSnapshotMatches(hub, cacheDefault, s32, hub.Files().Where(f => f != fp16 && !f.EndsWith(".bin") && f != "README.md"));
+        AssertSnapshotMatches(hub, cacheDefault, s32, hub.Files().Where(f => f != fp16 && !f.EndsWith(".bin", StringComparison.Ordinal) && f != "README.md"));
     }
 
     [Fact]

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json.Nodes;
 using PixArtSharp.Imaging;
 using PixArtSharp.Pipeline;
@@ -156,7 +157,7 @@ public class UserInputHardeningTests(ITestOutputHelper output)
         var r = ChildProcess.Run("decode-peak", "7000", "8", "2");
         output.WriteLine(r.ToString());
         Assert.True(r.ExitCode == 0, r.ToString());
-        long Field(string name) => long.Parse(r.Stdout.Split('\n').First(l => l.StartsWith(name + " ")).Split(' ')[1]);
+        long Field(string name) => long.Parse(r.Stdout.Split('\n').First(l => l.StartsWith(name + " ", StringComparison.Ordinal)).Split(' ')[1], CultureInfo.InvariantCulture);
         Assert.Equal(8L * 7000 * 7000, Field("decoded_pixels"));
         long before = Field("rss_before"), peak = Field("peak_rss"), after = Field("rss_after");
         Assert.True(peak - before < 1_200_000_000, $"peak RSS grew by {(peak - before) / 1e6:F0} MB; the bound is 1200 MB");

@@ -28,7 +28,7 @@ public class WeightSafetyTests(ITestOutputHelper output)
         Assert.True(r.ExitCode == 0, r.ToString());
         Assert.Contains("same", r.Stdout);
         // The output before the truncation matches diffusers (README: atol 1e-5).
-        var before = double.Parse(r.Stdout.Split('\n').First(l => l.StartsWith("before:")).Split('=')[1], System.Globalization.CultureInfo.InvariantCulture);
+        var before = double.Parse(r.Stdout.Split('\n').First(l => l.StartsWith("before:", StringComparison.Ordinal)).Split('=')[1], System.Globalization.CultureInfo.InvariantCulture);
         Assert.True(before <= 1e-5, r.Stdout);
     }
 

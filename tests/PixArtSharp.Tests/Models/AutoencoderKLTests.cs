@@ -1,3 +1,4 @@
+using System.Globalization;
 using PixArtSharp.Loading;
 using PixArtSharp.Models;
 using PixArtSharp.Tests.Support;
@@ -122,7 +123,7 @@ public class AutoencoderKLTests(ITestOutputHelper output)
         Assert.NotEmpty(seeds);
         foreach (var name in seeds)
         {
-            ulong seed = ulong.Parse(name["encode.sample_seed".Length..]);
+            ulong seed = ulong.Parse(name["encode.sample_seed".Length..], CultureInfo.InvariantCulture);
             using var g = new Generator(seed);
             using var s = dist.Sample(g);
             using var e = r[name];

@@ -195,7 +195,7 @@ public class PipelineBehaviourTests(TinyPipelines fixture, ITestOutputHelper out
     public void Bf16StaysCloseToTheFp32Reference(string name, double bound)
     {
         using var r = new Reference("expected/pipeline/" + name);
-        bool lcm = name.StartsWith("lcm");
+        bool lcm = name.StartsWith("lcm", StringComparison.Ordinal);
         using var pipe = PixArtAlphaPipeline.FromPretrained(Fixtures.Path(lcm ? "tiny-pixart-lcm" : "tiny-pixart"),
             new PipelineOptions { DType = ScalarType.BFloat16 });
         var request = PipelineFixtureTests.RequestFromCall(r.Json.GetProperty("call"));

@@ -1,3 +1,4 @@
+using System.Globalization;
 using PixArtSharp.Pipeline;
 using PixArtSharp.Tests.Support;
 using TorchSharp;
@@ -38,7 +39,7 @@ public class PipelineFixtureTests(TinyPipelines fixture, ITestOutputHelper outpu
         IReadOnlyList<string> prompts = p.ValueKind == System.Text.Json.JsonValueKind.Array
             ? p.EnumerateArray().Select(x => x.GetString()!).ToList() : [p.GetString()!];
         string gen = call.GetProperty("generator").GetString()!;
-        long seed = long.Parse(gen[(gen.IndexOf("manual_seed(") + 12)..gen.IndexOf(')', gen.IndexOf("manual_seed("))]);
+        long seed = long.Parse(gen[(gen.IndexOf("manual_seed(", StringComparison.Ordinal) + 12)..gen.IndexOf(')', gen.IndexOf("manual_seed(", StringComparison.Ordinal))], CultureInfo.InvariantCulture);
         IReadOnlyList<string> negative = [""];
         if (call.TryGetProperty("negative_prompt", out var n))
             negative = n.ValueKind == System.Text.Json.JsonValueKind.Array ? n.EnumerateArray().Select(x => x.GetString()!).ToList() : [n.GetString()!];

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using PixArtSharp.Schedulers;
 using PixArtSharp.Tests.Support;
@@ -17,7 +18,7 @@ public class DPMSolverMultistepSchedulerTests(ITestOutputHelper output)
         int checkedCount = 0;
         foreach (var entry in fx.Json.GetProperty("dpm").GetProperty("set_timesteps").EnumerateObject())
         {
-            int n = int.Parse(entry.Name);
+            int n = int.Parse(entry.Name, CultureInfo.InvariantCulture);
             s.SetTimesteps(n);
             Assert.Equal(SchedulerFixtures.Longs(entry.Value.GetProperty("timesteps")), s.Timesteps);
             // The stored sigmas are float32 values written as Python floats: compare as float32, exactly.

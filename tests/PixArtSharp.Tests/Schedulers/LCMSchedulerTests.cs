@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using PixArtSharp.Schedulers;
 using PixArtSharp.Tests.Support;
@@ -17,7 +18,7 @@ public class LCMSchedulerTests(ITestOutputHelper output)
         int checkedCount = 0;
         foreach (var entry in fx.Json.GetProperty("lcm").GetProperty("set_timesteps").EnumerateObject())
         {
-            int n = int.Parse(entry.Name);
+            int n = int.Parse(entry.Name, CultureInfo.InvariantCulture);
             s.SetTimesteps(n);
             Assert.Equal(SchedulerFixtures.Longs(entry.Value.GetProperty("timesteps")), s.Timesteps);
             Assert.Equal(n, s.NumInferenceSteps);

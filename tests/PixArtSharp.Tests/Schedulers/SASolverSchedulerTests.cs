@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using PixArtSharp.Schedulers;
@@ -91,7 +92,7 @@ public class SASolverSchedulerTests(ITestOutputHelper output)
     [InlineData(40)]
     public void SetTimestepsTauAndOrders(int n)
     {
-        var e = Json.GetProperty("set_timesteps").GetProperty(n.ToString());
+        var e = Json.GetProperty("set_timesteps").GetProperty(n.ToString(CultureInfo.InvariantCulture));
         using var s = Demo();
         s.SetTimesteps(n);
 
@@ -136,7 +137,7 @@ public class SASolverSchedulerTests(ITestOutputHelper output)
         var seq = Json.GetProperty("sequences").EnumerateArray().Single(x => x.GetProperty("name").GetString() == name);
         int n = seq.GetProperty("num_inference_steps").GetInt32();
         bool ode = seq.GetProperty("tau_func").GetString()!.StartsWith("lambda t: 0", StringComparison.Ordinal);
-        long seed = long.Parse(Regex.Match(seq.GetProperty("step_generator").GetString()!, @"manual_seed\((\d+)\)").Groups[1].Value);
+        long seed = long.Parse(Regex.Match(seq.GetProperty("step_generator").GetString()!, @"manual_seed\((\d+)\)").Groups[1].Value, CultureInfo.InvariantCulture);
         var steps = seq.GetProperty("steps").EnumerateArray().ToArray();
 
         using var r = new Reference("expected/sa_solver/scheduler_steps");

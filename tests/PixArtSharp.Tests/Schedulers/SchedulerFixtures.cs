@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using PixArtSharp.Loading;
 using PixArtSharp.Schedulers;
@@ -28,8 +29,8 @@ public sealed class SchedulerFixtures : IDisposable
         ? _file.Load(name).clone()
         : throw new KeyNotFoundException($"scheduler_steps.safetensors has no tensor '{name}'.");
 
-    public static LCMScheduler Lcm() => LCMScheduler.FromConfig(Fixtures.Path("tiny-pixart-lcm", "scheduler"));
-    public static DPMSolverMultistepScheduler Dpm() => DPMSolverMultistepScheduler.FromConfig(Fixtures.Path("tiny-pixart", "scheduler"));
+    internal static LCMScheduler Lcm() => LCMScheduler.FromConfig(Fixtures.Path("tiny-pixart-lcm", "scheduler"));
+    internal static DPMSolverMultistepScheduler Dpm() => DPMSolverMultistepScheduler.FromConfig(Fixtures.Path("tiny-pixart", "scheduler"));
 
     public JsonElement Sequence(string name) =>
         Json.GetProperty("sequences").EnumerateArray().Single(s => s.GetProperty("name").GetString() == name);
@@ -39,7 +40,7 @@ public sealed class SchedulerFixtures : IDisposable
     {
         string g = sequence.GetProperty("step_generator").GetString()!;
         int open = g.LastIndexOf('('), close = g.LastIndexOf(')');
-        return long.Parse(g[(open + 1)..close]);
+        return long.Parse(g[(open + 1)..close], CultureInfo.InvariantCulture);
     }
 
     public static long[] Longs(JsonElement e) => e.EnumerateArray().Select(x => x.GetInt64()).ToArray();

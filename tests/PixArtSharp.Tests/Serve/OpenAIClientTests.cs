@@ -1,5 +1,6 @@
 using System.ClientModel;
 using System.ClientModel.Primitives;
+using System.Globalization;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Text.Json;
@@ -82,7 +83,7 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
             EndUserId = "test-user",
         });
         long seed = SeedOf(png);
-        Assert.Equal(Cli(prompt, "--seed", seed.ToString(), "-W", "64", "-H", "64"), png.Value.ImageBytes.ToArray());
+        Assert.Equal(Cli(prompt, "--seed", seed.ToString(CultureInfo.InvariantCulture), "-W", "64", "-H", "64"), png.Value.ImageBytes.ToArray());
 
         // JPEG and WebP: the same pixels within their loss (the server's seed, so the CLI run can match it).
         foreach (var (format, quality) in new[] { (GeneratedImageFileFormat.Jpeg, 95), (GeneratedImageFileFormat.Webp, 100) })
@@ -95,7 +96,7 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
             });
             var raw = JsonDocument.Parse(r.GetRawResponse().Content.ToString()).RootElement;
             Assert.Equal(format.ToString(), raw.GetProperty("output_format").GetString());
-            AssertWithinLoss(Cli(prompt, "--seed", SeedOf(r).ToString(), "-W", "64", "-H", "64"), r.Value.ImageBytes.ToArray(), $"{format} at {quality}",
+            AssertWithinLoss(Cli(prompt, "--seed", SeedOf(r).ToString(CultureInfo.InvariantCulture), "-W", "64", "-H", "64"), r.Value.ImageBytes.ToArray(), $"{format} at {quality}",
                 maxMean: quality == 100 ? 1e-9 : 4);
         }
     }
@@ -110,12 +111,12 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
         using (var stream = File.OpenRead(source))
         {
             var r = await client.GenerateImageEditAsync(stream, "source.png", prompt, new ImageEditOptions { ResponseFormat = GeneratedImageFormat.Bytes });
-            Assert.Equal(Cli(prompt, "--image", source, "--seed", SeedOf(r).ToString()), r.Value.ImageBytes.ToArray());
+            Assert.Equal(Cli(prompt, "--image", source, "--seed", SeedOf(r).ToString(CultureInfo.InvariantCulture)), r.Value.ImageBytes.ToArray());
         }
         using (var stream = File.OpenRead(source))
         {
             var r = await client.GenerateImageEditAsync(stream, "source.png", prompt, new ImageEditOptions { OutputFileFormat = GeneratedImageFileFormat.Jpeg });
-            AssertWithinLoss(Cli(prompt, "--image", source, "--seed", SeedOf(r).ToString()), r.Value.ImageBytes.ToArray(), "edit as JPEG at the default 100", maxMean: 2);
+            AssertWithinLoss(Cli(prompt, "--image", source, "--seed", SeedOf(r).ToString(CultureInfo.InvariantCulture)), r.Value.ImageBytes.ToArray(), "edit as JPEG at the default 100", maxMean: 2);
         }
     }
 
@@ -135,7 +136,7 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
         var png = Assert.IsType<DataContent>(Assert.Single(generated.Contents));
         Assert.Equal("image/png", png.MediaType);
         byte[] bytes = png.Data.ToArray();
-        Assert.Equal(Cli(prompt, "--seed", SeedOfPng(bytes).ToString(), "-W", "64", "-H", "64"), bytes);
+        Assert.Equal(Cli(prompt, "--seed", SeedOfPng(bytes).ToString(CultureInfo.InvariantCulture), "-W", "64", "-H", "64"), bytes);
 
         var webp = Assert.IsType<DataContent>(Assert.Single((await generator.GenerateImagesAsync(prompt, new Microsoft.Extensions.AI.ImageGenerationOptions
         {
@@ -150,7 +151,7 @@ public sealed class OpenAIClientTests(ServeFixture fx, ITestOutputHelper output)
         var edited = await generator.EditImageAsync(new DataContent(File.ReadAllBytes(source), "image/png") { Name = "source.png" }, "A watercolor painting of a lighthouse",
             new Microsoft.Extensions.AI.ImageGenerationOptions { ResponseFormat = ImageGenerationResponseFormat.Data });
         byte[] edit = Assert.IsType<DataContent>(Assert.Single(edited.Contents)).Data.ToArray();
-        Assert.Equal(Cli("A watercolor painting of a lighthouse", "--image", source, "--seed", SeedOfPng(edit).ToString()), edit);
+        Assert.Equal(Cli("A watercolor painting of a lighthouse", "--image", source, "--seed", SeedOfPng(edit).ToString(CultureInfo.InvariantCulture)), edit);
     }
 
     [Theory]

@@ -26,7 +26,7 @@ public sealed class ServePageBrowserTests(ServeFixture fx, ITestOutputHelper out
         await using var browser = await Launch(playwright);
         var (page, consoleErrors) = await NewPage(browser);
         var offsite = new List<string>();
-        page.Request += (_, r) => { if (!r.Url.StartsWith(app.BaseUrl!, StringComparison.Ordinal) && !r.Url.StartsWith("blob:") && !r.Url.StartsWith("data:")) offsite.Add(r.Url); };
+        page.Request += (_, r) => { if (!r.Url.StartsWith(app.BaseUrl!, StringComparison.Ordinal) && !r.Url.StartsWith("blob:", StringComparison.Ordinal) && !r.Url.StartsWith("data:", StringComparison.Ordinal)) offsite.Add(r.Url); };
 
         await page.GotoAsync(app.BaseUrl + "/");
         // The form is filled from /v1/models: the ten styles and the aspect-ratio bins.

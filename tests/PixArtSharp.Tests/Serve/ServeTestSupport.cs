@@ -61,7 +61,7 @@ public sealed class ServeFixture : IDisposable
         foreach (var (name, info) in file.Tensors.OrderBy(t => t.Key, StringComparer.Ordinal))
         {
             long[] shape = info.Shape.Select(d => widen.GetValueOrDefault(d, d)).ToArray();
-            tensors[name] = TorchSharp.torch.randn(shape, generator: gen).mul_(name.EndsWith("bias") ? 0.01 : 0.08);
+            tensors[name] = TorchSharp.torch.randn(shape, generator: gen).mul_(name.EndsWith("bias", StringComparison.Ordinal) ? 0.01 : 0.08);
         }
         PixArtSharp.Loading.SafeTensorsWriter.Write(Path.Combine(target, "transformer", "diffusion_pytorch_model.safetensors"), tensors);
         foreach (var t in tensors.Values) t.Dispose();

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using PixArtSharp.Loading;
 using PixArtSharp.Models;
 using TorchSharp;
@@ -30,7 +31,7 @@ public static class ChildProcess
         return args[1] switch
         {
             "truncate-forward" => TruncateForward(args[2], args[3] == "copy"),
-            "decode-peak" => DecodePeak(int.Parse(args[2]), int.Parse(args[3]), int.Parse(args[4])),
+            "decode-peak" => DecodePeak(int.Parse(args[2], CultureInfo.InvariantCulture), int.Parse(args[3], CultureInfo.InvariantCulture), int.Parse(args[4], CultureInfo.InvariantCulture)),
             "write-random-transformer" => WriteRandomTransformer(args[2]),
             "measure-load" => MeasureLoad(args[2], args[3], args[4] == "bf16" ? ScalarType.BFloat16 : ScalarType.Float32),
             _ => 2,
@@ -142,7 +143,7 @@ public static class ChildProcess
     private static int MeasureLoad(string dir, string mode, ScalarType dtype)
     {
         static string Rss() => string.Join(" ", File.ReadLines("/proc/self/status")
-            .Where(l => l.StartsWith("VmRSS") || l.StartsWith("RssAnon") || l.StartsWith("RssFile"))
+            .Where(l => l.StartsWith("VmRSS", StringComparison.Ordinal) || l.StartsWith("RssAnon", StringComparison.Ordinal) || l.StartsWith("RssFile", StringComparison.Ordinal))
             .Select(l => l.Replace("\t", "").Replace(" kB", "kB").Replace(":", "=").Replace(" ", "")));
         Console.WriteLine($"start: {Rss()}");
         var sw = System.Diagnostics.Stopwatch.StartNew();

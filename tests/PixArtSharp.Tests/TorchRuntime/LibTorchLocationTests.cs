@@ -8,7 +8,7 @@ namespace PixArtSharp.Tests.Runtime;
 /// (tests/PixArtSharp.TorchProbe): PIXART_LIBTORCH pointed at the NuGet cache's CPU libtorch stands in for a GPU
 /// machine's &lt;site-packages&gt;/torch/lib.
 /// </summary>
-public class LibTorchLocationTests(ITestOutputHelper output) : IDisposable
+public sealed class LibTorchLocationTests(ITestOutputHelper output) : IDisposable
 {
     private readonly string _tmp = Directory.CreateTempSubdirectory("pixart-libtorch-").FullName;
     public void Dispose() => Directory.Delete(_tmp, recursive: true);

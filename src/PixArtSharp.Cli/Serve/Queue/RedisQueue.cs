@@ -82,7 +82,9 @@ public static class RedisKeys
 
     /// <summary>Job ids as <see cref="Serve.Job.NewId"/> makes them: anything else is never looked up.</summary>
     public static bool IsJobId(string id) =>
-        id.Length == 24 && id.StartsWith("job_", StringComparison.Ordinal) && id.AsSpan(4).IndexOfAnyExcept("0123456789abcdef") < 0;
+        id.Length == 24 && id.StartsWith("job_", StringComparison.Ordinal) && id.AsSpan(4).IndexOfAnyExcept(LowerHex) < 0;
+
+    private static readonly System.Buffers.SearchValues<char> LowerHex = System.Buffers.SearchValues.Create("0123456789abcdef");
 
     public static bool IsFinal(string? status) => status is "succeeded" or "failed" or "cancelled";
 

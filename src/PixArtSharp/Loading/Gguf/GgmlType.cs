@@ -1,7 +1,7 @@
 namespace PixArtSharp.Loading.Gguf;
 
 /// <summary>ggml's tensor types (ggml.h <c>enum ggml_type</c>); the numbers are what a GGUF tensor table stores.</summary>
-public enum GgmlType : uint
+internal enum GgmlType : uint
 {
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
     Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
@@ -10,7 +10,7 @@ public enum GgmlType : uint
 }
 
 /// <summary>Block geometry of each ggml type (ggml.c <c>type_traits</c>): elements per block and bytes per block.</summary>
-public static class GgmlTypes
+internal static class GgmlTypes
 {
     /// <summary>QK_K: elements in a K-quant super-block.</summary>
     public const int QK_K = 256;

@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace PixArtSharp.Loading.Gguf;
 
 /// <summary>GGUF metadata value types (gguf.h <c>enum gguf_type</c>).</summary>
-public enum GgufValueType : uint
+internal enum GgufValueType : uint
 {
     UInt8 = 0, Int8 = 1, UInt16 = 2, Int16 = 3, UInt32 = 4, Int32 = 5, Float32 = 6, Bool = 7, String = 8,
     Array = 9, UInt64 = 10, Int64 = 11, Float64 = 12,
@@ -16,7 +16,7 @@ public enum GgufValueType : uint
 /// One metadata value: a scalar (byte, sbyte, ushort, short, uint, int, float, bool, string, ulong, long, double as
 /// <see cref="Value"/>) or an array (<see cref="Value"/> is an <c>object[]</c> of such values, possibly arrays).
 /// </summary>
-public sealed record GgufValue(GgufValueType Type, object Value, GgufValueType? ElementType = null)
+internal sealed record GgufValue(GgufValueType Type, object Value, GgufValueType? ElementType = null)
 {
     public bool IsInteger => Type is GgufValueType.UInt8 or GgufValueType.Int8 or GgufValueType.UInt16 or GgufValueType.Int16
         or GgufValueType.UInt32 or GgufValueType.Int32 or GgufValueType.UInt64 or GgufValueType.Int64;
@@ -47,7 +47,7 @@ public sealed record GgufValue(GgufValueType Type, object Value, GgufValueType? 
 /// <summary>One entry of the tensor table.</summary>
 /// <param name="Dims">ggml's ne: the dimensions innermost first, as stored.</param>
 /// <param name="Offset">bytes from the start of the data area (a multiple of the alignment).</param>
-public sealed record GgufTensorInfo(string Name, long[] Dims, GgmlType Type, long Offset)
+internal sealed record GgufTensorInfo(string Name, long[] Dims, GgmlType Type, long Offset)
 {
     /// <summary>The torch shape: the dimensions outermost first.</summary>
     public long[] Shape => Dims.Reverse().ToArray();
@@ -63,7 +63,7 @@ public sealed record GgufTensorInfo(string Name, long[] Dims, GgmlType Type, lon
 /// Tensors stay encoded: <see cref="LoadTensor"/> hands out <see cref="QuantizedTensor"/>s whose planes are views of one
 /// memory mapping of the file per element type (<c>torch.from_file</c>, as <see cref="SafeTensorsFile"/> does).
 /// </summary>
-public sealed class GgufFile : IDisposable
+internal sealed class GgufFile : IDisposable
 {
     public const uint Magic = 0x46554747;        // "GGUF" read as a little-endian u32
     public const int DefaultAlignment = 32;

@@ -12,7 +12,7 @@ namespace PixArtSharp.Loading.Gguf;
 /// transformers' checkpoint keys, derives the <see cref="T5Config"/>, and checks the tensor table against it before
 /// any model is built, so a wrong file is one <see cref="GgufFileException"/> in GGUF's own names.
 /// </summary>
-public static class GgufT5
+internal static class GgufT5
 {
     /// <summary>ComfyUI-GGUF's T5_SD_MAP (loader.py), applied in this order as successive replacements.</summary>
     public static readonly IReadOnlyList<(string Gguf, string Transformers)> NameMap =

@@ -10,7 +10,7 @@ namespace PixArtSharp.Loading.Gguf;
 /// encoded bytes at a multiple of the alignment. Tensors are produced and encoded one at a time while writing (a
 /// full-size T5 is never held whole), in chunks of rows. For tests and the bench.
 /// </summary>
-public sealed class GgufWriter
+internal sealed class GgufWriter
 {
     private readonly List<(string Key, GgufValueType Type, object Value, GgufValueType? ElementType)> _kv = [];
     private readonly List<(string Name, long[] Shape, GgmlType Type, Func<Tensor> Values)> _tensors = [];

@@ -6,10 +6,10 @@ namespace PixArtSharp.Loading.Gguf;
 /// <summary>
 /// A tensor held in a ggml block format, decoded on demand. Holds the block fields as typed planes
 /// (<see cref="GgmlDequant.Layout"/>), each [blocks, width]: views into the file's memory mapping on the CPU (no copy:
-/// the memory it costs is the file's pages), or compact copies on another device. <see cref="Dequantize"/> returns
+/// the memory it costs is the file's pages), or compact copies on another device. <see cref="Dequantize(ScalarType)"/> returns
 /// the whole tensor in a compute dtype (fp32 arithmetic as dequant.py, then one cast); the caller frees it after use.
 /// </summary>
-public sealed class QuantizedTensor : IDisposable
+internal sealed class QuantizedTensor : IDisposable
 {
     private readonly Tensor[] _planes;
     /// <summary>CPU only: the blocks as contiguous uint8 (the same bytes as the planes), for <see cref="GgmlCpuDecode"/>.</summary>

@@ -8,10 +8,12 @@ using static TorchSharp.torch;
 namespace PixArtSharp.Loading.Lora;
 
 /// <summary>A LoRA to apply: an adapter folder or file and its strength (1 = as trained).</summary>
+/// <param name="Path">A PEFT adapter folder (adapter_config.json + weights) or a kohya .safetensors file.</param>
+/// <param name="Scale">Multiplies the adapter's update: 1 = as trained, 0 = no effect.</param>
 public sealed record LoraSpec(string Path, double Scale = 1.0);
 
 /// <summary>The layouts people publish LoRA adapters in.</summary>
-public enum LoraLayout
+internal enum LoraLayout
 {
     /// <summary>PEFT <c>save_pretrained</c>: a folder with <c>adapter_config.json</c> (r, lora_alpha, …) and
     /// <c>adapter_model.safetensors</c> (keys <c>[base_model.model.|transformer.]&lt;module&gt;.lora_A.weight</c> / <c>lora_B.weight</c>).</summary>
@@ -30,7 +32,7 @@ public enum LoraLayout
 /// </summary>
 /// <param name="Name">the module as the file names it: a dotted module path (PEFT, diffusers) or the kohya name
 /// after <c>lora_transformer_</c> (dots replaced by underscores; resolved against the model by <see cref="LoraMerge"/>)</param>
-public sealed record LoraModule(string Name, Tensor Down, Tensor Up, double Alpha, bool RsLora)
+internal sealed record LoraModule(string Name, Tensor Down, Tensor Up, double Alpha, bool RsLora)
 {
     public long Rank => Down.shape[0];
     public double Factor => RsLora ? Alpha / Math.Sqrt(Rank) : Alpha / Rank;
@@ -40,7 +42,7 @@ public sealed record LoraModule(string Name, Tensor Down, Tensor Up, double Alph
 /// A LoRA adapter read into memory (float32 factors; the file is closed again). <see cref="Load"/> detects the layout;
 /// <see cref="LoraMerge"/> applies one or more adapters to a transformer's weights.
 /// </summary>
-public sealed class LoraAdapter : IDisposable
+internal sealed class LoraAdapter : IDisposable
 {
     public const string PeftConfigName = "adapter_config.json";
     public const string PeftWeightsName = "adapter_model.safetensors";

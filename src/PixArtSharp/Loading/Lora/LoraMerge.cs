@@ -8,7 +8,7 @@ namespace PixArtSharp.Loading.Lora;
 /// other weight. Merging once is PEFT's <c>merge_and_unload</c>; the forward rule
 /// <c>y = base(x) + scale · alpha/r · B(A(x))</c> (what the fixtures ran) differs from it only by rounding.
 /// </summary>
-public static class LoraMerge
+internal static class LoraMerge
 {
     /// <summary>
     /// <paramref name="baseWeights"/> (root weights of a model) with the adapters' deltas added when the model asks
