@@ -15,7 +15,7 @@ using F = TorchSharp.torch.nn.functional;
 
 PixArtSharp.TorchRuntime.EnsureLoaded();
 string which = args.Length > 0 ? args[0] : "transformer";
-int rounds = args.Length > 1 ? int.Parse(args[1]) : 5;
+int rounds = args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 5;
 // transformer: one 1024 px self-attention (16 heads, 4096 tokens, head dim 72); vae: the 1024 px mid-block (one head,
 // 16384 positions, 512 channels).
 var (heads, n, d) = which == "vae" ? (1L, 16384L, 512L) : (16L, 4096L, 72L);
@@ -45,9 +45,9 @@ var routes = new List<(string Name, Func<Tensor, Tensor, Tensor, Tensor> Run)>
     ("fp32-scores/256", (q, k, v) => Blocked(q, k, v, 256, Scores.Fp32)),
     ("comp-scores/1024", (q, k, v) => Blocked(q, k, v, 1024, Scores.Compensated)),
 };
-if (Environment.GetEnvironmentVariable("ATTN_ROWS") is string rows) AttentionBench.AmxBlockedAttention.RowsOverride = long.Parse(rows);
-if (Environment.GetEnvironmentVariable("ATTN_ROWPAD") is string pad) AttentionBench.AmxBlockedAttention.RowPad = long.Parse(pad);
-if (!AttentionBench.AmxBlockedAttention.IsAvailable) routes.RemoveAll(r => r.Name.StartsWith("amx-"));
+if (Environment.GetEnvironmentVariable("ATTN_ROWS") is string rows) AttentionBench.AmxBlockedAttention.RowsOverride = long.Parse(rows, System.Globalization.CultureInfo.InvariantCulture);
+if (Environment.GetEnvironmentVariable("ATTN_ROWPAD") is string pad) AttentionBench.AmxBlockedAttention.RowPad = long.Parse(pad, System.Globalization.CultureInfo.InvariantCulture);
+if (!AttentionBench.AmxBlockedAttention.IsAvailable) routes.RemoveAll(r => r.Name.StartsWith("amx-", StringComparison.Ordinal));
 if (n % 16 != 0) routes.RemoveAll(r => r.Name == "amx-transposed");
 if (args.Length > 2 && args[2] != "all") routes = routes.Where(r => args[2].Split(',').Contains(r.Name)).ToList();
 
