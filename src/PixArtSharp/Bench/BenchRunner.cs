@@ -296,17 +296,7 @@ internal static class BenchRunner
             var steps = new List<double>();
             var stepClock = Stopwatch.StartNew();
             double transformerLoad = 0;
-            using var output = pipe.Generate(new GenerationRequest
-            {
-                PromptEmbeds = new PromptEmbeddings(embeds, mask.to(device)),
-                NumInferenceSteps = o.Steps,
-                GuidanceScale = 0,
-                Height = height,
-                Width = width,
-                UseResolutionBinning = false,
-                Seed = o.Seed,
-                OutputType = OutputType.Latent,
-            }, step =>
+            using var output = pipe.Generate(Request(o, embeds, mask.to(device), height, width, o.Seed) with { OutputType = OutputType.Latent }, step =>
             {
                 TorchRuntime.Synchronize(device);
                 steps.Add(stepClock.Elapsed.TotalSeconds);
@@ -409,16 +399,7 @@ internal static class BenchRunner
             var embeds = pipe.EncodeTokens(ids, mask);
             TorchRuntime.Synchronize(device);
             double t5 = clock.Elapsed.TotalSeconds;
-            using var output = pipe.Generate(new GenerationRequest
-            {
-                PromptEmbeds = new PromptEmbeddings(embeds, mask.to(device)),
-                NumInferenceSteps = o.Steps,
-                GuidanceScale = 0,
-                Height = height,
-                Width = width,
-                UseResolutionBinning = false,
-                Seed = o.Seed + i + 1,
-            }, onStage: e =>
+            using var output = pipe.Generate(Request(o, embeds, mask.to(device), height, width, o.Seed + i + 1), onStage: e =>
             {
                 if (e.Elapsed is not { } t) return;
                 if (e.Stage == PipelineStage.Denoise) denoise = t.TotalSeconds;
@@ -437,6 +418,18 @@ internal static class BenchRunner
         r.SteadyVaeSeconds = median.Vae;
         r.ImagesPerSecond = o.Batch / median.Total;
     }
+
+    /// <summary>The bench's request: these T5 states, the run's steps, no guidance (LCM), the exact size, one seed.</summary>
+    private static GenerationRequest Request(BenchOptions o, Tensor embeds, Tensor mask, int height, int width, long seed) => new()
+    {
+        PromptEmbeds = new PromptEmbeddings(embeds, mask),
+        NumInferenceSteps = o.Steps,
+        GuidanceScale = 0,
+        Height = height,
+        Width = width,
+        UseResolutionBinning = false,
+        Seed = seed,
+    };
 
     /// <summary>A model on seeded random weights, as <see cref="RandomModelWriter"/> writes them.</summary>
     private static T FromRandom<T>(long seed, ScalarType dtype, Device device, Func<Weights, T> build)
