@@ -69,6 +69,10 @@ for fixture in tiny-pixart-lcm tiny-pixart; do
   for dt in fp32 fp16 bf16; do
     run "gen-$fixture-cuda-$dt" dotnet "$APP/pixart.dll" generate "${common[@]}" --device cuda --dtype "$dt" --output "$OUT/$fixture-cuda-$dt.png"
   done
+  # The model card's CPU offload on a real GPU: the same pixels as everything on the GPU.
+  for off in model sequential; do
+    run "gen-$fixture-cuda-fp32-offload-$off" dotnet "$APP/pixart.dll" generate "${common[@]}" --device cuda --dtype fp32 --offload "$off" --output "$OUT/$fixture-cuda-fp32-offload-$off.png"
+  done
 done
 python3 - "$OUT" <<'PY' | tee "$OUT/fixtures.txt"
 import sys, zlib, struct, glob, os
@@ -102,6 +106,12 @@ for fx in ('tiny-pixart-lcm', 'tiny-pixart'):
         b = png(p); m = max(abs(x - y) for x, y in zip(a, b)) / 255
         # 8-bit PNGs: a difference under one level (3.9e-3) shows as 0 or 1/255.
         print(f'{fx} cuda {dt}: max |Δ| = {m:.2e} (bound {max(bound[dt], 1/255):.1e}) {"ok" if m <= max(bound[dt], 1/255) else "OVER"}')
+    whole = os.path.join(out, f'{fx}-cuda-fp32.png')
+    for off in ('model', 'sequential'):
+        p = os.path.join(out, f'{fx}-cuda-fp32-offload-{off}.png')
+        if not (os.path.exists(p) and os.path.exists(whole)): print(fx, 'offload', off, 'no image'); continue
+        m = max(abs(x - y) for x, y in zip(png(whole), png(p))) / 255
+        print(f'{fx} cuda fp32 --offload {off} vs none: max |Δ| = {m:.2e} {"ok" if m == 0 else "DIFFERENT"}')
 PY
 
 # 3. The server's warm-up on CUDA (tiny model): "warmed up in" on stderr, then one request.
@@ -160,4 +170,4 @@ PY
 cat "$OUT/durations.txt" "$OUT/fixtures.txt" "$OUT"/skipped.txt "$OUT"/failures.txt 2>/dev/null || true
 tar -czf /tmp/gpu-all.tar.gz -C "$OUT" --exclude=./bench.json --exclude=./fixtures.txt . && find "$OUT" -type f ! -name bench.json ! -name fixtures.txt -delete && mv /tmp/gpu-all.tar.gz "$OUT/all.tar.gz"
 echo "results in $OUT"; ls "$OUT"
-! grep -q FAILED "$OUT/fixtures.txt" 2>/dev/null
+! grep -qE "OVER|DIFFERENT" "$OUT/fixtures.txt" 2>/dev/null
