@@ -539,9 +539,9 @@ public sealed class T5Linear : IDisposable
     public Tensor forward(Tensor x)
     {
         if (_weight is not null) return F.linear(x, _weight);
-        // Decode [out, in] in the compute dtype, use it once, free it: the one matrix this layer costs.
-        using var w = weight_quantized!.Dequantize(dtype);
-        return F.linear(x, w);
+        // Decoded to the compute dtype as it runs (a tile of rows at a time on the CPU; elsewhere the whole [out, in]
+        // matrix, freed after use): never more than one matrix of this layer.
+        return weight_quantized!.Linear(x, dtype);
     }
 
     public void Dispose() { _weight?.Dispose(); weight_quantized?.Dispose(); }
