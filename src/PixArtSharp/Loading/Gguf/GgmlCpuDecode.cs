@@ -36,7 +36,7 @@ internal static unsafe class GgmlCpuDecode
     /// first count · block size elements of <paramref name="dst"/> (CPU, contiguous, fp32/bf16/fp16), split over the
     /// cores: the tiled linear's step, which refills one buffer instead of allocating a matrix per call.
     /// </summary>
-    public static void DecodeInto(GgmlType type, Tensor raw, long firstBlock, long count, Tensor dst)
+    public static void DecodeInto(GgmlType type, Tensor raw, long firstBlock, long count, Tensor dst, bool parallel = true)
     {
         var dtype = dst.dtype;
         CheckDtype(dtype);
@@ -46,7 +46,10 @@ internal static unsafe class GgmlCpuDecode
             throw new ArgumentException($"{type}: blocks [{firstBlock}, {firstBlock + count}) do not fit {raw.numel() / ts} blocks or a {dst.numel()}-element contiguous CPU buffer.");
         fixed (byte* srcPin = raw.bytes)
         fixed (byte* dstPin = dst.bytes)
-            Split(type, dtype, (nint)srcPin + (nint)(firstBlock * ts), (nint)dstPin, count, bs, ts);
+        {
+            if (parallel) Split(type, dtype, (nint)srcPin + (nint)(firstBlock * ts), (nint)dstPin, count, bs, ts);
+            else Run(type, dtype, (nint)srcPin + (nint)(firstBlock * ts), (nint)dstPin, count, bs, ts);
+        }
     }
 
     private static void Split(GgmlType type, ScalarType dtype, nint srcAddr, nint dstAddr, long count, int bs, int ts)

@@ -107,12 +107,13 @@ public sealed class QuantizedTensor : IDisposable
 
     /// <summary>
     /// <c>F.linear(x, W)</c> for this 2-D weight W [out, in] decoded to <paramref name="dtype"/>. Where the C# CPU
-    /// decoder applies, W is decoded a tile of output rows at a time into one reused buffer and each tile multiplies
-    /// while it is still in the cache, so the decoded matrix never round-trips through memory (nor exists whole);
-    /// elsewhere the whole matrix is decoded and freed after use.
+    /// decoder applies, W is decoded a tile of output rows at a time and each tile multiplies while it is still in
+    /// the cache (<see cref="GgmlTiledLinear"/>), so the decoded matrix never round-trips through memory nor exists
+    /// whole; elsewhere the whole matrix is decoded and freed after use. The decoded values are the same; the tiles'
+    /// products sum in another order than one whole-matrix GEMM (at most one step of the dtype apart).
     /// </summary>
     /// <param name="x">[…, in] in <paramref name="dtype"/></param>
-    /// <param name="tileRows">Output rows per tile (0: <see cref="DefaultTileRows"/>); tests vary it.</param>
+    /// <param name="tileRows">Output rows per tile (0: <see cref="GgmlTiledLinear.DefaultTileRows"/>); tests vary it.</param>
     /// <returns>[…, out]</returns>
     public Tensor Linear(Tensor x, ScalarType dtype, long tileRows = 0)
     {
@@ -123,23 +124,8 @@ public sealed class QuantizedTensor : IDisposable
             using var w = Dequantize(dtype);
             return F.linear(x, w);
         }
-        using var scope = NewDisposeScope();
-        long outF = Shape[0], inF = Shape[1], blocksPerRow = inF / GgmlTypes.BlockSize(Type);
-        long rows = Math.Min(outF, tileRows > 0 ? tileRows : DefaultTileRows(inF, dtype));
-        var tile = empty(rows, inF, dtype);                                                   // [rows, in], refilled
-        var parts = new List<Tensor>();
-        for (long r0 = 0; r0 < outF; r0 += rows)
-        {
-            long n = Math.Min(rows, outF - r0);
-            GgmlCpuDecode.DecodeInto(Type, _raw!, r0 * blocksPerRow, n * blocksPerRow, tile);
-            parts.Add(F.linear(x, n == rows ? tile : tile.narrow(0, 0, n)));                 // […, n]
-        }
-        return torch.cat(parts, -1).MoveToOuterDisposeScope();                                // […, out]
+        return GgmlTiledLinear.Forward(Type, _raw!, Shape[0], Shape[1], x, dtype, tileRows);
     }
-
-    /// <summary>Rows of a tile: about 1 MiB of decoded weight, which stays in a core's L2 cache between decode and matmul.</summary>
-    internal static long DefaultTileRows(long inFeatures, ScalarType dtype) =>
-        Math.Max(16, (1L << 20) / (inFeatures * (dtype == ScalarType.Float32 ? 4 : 2)) / 16 * 16);
 
     /// <summary>Whether <see cref="Dequantize(ScalarType)"/> goes through the C# CPU decoder.</summary>
     private bool UsesCpuKernel(ScalarType dtype) =>
