@@ -177,4 +177,36 @@ public class GgufTiledLinearTests(ITestOutputHelper output)
         Assert.Throws<InvalidOperationException>(() => flat.Linear(x, ScalarType.BFloat16));
         flat.Dispose();
     }
+
+    /// <summary>
+    /// The tiles run one per core with libtorch single-threaded on each (found libgomp's entry points in the bundled
+    /// libtorch), and the caller's libtorch thread count is what it was; two linears at once from two threads share
+    /// the helpers and both come out right.
+    /// </summary>
+    [Fact]
+    public void OneTilePerCoreLeavesTheCallersThreadCount()
+    {
+        if (OperatingSystem.IsLinux()) Assert.True(GgmlTiledLinear.PerCore, "libgomp's omp_set_num_threads was not found through libtorch_cpu");
+        int before = get_num_threads();
+        using var q = RandomBlocks(GgmlType.Q8_0, 96, 256, seed: 21, specialScales: false);
+        using var w = q.Dequantize(ScalarType.BFloat16);
+        using var x = randn(5, 256).to(ScalarType.BFloat16);
+        using var want = F.linear(x, w);
+        using (var got = q.Linear(x, ScalarType.BFloat16, 16)) Assert.True(WithinOneBf16Step(got, want));
+        Assert.Equal(before, get_num_threads());
+        var results = new bool[2];
+        var threads = Enumerable.Range(0, 2).Select(k => new Thread(() =>
+        {
+            for (int rep = 0; rep < 20; rep++)
+            {
+                using var got = q.Linear(x, ScalarType.BFloat16, 16);
+                if (!WithinOneBf16Step(got, want)) return;
+            }
+            results[k] = true;
+        })).ToList();
+        threads.ForEach(t => t.Start());
+        Assert.True(threads.All(t => t.Join(TimeSpan.FromSeconds(60))), "concurrent tiled linears did not finish");
+        Assert.True(results.All(r => r), "a concurrent tiled linear differs");
+        Assert.Equal(before, get_num_threads());
+    }
 }
