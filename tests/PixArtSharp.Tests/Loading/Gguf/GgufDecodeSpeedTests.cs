@@ -94,7 +94,7 @@ public class GgufDecodeSpeedTests(ITestOutputHelper output)
         double whole = Time(() => { using var w = q.Dequantize(ScalarType.BFloat16); using var y = F.linear(x, w); }, reps);
         var line = $"{type} [{outF}×{inF}], x [1, 120, {inF}] bf16: held bf16 {dense:F1} ms; decode whole + linear {whole:F1} ms; tiled:";
         foreach (long rows in new long[] { 0, 64, 128, 256, 512, 1024 })
-            line += $" {(rows == 0 ? $"default {GgmlTiledLinear.DefaultTileRows(inF, ScalarType.BFloat16)}" : rows)} rows {Time(() => { using var y = q.Linear(x, ScalarType.BFloat16, rows); }, reps):F1} ms;";
+            line += $" {(rows == 0 ? $"default {GgmlTiledLinear.DefaultTileRows(outF, inF, ScalarType.BFloat16, get_num_threads())}" : rows)} rows {Time(() => { using var y = q.Linear(x, ScalarType.BFloat16, rows); }, reps):F1} ms;";
         output.WriteLine(line);
         // The tiles' products sum in another order than one whole-matrix GEMM: at most one bf16 step apart.
         using var want = F.linear(x, held);
