@@ -28,9 +28,10 @@ namespace PixArtSharp.Models;
 // - The final RMSNorm is fp32 (its weight is held in fp32): the output is fp32 last_hidden_state.
 //
 // GGUF (FromGguf): the projections and the embedding stay encoded (Q8_0, Q4_K, …) in the file's memory mapping,
-// and each is decoded to its dtype above when it runs, then freed (T5Linear, the embedding's row lookup): the T5
-// costs the file's size plus one decoded matrix, never the whole model in bf16. The arithmetic is then that of a
-// model whose weights are the decoded values, held in the dtype.
+// and each is decoded to its dtype above when it runs (T5Linear: on the CPU a tile of rows at a time, one tile per
+// core, multiplied at once; the embedding: only the rows looked up): the T5 costs the file's size plus a few tiles,
+// never the whole model in bf16. The arithmetic is then that of a model whose weights are the decoded values, held in
+// the dtype (the tiles' GEMMs sum in another order than one whole-matrix GEMM: at most one bf16 step apart).
 
 /// <summary>
 /// The T5 encoder stack: token embedding (<c>shared</c>), <c>encoder.block.{i}</c>, <c>encoder.final_layer_norm</c>.
