@@ -69,6 +69,8 @@ internal static class GgmlTiledLinear
         return job.Result();
     }
 
+    /// <summary>The calling thread's tile, kept between calls (≈ 4 MiB per thread that ran a quantized linear): a fresh
+    /// one per call would be paged in anew each time.</summary>
     [ThreadStatic] private static TileBuffer? _callerBuffer;
     private static TileBuffer CallerBuffer => _callerBuffer ??= new TileBuffer();
 
@@ -186,8 +188,12 @@ internal static class GgmlTiledLinear
 
             private void Loop()
             {
-                TorchSharp.torch.get_num_threads();        // ATen's per-thread start-up first (it sets the team size)
-                Omp.SetThreads(1);
+                try
+                {
+                    TorchSharp.torch.get_num_threads();    // ATen's per-thread start-up first (it sets the team size)
+                    Omp.SetThreads(1);
+                }
+                catch (Exception) { /* slower with libtorch's default team on this thread, but never a caller left waiting */ }
                 var buffer = new TileBuffer();
                 foreach (var job in _jobs.GetConsumingEnumerable()) job.HelperWork(buffer);   // never throws: Work keeps the error for the caller
             }
@@ -223,8 +229,7 @@ internal static class GgmlTiledLinear
         /// <summary>The path of an already-loaded shared library whose file name starts with <paramref name="stem"/> (Linux: /proc/self/maps).</summary>
         private static string? LoadedLibrary(string stem)
         {
-            if (!OperatingSystem.IsLinux()) return null;
-            TorchRuntime.EnsureLoaded();
+            if (!OperatingSystem.IsLinux()) return null;       // (libtorch is loaded: the caller holds tensors)
             foreach (var line in File.ReadLines("/proc/self/maps"))
             {
                 int slash = line.IndexOf('/');
