@@ -83,6 +83,11 @@ internal static unsafe class GgmlCpuDecode
             Q8_0Bf16(src, (ushort*)dstAddr, nb);
             return;
         }
+        if (type is GgmlType.Q4_K or GgmlType.Q5_K && dtype == ScalarType.BFloat16 && Avx512F.IsSupported && Avx512BW.IsSupported)
+        {
+            for (long b = 0; b < nb; b++) Q4Q5_KBf16(src + b * ts, (ushort*)dstAddr + b * bs, hasHigh: type == GgmlType.Q5_K);
+            return;
+        }
         float* buf = stackalloc float[GgmlTypes.QK_K];
         for (long b = 0; b < nb; b++)
         {
@@ -216,6 +221,32 @@ internal static unsafe class GgmlCpuDecode
                 if (hasHigh) v |= ((qh[i] >> j) & 1) << 4;
                 y[32 * j + i] = dj * v - mj;
             }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Q4Q5_K"/> straight to bf16 on AVX-512 lanes, one 32-value sub-block at a time: the same fp32
+    /// (d·sc)·q − dmin·m, multiply and subtract rounded separately (no fused multiply-add), as the tensor ops do.
+    /// </summary>
+    private static void Q4Q5_KBf16(byte* x, ushort* y, bool hasHigh)
+    {
+        float d = Half(x), dmin = Half(x + 2);
+        byte* s = x + 4;
+        byte* qs = hasHigh ? x + 48 : x + 16;
+        var high = hasHigh ? Vector256.Load(x + 16) : default;                      // qh[32]: bit j = sub-block j's 5th bit
+        for (int j = 0; j < 8; j++)
+        {
+            int sc, m;
+            if (j < 4) { sc = s[j] & 0x3F; m = s[j + 4] & 0x3F; }
+            else { sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 2) & 0x30); m = (s[j + 4] >> 4) | ((s[j] >> 2) & 0x30); }
+            var dj = Vector512.Create(d * sc);
+            var mj = Vector512.Create(dmin * m);
+            var v = (Vector256.Load(qs + 32 * (j / 2)) >> (4 * (j % 2))) & Vector256.Create((byte)0x0F);
+            if (hasHigh) v |= ((high >> j) & Vector256<byte>.One) << 4;
+            var lo = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(v.GetLower()));   // vpmovzxbd
+            var hi = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(v.GetUpper()));
+            Avx512F.ConvertToVector256UInt16(ToBf16(dj * lo - mj)).Store(y + 32 * j);
+            Avx512F.ConvertToVector256UInt16(ToBf16(dj * hi - mj)).Store(y + 32 * j + 16);
         }
     }
 
