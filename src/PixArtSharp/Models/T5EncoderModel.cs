@@ -28,9 +28,10 @@ namespace PixArtSharp.Models;
 // - The final RMSNorm is fp32 (its weight is held in fp32): the output is fp32 last_hidden_state.
 //
 // GGUF (FromGguf): the projections and the embedding stay encoded (Q8_0, Q4_K, …) in the file's memory mapping,
-// and each is decoded to its dtype above when it runs, then freed (T5Linear, the embedding's row lookup): the T5
-// costs the file's size plus one decoded matrix, never the whole model in bf16. The arithmetic is then that of a
-// model whose weights are the decoded values, held in the dtype.
+// and each is decoded to its dtype above when it runs (T5Linear: on the CPU a tile of rows at a time, one tile per
+// core, multiplied at once; the embedding: only the rows looked up): the T5 costs the file's size plus a few tiles,
+// never the whole model in bf16. The arithmetic is then that of a model whose weights are the decoded values, held in
+// the dtype (the tiles' GEMMs sum in another order than one whole-matrix GEMM: at most one bf16 step apart).
 
 /// <summary>
 /// The T5 encoder stack: token embedding (<c>shared</c>), <c>encoder.block.{i}</c>, <c>encoder.final_layer_norm</c>.
@@ -539,9 +540,9 @@ internal sealed class T5Linear : IDisposable
     public Tensor forward(Tensor x)
     {
         if (_weight is not null) return F.linear(x, _weight);
-        // Decode [out, in] in the compute dtype, use it once, free it: the one matrix this layer costs.
-        using var w = weight_quantized!.Dequantize(dtype);
-        return F.linear(x, w);
+        // Decoded to the compute dtype as it runs (a tile of rows at a time on the CPU; elsewhere the whole [out, in]
+        // matrix, freed after use): never more than one matrix of this layer.
+        return weight_quantized!.Linear(x, dtype);
     }
 
     public void Dispose() { _weight?.Dispose(); weight_quantized?.Dispose(); }

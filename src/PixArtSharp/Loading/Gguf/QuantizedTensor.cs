@@ -1,5 +1,6 @@
 using TorchSharp;
 using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
 
 namespace PixArtSharp.Loading.Gguf;
 
@@ -95,15 +96,41 @@ internal sealed class QuantizedTensor : IDisposable
         using var scope = NewDisposeScope();
         // The C# decoder reads the raw bytes on the CPU; planes moved elsewhere (e.g. by a module-wide .to(device))
         // decode with the tensor ops where they are.
-        if (allowCpuKernel && _raw is not null && _raw.device_type == DeviceType.CPU && _planes[0].device_type == DeviceType.CPU
-            && dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16)
-            return GgmlCpuDecode.Decode(Type, _raw, dtype).reshape(Shape).MoveToOuterDisposeScope();
+        if (allowCpuKernel && UsesCpuKernel(dtype))
+            return GgmlCpuDecode.Decode(Type, _raw!, dtype).reshape(Shape).MoveToOuterDisposeScope();
         // F32/F16/BF16 convert straight to the target (what dequant.py does for the torch-compatible types).
         Tensor values = Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 && dtype != ScalarType.Float32
             ? GgmlDequant.Cast(_planes[0], dtype)
             : GgmlDequant.DecodeBlocks(Type, _planes);                                  // [blocks, block size] fp32
         return values.reshape(Shape).to(dtype).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// <c>F.linear(x, W)</c> for this 2-D weight W [out, in] decoded to <paramref name="dtype"/>. Where the C# CPU
+    /// decoder applies, W is decoded a tile of output rows at a time and each tile multiplies while it is still in
+    /// the cache (<see cref="GgmlTiledLinear"/>), so the decoded matrix never round-trips through memory nor exists
+    /// whole; elsewhere the whole matrix is decoded and freed after use. The decoded values are the same; the tiles'
+    /// products sum in another order than one whole-matrix GEMM (at most one step of the dtype apart).
+    /// </summary>
+    /// <param name="x">[…, in] in <paramref name="dtype"/></param>
+    /// <param name="tileRows">Output rows per tile (0: <see cref="GgmlTiledLinear.DefaultTileRows"/>); tests vary it.</param>
+    /// <returns>[…, out]</returns>
+    public Tensor Linear(Tensor x, ScalarType dtype, long tileRows = 0)
+    {
+        if (Shape.Length != 2)
+            throw new InvalidOperationException($"{Name}: Linear needs a 2-D weight, not [{string.Join(", ", Shape)}].");
+        if (!UsesCpuKernel(dtype))
+        {
+            using var w = Dequantize(dtype);
+            return F.linear(x, w);
+        }
+        return GgmlTiledLinear.Forward(Type, _raw!, Shape[0], Shape[1], x, dtype, tileRows);
+    }
+
+    /// <summary>Whether <see cref="Dequantize(ScalarType)"/> goes through the C# CPU decoder.</summary>
+    private bool UsesCpuKernel(ScalarType dtype) =>
+        _raw is not null && _raw.device_type == DeviceType.CPU && _planes[0].device_type == DeviceType.CPU
+        && dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16;
 
     /// <summary>
     /// Rows of a 2-D tensor ([rows, cols], one row = cols / block size whole blocks): only the selected blocks are

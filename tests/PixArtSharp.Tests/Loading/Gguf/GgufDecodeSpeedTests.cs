@@ -75,4 +75,31 @@ public class GgufDecodeSpeedTests(ITestOutputHelper output)
         using var y2 = F.linear(x, w2);
         Assert.True(y1.eq(y2).all().item<bool>());
     }
+    /// <summary>
+    /// The tiled quantized linear (decode a tile of rows, multiply it while cached) against decode-whole-then-linear
+    /// and against a held bf16 weight, for T5-XXL's two matrix shapes on 120 tokens, over tile sizes.
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.Q8_0, 10240, 4096)]
+    [InlineData(GgmlType.Q8_0, 4096, 10240)]
+    [InlineData(GgmlType.Q8_0, 4096, 4096)]
+    [InlineData(GgmlType.Q5_K, 10240, 4096)]
+    public void TiledLinearCostPerCall(GgmlType type, long outF, long inF)
+    {
+        if (!Enabled) { outF /= 16; inF /= 16; }
+        using var q = RandomBlocks(type, outF, inF, 3);
+        using var held = q.Dequantize(ScalarType.BFloat16);
+        using var x = randn(1, 120, inF).to(ScalarType.BFloat16);
+        int reps = Enabled ? 5 : 1;
+        double dense = Time(() => { using var y = F.linear(x, held); }, reps);
+        double whole = Time(() => { using var w = q.Dequantize(ScalarType.BFloat16); using var y = F.linear(x, w); }, reps);
+        var line = $"{type} [{outF}×{inF}], x [1, 120, {inF}] bf16: held bf16 {dense:F1} ms; decode whole + linear {whole:F1} ms; tiled:";
+        foreach (long rows in new long[] { 0, 64, 128, 256, 512, 1024 })
+            line += $" {(rows == 0 ? $"default {GgmlTiledLinear.DefaultTileRows(outF, inF, ScalarType.BFloat16, get_num_threads())}" : rows)} rows {Time(() => { using var y = q.Linear(x, ScalarType.BFloat16, rows); }, reps):F1} ms;";
+        output.WriteLine(line);
+        // The tiles' products sum in another order than one whole-matrix GEMM: at most one bf16 step apart.
+        using var want = F.linear(x, held);
+        using var got = q.Linear(x, ScalarType.BFloat16);
+        Assert.True(GgufTiledLinearTests.WithinOneBf16Step(got, want));
+    }
 }
