@@ -96,7 +96,7 @@ internal static class GgmlTiledLinear
         private readonly Tensor?[] _parts = new Tensor?[tiles];
         private long _next = -1;
         private int _pending;
-        private readonly ManualResetEventSlim _done = new(false);
+        private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private Exception? _error;
 
         public void AddHelpers(int n) => _pending = n;
@@ -122,11 +122,11 @@ internal static class GgmlTiledLinear
         public void HelperWork(TileBuffer buffer)
         {
             Work(buffer);
-            if (Interlocked.Decrement(ref _pending) == 0) _done.Set();
+            if (Interlocked.Decrement(ref _pending) == 0) _done.SetResult();
         }
 
-        /// <summary>Until every helper has checked in (the last one sets the event; it is not disposed, as Set may still be returning).</summary>
-        public void Wait() => _done.Wait();
+        /// <summary>Until every helper has checked in (the last one completes the task; nothing to dispose).</summary>
+        public void Wait() => _done.Task.Wait();
 
         /// <summary>The fallback: each tile decoded on all cores, then multiplied with libtorch's threads.</summary>
         public void WorkShared()

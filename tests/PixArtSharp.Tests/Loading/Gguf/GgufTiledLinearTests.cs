@@ -68,12 +68,13 @@ public class GgufTiledLinearTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData(GgmlType.Q8_0)]
-    [InlineData(GgmlType.Q4_K)]
-    [InlineData(GgmlType.Q5_K)]
-    [InlineData(GgmlType.Q6_K)]
-    public void CpuDecoderMatchesTensorOpsBitForBit(GgmlType type)
+    [InlineData("Q8_0")]
+    [InlineData("Q4_K")]
+    [InlineData("Q5_K")]
+    [InlineData("Q6_K")]
+    public void CpuDecoderMatchesTensorOpsBitForBit(string typeName)
     {
+        var type = Enum.Parse<GgmlType>(typeName);   // by name: GgmlType is internal, a test method public
         // 37 rows × 2304 columns: enough blocks to split over the cores, a count that does not divide evenly.
         using var q = RandomBlocks(type, 37, 2304, seed: (int)type, specialScales: true);
         using var reference = q.Dequantize(ScalarType.Float32, allowCpuKernel: false);
@@ -133,12 +134,13 @@ public class GgufTiledLinearTests(ITestOutputHelper output)
     /// most one step of the dtype; fp32: 1e-5 of the largest output).
     /// </summary>
     [Theory]
-    [InlineData(GgmlType.Q8_0)]
-    [InlineData(GgmlType.Q4_K)]
-    [InlineData(GgmlType.Q5_K)]
-    [InlineData(GgmlType.Q6_K)]
-    public void TiledLinearMatchesWholeDecode(GgmlType type)
+    [InlineData("Q8_0")]
+    [InlineData("Q4_K")]
+    [InlineData("Q5_K")]
+    [InlineData("Q6_K")]
+    public void TiledLinearMatchesWholeDecode(string typeName)
     {
+        var type = Enum.Parse<GgmlType>(typeName);   // by name: GgmlType is internal, a test method public
         using var q = RandomBlocks(type, 100, 512, seed: 11 + (int)type, specialScales: false);
         foreach (var dt in DTypes)
         {
