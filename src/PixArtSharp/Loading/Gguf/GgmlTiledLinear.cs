@@ -215,7 +215,7 @@ internal static class GgmlTiledLinear
             // dlsym on the loaded libtorch_cpu's handle searches it and its dependencies (where libgomp is).
             try
             {
-                string? path = LoadedLibrary("libtorch_cpu");
+                string? path = TorchRuntime.LoadedLibraryPath("libtorch_cpu.so");
                 if (path is null || !NativeLibrary.TryLoad(path, out var lib)) return;
                 if (NativeLibrary.TryGetExport(lib, "omp_set_num_threads", out var set) && NativeLibrary.TryGetExport(lib, "omp_get_max_threads", out var get))
                 {
@@ -224,20 +224,6 @@ internal static class GgmlTiledLinear
                 }
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
-        }
-
-        /// <summary>The path of an already-loaded shared library whose file name starts with <paramref name="stem"/> (Linux: /proc/self/maps).</summary>
-        private static string? LoadedLibrary(string stem)
-        {
-            if (!OperatingSystem.IsLinux()) return null;       // (libtorch is loaded: the caller holds tensors)
-            foreach (var line in File.ReadLines("/proc/self/maps"))
-            {
-                int slash = line.IndexOf('/');
-                if (slash < 0) continue;
-                string file = line[slash..];
-                if (Path.GetFileName(file).StartsWith(stem + ".so", StringComparison.Ordinal)) return file;
-            }
-            return null;
         }
     }
 }
