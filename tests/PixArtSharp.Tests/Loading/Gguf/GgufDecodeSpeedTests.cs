@@ -15,16 +15,8 @@ public class GgufDecodeSpeedTests(ITestOutputHelper output)
 {
     private static bool Enabled => Environment.GetEnvironmentVariable("PIXART_GGUF_SPEED") == "1";
 
-    private static QuantizedTensor RandomBlocks(GgmlType type, long rows, long cols, int seed)
-    {
-        var bytes = new byte[GgmlTypes.ByteLength(type, rows * cols)];
-        new Random(seed).NextBytes(bytes);
-        // Keep the fp16 scales finite (exponent bits not all ones) so the values are ordinary numbers.
-        int ts = GgmlTypes.TypeSize(type);
-        foreach (var pl in GgmlDequant.Layout(type).Where(p => p.Type == ScalarType.Float16))
-            for (long b = 0; b < bytes.Length / ts; b++) bytes[b * ts + pl.Offset + 1] &= 0x3B;
-        return QuantizedTensor.FromBytes("w", type, [rows, cols], bytes);
-    }
+    private static QuantizedTensor RandomBlocks(GgmlType type, long rows, long cols, int seed) =>
+        GgufTiledLinearTests.RandomBlocks(type, rows, cols, seed, specialScales: false);
 
     private double Time(Action a, int reps)
     {

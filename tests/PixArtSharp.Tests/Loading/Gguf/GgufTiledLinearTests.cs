@@ -18,7 +18,7 @@ public class GgufTiledLinearTests(ITestOutputHelper output)
     /// Random blocks (any bits decode), with every fp16 scale field made finite except a few set on purpose to NaN,
     /// ±infinity, subnormals and ±0, which the decoders must carry through the same way.
     /// </summary>
-    private static QuantizedTensor RandomBlocks(GgmlType type, long rows, long cols, int seed, bool specialScales)
+    internal static QuantizedTensor RandomBlocks(GgmlType type, long rows, long cols, int seed, bool specialScales)
     {
         var bytes = new byte[GgmlTypes.ByteLength(type, rows * cols)];
         var rng = new Random(seed);
