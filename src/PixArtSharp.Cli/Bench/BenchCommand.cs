@@ -32,7 +32,7 @@ public static class BenchCommand
         var tinyVae = new Option<bool>("--tiny-vae") { Description = "Decode with TAESD (AutoencoderTiny, random weights in its real config) instead of the SD VAE." };
         var t5Quant = new Option<string?>("--t5-quant") { HelpName = "TYPE", Description = "Write the random T5 as a GGUF file of this type (q8_0, q4_k, q5_k, f16, bf16) and load it as a user's file would be." };
         var textEncoder = new Option<string?>("--text-encoder") { HelpName = "FILE.gguf", Description = "Time a real T5 GGUF file (e.g. from city96/t5-v1_1-xxl-encoder-gguf) as the text encoder." };
-        var repeat = new Option<int>("--repeat") { Description = "After the measured run, this many end-to-end runs with every model kept loaded (the steady state a server sees; component all): median time and images/s.", DefaultValueFactory = _ => 0 };
+        var repeat = new Option<int>("--repeat") { Description = "After the measured run, this many end-to-end runs with every model kept loaded (the steady state a server sees): median time and images/s. With --component vae: this many more decodes.", DefaultValueFactory = _ => 0 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of the table." };
         var save = new Option<string?>("--save-random-model") { Description = "Write the seeded random full-size weights as a diffusers folder here (bf16, or fp16 with --variant fp16), then exit." };
         var tokenizer = new Option<string?>("--tokenizer") { Description = "spiece.model to copy into a saved folder (default: the repo's fixtures, ../shared/fixtures/tokenizer/spiece.model)." };

@@ -645,6 +645,7 @@ public abstract class PixArtPipeline : IDisposable
         using var onDevice = vae is IMovableModel movable ? _offload.Stage(movable) : null;
         var z = latents.to(ScalarType.Float32, Device).div(vae.ScalingFactor).to(Options.DType);
         int tile = Options.VaeTileLatents ?? AutoTile(z.shape[2], z.shape[3], Options.DType, Device.type == DeviceType.CPU ? Bench.ProcessStats.MemAvailableBytes : null);
+        // contiguous: on CUDA the last conv ran channels-last; callers of Decode get plain NCHW memory.
         var image = (tile > 0 && vae is AutoencoderKL kl ? kl.DecodeTiled(z, tile) : vae.Decode(z)).to(ScalarType.Float32).contiguous();
         onStage?.Invoke(new StageEvent(PipelineStage.Decode, "", StageTime(clock)));
         return image.MoveToOuterDisposeScope();
