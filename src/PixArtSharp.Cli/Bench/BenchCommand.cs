@@ -28,7 +28,8 @@ public static class BenchCommand
         var seed = new Option<long>("--seed") { Description = "Seed of the random weights and of the initial latents.", DefaultValueFactory = _ => 0 };
         var vaeTile = new Option<int>("--vae-tile") { Description = "Decode in tiles of this many latents (0 = whole image). With --component vae, also decodes whole and reports the difference.", DefaultValueFactory = _ => 0 };
         var compare = new Option<bool>("--compare-fp32") { Description = "With --model: run the pipeline again in fp32 and report the image difference." };
-        var prompt = new Option<string?>("--prompt") { Description = "Prompt (with --model; its length does not change the cost: T5 always runs 120 tokens)." };
+        var prompt = new Option<string?>("--prompt") { Description = "Prompt (with --model): T5 runs on its tokens, so its length sets the T5's cost." };
+        var promptTokens = new Option<int>("--prompt-tokens") { HelpName = "N", Description = "Random weights: the fixed prompt's length in tokens, </s> included (1–120; T5 runs on these, not the padding).", DefaultValueFactory = _ => 25 };
         var tinyVae = new Option<bool>("--tiny-vae") { Description = "Decode with TAESD (AutoencoderTiny, random weights in its real config) instead of the SD VAE." };
         var t5Quant = new Option<string?>("--t5-quant") { HelpName = "TYPE", Description = "Write the random T5 as a GGUF file of this type (q8_0, q4_k, q5_k, f16, bf16) and load it as a user's file would be." };
         var textEncoder = new Option<string?>("--text-encoder") { HelpName = "FILE.gguf", Description = "Time a real T5 GGUF file (e.g. from city96/t5-v1_1-xxl-encoder-gguf) as the text encoder." };
@@ -38,7 +39,7 @@ public static class BenchCommand
         var tokenizer = new Option<string?>("--tokenizer") { Description = "spiece.model to copy into a saved folder (default: the repo's fixtures, ../shared/fixtures/tokenizer/spiece.model)." };
 
         var cmd = new Command("bench", "Time the full-size PixArt-LCM stages (load, T5, per-step transformer, VAE, end to end, peak RSS, GFLOP/s vs a GEMM rate measured in the same run).");
-        foreach (var o in new Option[] { component, steps, size, batch, dtype, threads, device, offload, tinyVae, t5Quant, textEncoder, model, variant, seed, vaeTile, compare, repeat, prompt, json, save, tokenizer })
+        foreach (var o in new Option[] { component, steps, size, batch, dtype, threads, device, offload, tinyVae, t5Quant, textEncoder, model, variant, seed, vaeTile, compare, repeat, prompt, promptTokens, json, save, tokenizer })
             cmd.Add(o);
 
         // Errors go through CliApp.Guard like every command: one line, the shared exit codes (2 bad arguments, 3 model
@@ -82,6 +83,7 @@ public static class BenchCommand
                 T5Quant = parse.GetValue(t5Quant),
                 TextEncoder = parse.GetValue(textEncoder),
                 Prompt = parse.GetValue(prompt) ?? new BenchOptions().Prompt,
+                PromptTokens = parse.GetValue(promptTokens),
             };
             bool asJson = parse.GetValue(json);
             // Progress goes to stderr in both modes; stdout holds only the table or the JSON object.

@@ -99,6 +99,8 @@ internal sealed class BenchResult
     public double? GemmGflopsEnd { get; set; }
     public double? TransformerStepFlops { get; set; }
     public double? T5Flops { get; set; }
+    /// <summary>Tokens T5 ran on per prompt (the prompt's, &lt;/s&gt; included; the padding to 120 is not run).</summary>
+    public int? T5Tokens { get; set; }
     public double? VaeFlops { get; set; }
     /// <summary>Transformer step FLOPs / median step time (for component t5 or vae: that stage's), GFLOP/s.</summary>
     public double? AchievedGflops { get; set; }
@@ -144,7 +146,7 @@ internal sealed class BenchResult
         Row("load", S(LoadSeconds));
         Row("  t5 / transformer / vae", LoadSeconds is null ? null : $"{S(T5LoadSeconds) ?? "-"} / {S(TransformerLoadSeconds) ?? "-"} / {S(VaeLoadSeconds) ?? "-"}");
         Row("T5 encode", S(T5Seconds));
-        Row("  T5 FLOPs, rate", T5Flops is null || T5Seconds is null ? null : $"{T(T5Flops)}, {G(T5Gflops)}");
+        Row("  T5 FLOPs, rate", T5Flops is null || T5Seconds is null ? null : $"{T(T5Flops)} ({T5Tokens} tokens), {G(T5Gflops)}");
         if (StepSeconds is { Length: > 0 })
             Row("steps", string.Join(", ", StepSeconds.Select(s => s.ToString("0.000", ci))) + " s");
         Row("step (median)", S(StepSecondsMedian));

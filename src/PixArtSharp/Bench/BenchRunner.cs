@@ -43,6 +43,8 @@ internal sealed record BenchOptions
     /// <summary>After the measured run, this many more end-to-end runs with every model kept loaded (the steady state; component all).</summary>
     public int Repeat { get; init; }
     public string Prompt { get; init; } = "A small cabin on top of a snowy mountain in the style of Disney, artstation";
+    /// <summary>Random weights (no tokenizer): the fixed prompt's length in tokens, &lt;/s&gt; included (1–120).</summary>
+    public int PromptTokens { get; init; } = 25;
 }
 
 /// <summary>
@@ -91,8 +93,11 @@ internal static class BenchRunner
         r.Height = height; r.Width = width; r.Size = $"{height}x{width}";
         long lh = height / f, lw = width / f;
 
-        // FLOPs of each stage for this size and batch (formulas in FlopCount).
-        r.T5Flops = FlopCount.T5Encoder(t5Config, Tokens, o.Batch);
+        // FLOPs of each stage for this size and batch (formulas in FlopCount); T5 runs on the prompt's tokens only.
+        int t5Tokens;
+        using (var promptMask = PromptIds(o, folder, t5Config).Mask) t5Tokens = (int)(promptMask.sum().item<long>() / o.Batch);
+        r.T5Tokens = t5Tokens;
+        r.T5Flops = FlopCount.T5Encoder(t5Config, t5Tokens, o.Batch);
         r.TransformerStepFlops = FlopCount.TransformerForward(tConfig, lh, lw, o.Batch, Tokens);
         r.VaeFlops = FlopCount.VaeDecode(vConfig, lh, lw, o.Batch);
 
@@ -149,6 +154,7 @@ internal static class BenchRunner
             throw new ArgumentException($"dtype must be fp32, bf16 or fp16, not {o.DType}.", nameof(o));
         if (o.VaeTileLatents < 0) throw new ArgumentException($"the VAE tile size must be ≥ 0 latents, not {o.VaeTileLatents}.", nameof(o));
         if (o.Repeat < 0) throw new ArgumentException($"repeat must be ≥ 0, not {o.Repeat}.", nameof(o));
+        if (o.PromptTokens is < 1 or > Tokens) throw new ArgumentException($"prompt tokens must be 1 to {Tokens}, not {o.PromptTokens}.", nameof(o));
         if (o.Repeat > 0 && o.Component is not (BenchComponent.All or BenchComponent.Vae))
             throw new ArgumentException("--repeat needs component all (whole runs) or vae (decodes).", nameof(o));
         if (o.CompareFp32 && (o.ModelDir is null || o.Component != BenchComponent.All))
@@ -439,8 +445,9 @@ internal static class BenchRunner
     }
 
     /// <summary>
-    /// [B, 120] ids and mask: the prompt through the folder's tokenizer, or (random weights) 24 fixed token ids,
-    /// &lt;/s&gt; and padding. T5 runs on all 120 positions either way, so the cost does not depend on the text.
+    /// [B, 120] ids and mask: the prompt through the folder's tokenizer, or (random weights) <see cref="BenchOptions.PromptTokens"/>
+    /// fixed token ids (the last &lt;/s&gt;) and padding. T5 runs on the prompt's tokens, not the padding, so its cost
+    /// follows the prompt's length.
     /// </summary>
     private static (Tensor Ids, Tensor Mask) PromptIds(BenchOptions o, ModelFolder? folder, T5Config c)
     {
@@ -457,9 +464,10 @@ internal static class BenchRunner
         {
             ids = new long[Tokens];
             mask = new long[Tokens];
-            for (int i = 0; i < 25; i++)
+            int n = o.PromptTokens;
+            for (int i = 0; i < n; i++)
             {
-                ids[i] = i == 24 ? 1 : 100 + 37 * i % Math.Max(1, c.VocabSize - 200);
+                ids[i] = i == n - 1 ? 1 : 100 + 37 * i % Math.Max(1, c.VocabSize - 200);
                 mask[i] = 1;
             }
         }

@@ -185,10 +185,17 @@ internal sealed class T5EncoderModel : IDisposable, ISequentialModel
         var h = rows.view(B, L, config.DModel).to(ScalarType.Float32);                                   // [B, L, D]
         trace?.Invoke("embeddings", h);
 
-        // 2. The encoder stack.
-        var output = encoder.forward(h, mask, trace);                                                   // [B, L, D]
+        // 2. The encoder stack. With block-encoded CPU projections (GGUF) those linears spread their tiles over the
+        //    cores themselves; libtorch stays on one thread here so that its idle OpenMP workers do not spin on them.
+        Tensor output;
+        using (QuantizedOnCpu ? GgmlTiledLinear.CallerSingleThreaded() : null)
+            output = encoder.forward(h, mask, trace);                                                   // [B, L, D]
         return output.MoveToOuterDisposeScope();
     }
+
+    /// <summary>Whether the projections are block-encoded CPU weights (a GGUF file, decoded tile by tile as they run).</summary>
+    private bool QuantizedOnCpu => encoder.block.Length > 0 && encoder.block[0].layer_0.SelfAttention.q.weight_quantized is { } q
+                                   && q.device.type == DeviceType.CPU;
 
     public void Dispose()
     {
@@ -532,6 +539,7 @@ internal sealed class T5Linear : IDisposable
         this.dtype = dtype;
         weight_quantized = w.TryGetQuantized("weight", dtype, [outFeatures, inFeatures]);
         if (weight_quantized is null) _weight = w.Get("weight", dtype, [outFeatures, inFeatures]);
+        else weight_quantized.Populate();   // every row of a projection is read by each forward: map it in at load
     }
 
     /// <summary><c>weight</c> [out, in] as held; a GGUF layer holds it encoded (<see cref="weight_quantized"/>) instead.</summary>

@@ -302,10 +302,13 @@ public abstract class PixArtPipeline : IDisposable
         negativePrompts ??= [""];
         int maxLength = maxSequenceLength ?? DefaultMaxSequenceLength;
 
+        // diffusers 0.29.2 repeats the embeddings per prompt (p0, p0, p1, p1) but the mask per batch (p0, p1, p0, p1),
+        // which we mirror: then a copy can attend to another prompt's padded positions, so those need T5's states there.
+        bool paddingStates = numImagesPerPrompt > 1 && batchSize > 1;
         Tensor embeds, mask;
         if (promptEmbeds is null)
         {
-            (embeds, mask) = EncodeText(prompts!, cleanCaption, maxLength);
+            (embeds, mask) = EncodeText(prompts!, cleanCaption, maxLength, paddingStates);
         }
         else
         {
@@ -326,7 +329,7 @@ public abstract class PixArtPipeline : IDisposable
             if (negativePromptEmbeds is null)
             {
                 var uncond = negativePrompts.Count == 1 ? Enumerable.Repeat(negativePrompts[0], batchSize).ToList() : negativePrompts.ToList();
-                (nEmbeds, nMask) = EncodeText(uncond, cleanCaption, (int)seqLen);
+                (nEmbeds, nMask) = EncodeText(uncond, cleanCaption, (int)seqLen, paddingStates);
             }
             else
             {
@@ -341,30 +344,57 @@ public abstract class PixArtPipeline : IDisposable
         return (new PromptEmbeddings(embeds.MoveToOuterDisposeScope(), mask.MoveToOuterDisposeScope()), negative);
     }
 
-    /// <summary>Preprocess, tokenize (padded to maxLength, masked) and run T5.</summary>
-    private (Tensor Embeds, Tensor Mask) EncodeText(IReadOnlyList<string> texts, bool cleanCaption, int maxLength)
+    /// <summary>Preprocess, tokenize (padded to maxLength, masked) and run T5 (see <see cref="EncodeTokens"/> for the padding).</summary>
+    private (Tensor Embeds, Tensor Mask) EncodeText(IReadOnlyList<string> texts, bool cleanCaption, int maxLength, bool paddingStates)
     {
         var tokenizer = Tokenizer ?? throw new InvalidOperationException("This pipeline has no tokenizer: give prompt embeddings instead of prompts.");
         var cleaned = texts.Select(t => CaptionCleaner.Preprocess(t, cleanCaption)).ToList();
-        if (_promptCache is not null && !_warmingUp) return _promptCache.GetOrEncode(cleaned, maxLength, cleanCaption, misses => EncodeCleaned(tokenizer, misses, maxLength));
-        return EncodeCleaned(tokenizer, cleaned, maxLength);
+        if (_promptCache is not null && !_warmingUp)
+            return _promptCache.GetOrEncode(cleaned, maxLength, cleanCaption, paddingStates, misses => EncodeCleaned(tokenizer, misses, maxLength, paddingStates));
+        return EncodeCleaned(tokenizer, cleaned, maxLength, paddingStates);
     }
 
-    private (Tensor Embeds, Tensor Mask) EncodeCleaned(T5Tokenizer tokenizer, IReadOnlyList<string> cleaned, int maxLength)
+    private (Tensor Embeds, Tensor Mask) EncodeCleaned(T5Tokenizer tokenizer, IReadOnlyList<string> cleaned, int maxLength, bool paddingStates)
     {
         var batch = tokenizer.Encode(cleaned, maxLength);
         var ids = tensor(batch.InputIds, [cleaned.Count, maxLength], ScalarType.Int64, Device);
         var mask = tensor(batch.AttentionMask, [cleaned.Count, maxLength], ScalarType.Int64, Device);
-        return (EncodeTokens(ids, mask), mask);
+        return (EncodeTokens(ids, mask, paddingStates), mask);
     }
 
-    /// <summary>T5 on token ids (B, L) and their mask: fp32 states (B, L, d_model). The bench calls it with fixed ids.</summary>
-    internal Tensor EncodeTokens(Tensor inputIds, Tensor attentionMask)
+    /// <summary>
+    /// T5 on token ids (B, L) and their mask: fp32 states (B, L, d_model). T5 runs on the positions up to the batch's
+    /// last token, not on the padding to max_sequence_length, so its cost follows the prompts' length (25 of 120
+    /// tokens: ≈ 1/5 of the work), and every padded position's state is 0. diffusers returns T5's states of the pad
+    /// tokens there, which the transformer's cross-attention masks out (weight exactly 0): the images are the same.
+    /// Zero rather than whatever a batch-mate's length left there, so that a prompt's embedding does not depend on
+    /// its batch (the prompt cache's entries). With <paramref name="paddingStates"/> T5 runs on all L positions, as
+    /// diffusers does. The bench calls it with fixed ids.
+    /// </summary>
+    internal Tensor EncodeTokens(Tensor inputIds, Tensor attentionMask, bool paddingStates = false)
     {
         var encoder = LoadTextEncoder();
+        using var scope = NewDisposeScope();
         using (no_grad())
         using (_offload.Stage(encoder))
-            return encoder.forward(inputIds.to(Device), attentionMask.to(Device)).to(ScalarType.Float32);
+        {
+            long length = inputIds.shape[1], used = paddingStates ? length : UsedLength(attentionMask);
+            var mask = attentionMask.narrow(1, 0, used).to(Device);                                 // [B, used]
+            var states = encoder.forward(inputIds.narrow(1, 0, used).to(Device), mask).to(ScalarType.Float32); // [B, used, D]
+            if (paddingStates) return states.MoveToOuterDisposeScope();
+            states = states.masked_fill(mask.eq(0).unsqueeze(-1), 0.0f);
+            if (used < length) states = nn.functional.pad(states, [0, 0, 0, length - used]);         // [B, L, D]
+            return states.MoveToOuterDisposeScope();
+        }
+    }
+
+    /// <summary>Positions up to the batch's last unmasked token (the tokenizer pads on the right).</summary>
+    private static long UsedLength(Tensor attentionMask)
+    {
+        using var scope = NewDisposeScope();
+        var any = attentionMask.ne(0).any(0);                                                      // [L]
+        var last = nonzero(any);
+        return last.numel() == 0 ? attentionMask.shape[1] : last.max().item<long>() + 1;
     }
 
     /// <summary>Runs the whole pipeline. Throws OperationCanceledException when cancelled (token or callback).</summary>

@@ -11,7 +11,7 @@ namespace PixArtSharp.Pipeline;
 /// </summary>
 internal sealed class PromptEmbeddingCache : IDisposable
 {
-    private readonly record struct Key(string Text, int MaxLength, bool Clean);
+    private readonly record struct Key(string Text, int MaxLength, bool Clean, bool PaddingStates);
 
     private sealed record Entry(Key Key, Tensor Embeds, Tensor Mask);
 
@@ -39,12 +39,13 @@ internal sealed class PromptEmbeddingCache : IDisposable
     /// copied from the cache, the distinct misses go to <paramref name="encode"/> in one batch, in order, and are kept.
     /// The results belong to the caller's dispose scope.
     /// </summary>
-    public (Tensor Embeds, Tensor Mask) GetOrEncode(IReadOnlyList<string> cleanedTexts, int maxLength, bool clean,
+    /// <param name="paddingStates">Whether the states at the padding are T5's (diffusers') rather than 0: another entry.</param>
+    public (Tensor Embeds, Tensor Mask) GetOrEncode(IReadOnlyList<string> cleanedTexts, int maxLength, bool clean, bool paddingStates,
                                                    Func<IReadOnlyList<string>, (Tensor Embeds, Tensor Mask)> encode)
     {
         ArgumentNullException.ThrowIfNull(cleanedTexts);
         ArgumentNullException.ThrowIfNull(encode);
-        var keys = cleanedTexts.Select(t => new Key(t, maxLength, clean)).ToList();
+        var keys = cleanedTexts.Select(t => new Key(t, maxLength, clean, paddingStates)).ToList();
         var embedRows = new Tensor[keys.Count];
         var maskRows = new Tensor[keys.Count];
         var missing = new List<Key>();

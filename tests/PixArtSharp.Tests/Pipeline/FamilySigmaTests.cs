@@ -41,7 +41,9 @@ public class FamilySigmaTests(ITestOutputHelper output)
             Assert.Equal(300, positive.Embeds.shape[1]);
             Assert.True(positive.AttentionMask.sum().item<long>() > 120, "the 204-token prompt is not cut at α's 120");
             // The stored prompt_embeds are the guidance batch, cat([negative, positive]).
-            Compare.Close(r["prompt_embeds"], TorchSharp.torch.cat([negative!.Embeds, positive.Embeds], 0), 1e-5, "sigma_long_prompt prompt_embeds");
+            using var embeds = TorchSharp.torch.cat([negative!.Embeds, positive.Embeds], 0);
+            using var mask = TorchSharp.torch.cat([negative.AttentionMask, positive.AttentionMask], 0);
+            Compare.CloseAtTokens(r["prompt_embeds"], embeds, mask, 1e-5, "sigma_long_prompt prompt_embeds");
         }
     }
 

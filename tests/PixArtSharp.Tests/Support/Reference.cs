@@ -57,6 +57,21 @@ public static class Compare
         return err;
     }
 
+    /// <summary>
+    /// Prompt embeddings [B, L, D] against diffusers': within atol at every token of <paramref name="mask"/> [B, L], and
+    /// exactly 0 at every padded position (the pipeline does not run T5 on the padding; diffusers has T5's states of
+    /// the pad tokens there, which the transformer masks out). Returns the largest error at the tokens.
+    /// </summary>
+    public static double CloseAtTokens(Tensor expected, Tensor actual, Tensor mask, double atol, string what)
+    {
+        Assert.Equal(expected.shape, actual.shape);
+        using var keep = mask.to(ScalarType.Bool).unsqueeze(-1);                                   // [B, L, 1]
+        using var padded = actual.masked_fill(keep, 0.0);
+        Assert.True(padded.eq(0).all().item<bool>(), $"{what}: a padded position's state is not 0");
+        using var tokensOnly = expected.masked_fill(keep.logical_not(), 0.0);
+        return Close(tokensOnly, actual, atol, what);
+    }
+
     /// <summary>Asserts |Δ| ≤ rel·max|expected|, the fixtures' rule for values that reach hundreds.</summary>
     public static double CloseRelative(Tensor expected, Tensor actual, double rel, string what)
     {

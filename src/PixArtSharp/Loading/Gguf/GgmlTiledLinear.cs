@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -51,11 +52,12 @@ internal static class GgmlTiledLinear
     /// <returns>[…, out] in <paramref name="dtype"/></returns>
     public static Tensor Forward(GgmlType type, Tensor raw, long outF, long inF, Tensor x, ScalarType dtype, long tileRows)
     {
-        int threads = Math.Max(1, TorchSharp.torch.get_num_threads());
-        long rows = Math.Min(outF, tileRows > 0 ? tileRows : DefaultTileRows(outF, inF, dtype, threads));
+        int threads = _scopeThreads > 0 ? _scopeThreads : Math.Max(1, TorchSharp.torch.get_num_threads());
+        bool amx = tileRows == 0 && GgmlAmxLinear.Supports(type, outF, inF, dtype);
+        long rows = amx ? GgmlAmxLinear.SliceRows : Math.Min(outF, tileRows > 0 ? tileRows : DefaultTileRows(outF, inF, dtype, threads));
         long tiles = (outF + rows - 1) / rows;
         threads = (int)Math.Min(threads, Math.Min(tiles, 64));
-        var job = new Job(type, raw, outF, inF, rows, tiles, x, dtype);
+        var job = new Job(type, raw, outF, inF, rows, tiles, x, dtype, amx);
         if (threads > 1 && Omp.Available)
         {
             Workers.Run(job, threads - 1);               // helpers take tiles as they come; this thread too
@@ -65,8 +67,49 @@ internal static class GgmlTiledLinear
             finally { Omp.SetThreads(own); }
             job.Wait();
         }
+        else if (amx) job.Work(CallerBuffer);
         else job.WorkShared();
         return job.Result();
+    }
+
+    /// <summary>The libtorch thread count the calling thread had when it entered <see cref="CallerSingleThreaded"/>.</summary>
+    [ThreadStatic] private static int _scopeThreads;
+
+    /// <summary>
+    /// Until disposed, libtorch runs single-threaded on the calling thread, while the quantized linears called from it
+    /// still use every core through their helpers. For a forward whose big work is those linears (a GGUF T5): between
+    /// libtorch's parallel regions its OpenMP workers spin-wait on the other cores, the cores the helpers decode on,
+    /// and small ops (a 25-token attention, the norms) gain nothing from them. Measured on the Q8_0 T5-XXL, 2 cores:
+    /// with the spinning workers the helper got ≈ 40 % of the tiles and a 25-token forward took 1.1–1.3 s; without
+    /// them (<c>OMP_WAIT_POLICY=PASSIVE</c>, the same effect for the whole process) 0.67–0.76 s. Null where libtorch's
+    /// OpenMP entry points were not found or it already runs one thread.
+    /// </summary>
+    public static IDisposable? CallerSingleThreaded()
+    {
+        if (!Omp.Available || _scopeThreads > 0) return null;
+        int threads = TorchSharp.torch.get_num_threads();
+        return threads > 1 ? new SingleThreaded(threads) : null;
+    }
+
+    private sealed class SingleThreaded : IDisposable
+    {
+        private readonly int _own;
+        private bool _disposed;
+
+        public SingleThreaded(int threads)
+        {
+            _own = Omp.MaxThreads();
+            _scopeThreads = threads;
+            Omp.SetThreads(1);
+        }
+
+        public void Dispose()
+        {
+            if (_disposed) return;
+            _disposed = true;
+            Omp.SetThreads(_own);
+            _scopeThreads = 0;
+        }
     }
 
     /// <summary>The calling thread's tile, kept between calls (≈ 4 MiB per thread that ran a quantized linear): a fresh
@@ -75,9 +118,38 @@ internal static class GgmlTiledLinear
     private static TileBuffer CallerBuffer => _callerBuffer ??= new TileBuffer();
 
     /// <summary>One thread's tile: a flat buffer that grows to the largest tile asked for and is then reused.</summary>
-    private sealed class TileBuffer
+    private sealed unsafe class TileBuffer
     {
         private Tensor? _flat;
+        private void* _packed;
+        private long _packedBytes;
+
+        /// <summary>The AMX path's packed slice (64-byte aligned, grown as needed, kept for the thread's life).</summary>
+        public uint* Packed(long bytes)
+        {
+            if (_packedBytes < bytes)
+            {
+                NativeMemory.AlignedFree(_packed);
+                _packed = NativeMemory.AlignedAlloc((nuint)bytes, 64);
+                _packedBytes = bytes;
+            }
+            return (uint*)_packed;
+        }
+
+        private float* _acc;
+        private long _accFloats;
+
+        /// <summary>The AMX path's fp32 accumulator [M, 64], grown as needed.</summary>
+        public float* Accumulator(long floats)
+        {
+            if (_accFloats < floats)
+            {
+                NativeMemory.AlignedFree(_acc);
+                _acc = (float*)NativeMemory.AlignedAlloc((nuint)(floats * 4), 64);
+                _accFloats = floats;
+            }
+            return _acc;
+        }
 
         public Tensor Get(long rows, long cols, ScalarType dtype)
         {
@@ -91,19 +163,38 @@ internal static class GgmlTiledLinear
     }
 
     /// <summary>One linear: tiles handed out in order to whichever thread asks next; their outputs joined at the end.</summary>
-    private sealed class Job(GgmlType type, Tensor raw, long outF, long inF, long rows, long tiles, Tensor x, ScalarType dtype)
+    private sealed unsafe class Job
     {
-        private readonly Tensor?[] _parts = new Tensor?[tiles];
+        private readonly GgmlType type;
+        private readonly Tensor raw, x;
+        private readonly long outF, inF, rows, tiles;
+        private readonly ScalarType dtype;
+        private readonly Tensor?[] _parts;
         private long _next = -1;
         private int _pending;
         private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private Exception? _error;
+        /// <summary>AMX path: x as [M, in] bf16 and the fp32 [M, out] every slice writes its columns of.</summary>
+        private readonly Tensor? _x2, _out;
+
+        public Job(GgmlType type, Tensor raw, long outF, long inF, long rows, long tiles, Tensor x, ScalarType dtype, bool amx)
+        {
+            (this.type, this.raw, this.outF, this.inF, this.rows, this.tiles, this.x, this.dtype) = (type, raw, outF, inF, rows, tiles, x, dtype);
+            _parts = new Tensor?[amx ? 0 : tiles];
+            if (amx)
+            {
+                using var scope = NewDisposeScope();
+                _x2 = x.reshape(-1, inF).contiguous().DetachFromDisposeScope();                     // [M, in] bf16
+                _out = empty(_x2.shape[0], outF, ScalarType.BFloat16).DetachFromDisposeScope();       // [M, out] bf16
+            }
+        }
 
         public void AddHelpers(int n) => _pending = n;
 
         /// <summary>Takes tiles until none is left (on a thread running libtorch single-threaded).</summary>
         public void Work(TileBuffer buffer)
         {
+            if (_out is not null) { WorkAmx(buffer); return; }
             long blocksPerRow = inF / GgmlTypes.BlockSize(type);
             try
             {
@@ -117,6 +208,30 @@ internal static class GgmlTiledLinear
             }
             catch (Exception e) { Interlocked.CompareExchange(ref _error, e, null); }
         }
+
+        /// <summary>The AMX path: 64-row slices decoded into the thread's packed buffer and multiplied into their columns.</summary>
+        private void WorkAmx(TileBuffer buffer)
+        {
+            try
+            {
+                long rowBytes = inF / 32 * 34, m = _x2!.shape[0];
+                uint* packed = buffer.Packed(GgmlAmxLinear.SliceBytes(inF));
+                float* acc = buffer.Accumulator(m * GgmlAmxLinear.SliceRows);
+                byte* w = (byte*)Data(raw);
+                ushort* xs = (ushort*)Data(_x2);
+                ushort* o = (ushort*)Data(_out!);
+                GgmlAmxLinear.BeginThread();
+                try
+                {
+                    for (long t = Interlocked.Increment(ref _next); t < tiles && _error is null; t = Interlocked.Increment(ref _next))
+                        GgmlAmxLinear.Slice(w + t * rows * rowBytes, inF, xs, m, o + t * rows, outF, packed, acc);
+                }
+                finally { GgmlAmxLinear.EndThread(); }
+            }
+            catch (Exception e) { Interlocked.CompareExchange(ref _error, e, null); }
+        }
+
+        private static void* Data(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 
         /// <summary>A helper's share, then its check-in.</summary>
         public void HelperWork(TileBuffer buffer)
@@ -147,9 +262,19 @@ internal static class GgmlTiledLinear
             try
             {
                 if (_error is not null) throw new InvalidOperationException($"The tiled {type} linear failed: {_error.Message}", _error);
+                if (_out is not null)
+                {
+                    long[] shape = [.. x.shape[..^1], outF];
+                    return _out.view(shape);                                                        // […, out]
+                }
                 return torch.cat(_parts!, -1);                                                      // […, out]
             }
-            finally { foreach (var p in _parts) p?.Dispose(); }
+            finally
+            {
+                foreach (var p in _parts) p?.Dispose();
+                _x2?.Dispose();
+                _out?.Dispose();
+            }
         }
     }
 

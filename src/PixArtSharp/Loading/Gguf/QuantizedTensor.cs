@@ -38,6 +38,12 @@ internal sealed class QuantizedTensor : IDisposable
         _raw = raw?.DetachFromDisposeScope();
     }
 
+    /// <summary>Maps the encoded bytes in now (<see cref="MappedMemory.Populate"/>) if they are a CPU file view.</summary>
+    internal void Populate()
+    {
+        if (_raw is not null) MappedMemory.Populate(_raw);
+    }
+
     /// <summary>
     /// Cuts the planes out of typed 1-D views of one tensor's bytes. <paramref name="region"/> gives the bytes
     /// reinterpreted as an element type (each a view of the same bytes, its length the byte count / element size).

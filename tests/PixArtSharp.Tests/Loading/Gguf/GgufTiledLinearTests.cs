@@ -111,7 +111,7 @@ public class GgufTiledLinearTests(ITestOutputHelper output)
         Assert.Throws<ArgumentException>(() => GgmlCpuDecode.DecodeInto(GgmlType.Q8_0, raw, 0, 1, ints));
     }
 
-    private static byte[] GgufBytes(QuantizedTensor q)
+    internal static byte[] GgufBytes(QuantizedTensor q)
     {
         // The planes of a Q8_0 tensor are views of one buffer; rebuild the blocks from the decoded d and q fields.
         using var d = q.Planes[0].contiguous();
