@@ -41,7 +41,7 @@ internal sealed class BenchResult
     public double? TransformerLoadSeconds { get; set; }
     public double? VaeLoadSeconds { get; set; }
 
-    /// <summary>T5 encode of the batch's prompts (120 tokens each).</summary>
+    /// <summary>T5 encode of the batch's prompts (on their tokens, <see cref="T5Tokens"/> each; not on the padding to 120).</summary>
     public double? T5Seconds { get; set; }
     /// <summary>Each denoising step: one transformer forward of the batch plus the scheduler step.</summary>
     public double[]? StepSeconds { get; set; }

@@ -285,7 +285,9 @@ public abstract class PixArtPipeline : IDisposable
 
     /// <summary>
     /// diffusers' encode_prompt: T5 states and masks for the prompts (each repeated num_images_per_prompt times)
-    /// and, with classifier-free guidance, for the negative prompts. Precomputed embeddings pass through.
+    /// and, with classifier-free guidance, for the negative prompts. Precomputed embeddings pass through. T5 runs on
+    /// the prompts' tokens only: the states at padded positions (mask 0) are 0, where diffusers has T5's states of the
+    /// pad tokens; the transformer masks those positions out, so the images are the same.
     /// </summary>
     public (PromptEmbeddings Positive, PromptEmbeddings? Negative) EncodePrompt(
         IReadOnlyList<string>? prompts,

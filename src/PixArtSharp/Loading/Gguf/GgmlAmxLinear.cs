@@ -30,6 +30,9 @@ internal static unsafe class GgmlAmxLinear
     /// <summary>Output rows (weight rows) per micro-kernel call: the packed B's leading dimension (oneDNN takes 16–64).</summary>
     public const int SliceRows = 64;
 
+    /// <summary>Input rows per micro-kernel call.</summary>
+    private const long MaxRowsPerCall = 256;
+
     private static readonly delegate* unmanaged<long, long, long, long, long, long, byte, void*, void*, float*, byte, void> Brgemm;
     private static readonly delegate* unmanaged<byte, void> BrgemmRelease;
 
@@ -43,6 +46,7 @@ internal static unsafe class GgmlAmxLinear
         if (Environment.GetEnvironmentVariable("PIXART_GGUF_AMX") == "0") return;
         try
         {
+            TorchRuntime.EnsureLoaded();   // the kernels are looked up in the loaded libtorch_cpu (a first use may precede any tensor)
             string? path = TorchRuntime.LoadedLibraryPath("libtorch_cpu.so");
             if (path is null || !NativeLibrary.TryLoad(path, out var lib)) return;
             // Itanium C++ ABI names of at::native::cpublas::brgemm(long ×6, bool, BFloat16 const*, BFloat16 const*,
@@ -57,13 +61,13 @@ internal static unsafe class GgmlAmxLinear
                 IsAvailable = ((delegate* unmanaged<sbyte, byte>)couldPack)((sbyte)ScalarType.BFloat16) != 0;
             }
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or BadImageFormatException) { }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or BadImageFormatException or TorchUnavailableException) { }
     }
 
     /// <summary>Whether this weight and input take the AMX path.</summary>
     public static bool Supports(GgmlType type, long outFeatures, long inFeatures, ScalarType dtype) =>
-        IsAvailable && type == GgmlType.Q8_0 && dtype == ScalarType.BFloat16
-        && outFeatures % SliceRows == 0 && inFeatures % 32 == 0 && inFeatures <= (1 << 20);
+        IsAvailable && GgmlCpuDecode.Supports(type) && dtype == ScalarType.BFloat16
+        && outFeatures % SliceRows == 0 && inFeatures % GgmlTypes.BlockSize(type) == 0 && inFeatures <= (1 << 20);
 
     /// <summary>Bytes of one thread's packed slice for this input width.</summary>
     public static long SliceBytes(long inFeatures) => inFeatures * SliceRows * 2;
@@ -84,10 +88,13 @@ internal static unsafe class GgmlAmxLinear
     /// cast rounds.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Slice(byte* rows, long inFeatures, ushort* x, long m, ushort* outColumns, long outStride, uint* packed, float* acc)
+    public static void Slice(GgmlType type, byte* rows, long inFeatures, ushort* x, long m, ushort* outColumns, long outStride, uint* packed, float* acc)
     {
-        DecodePacked(rows, inFeatures, packed);
-        Brgemm(m, SliceRows, inFeatures, inFeatures, SliceRows, SliceRows, 0, x, packed, acc, 1);
+        DecodePacked(type, rows, inFeatures, packed);
+        // At most 256 rows per call (what libtorch's flash attention passes): the micro-kernel is generated per shape.
+        for (long i0 = 0; i0 < m; i0 += MaxRowsPerCall)
+            Brgemm(Math.Min(MaxRowsPerCall, m - i0), SliceRows, inFeatures, inFeatures, SliceRows, SliceRows, 0,
+                   x + i0 * inFeatures, packed, acc + i0 * SliceRows, 1);
         for (long i = 0; i < m; i++)
         {
             float* a = acc + i * SliceRows;
@@ -98,21 +105,48 @@ internal static unsafe class GgmlAmxLinear
     }
 
     /// <summary>
-    /// Decodes 64 Q8_0 rows of <paramref name="inFeatures"/> values into VNNI pairs: packed[j · 64 + n] holds row n's
-    /// bf16 values 2j (low half) and 2j + 1 (high half), the layout oneDNN's <c>pack_B</c> writes for a [K, 64] B.
-    /// Each value is bf16(fp32(d) · q), rounded as <see cref="GgmlCpuDecode"/> rounds (the same bits as the tiled
-    /// path). Per 16 rows × one block: 16 vectors of 16 pairs, transposed in registers, 16 full-line stores.
+    /// Decodes 64 rows of <paramref name="inFeatures"/> values into VNNI pairs: packed[j · 64 + n] holds row n's bf16
+    /// values 2j (low half) and 2j + 1 (high half), the layout oneDNN's <c>pack_B</c> writes for a [K, 64] B. The values
+    /// are the bits <see cref="GgmlCpuDecode"/> gives. Per 16 rows × 32 values: 16 vectors of 16 pairs, transposed in
+    /// registers, 16 full-line stores. Q8_0 blocks are decoded straight into the registers; a K-quant super-block
+    /// (256 values) of each of 16 rows is decoded first into a small bf16 scratch (in L1) by the row decoder.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void DecodePacked(byte* rows, long inFeatures, uint* packed)
+    public static void DecodePacked(GgmlType type, byte* rows, long inFeatures, uint* packed)
     {
-        long blocks = inFeatures / 32, rowBytes = blocks * 34;
-        for (int g = 0; g < SliceRows; g += 16)
+        int bs = GgmlTypes.BlockSize(type), ts = GgmlTypes.TypeSize(type);
+        long blocks = inFeatures / bs, rowBytes = blocks * ts;
+        if (type == GgmlType.Q8_0)
         {
-            byte* group = rows + g * rowBytes;
-            for (long b = 0; b < blocks; b++)
-                Block16(group + b * 34, rowBytes, packed + b * 16 * SliceRows + g);
+            for (int g = 0; g < SliceRows; g += 16)
+                for (long b = 0; b < blocks; b++)
+                    Block16<Q8_0Pairs>(rows + g * rowBytes + b * ts, rowBytes, packed + b * 16 * SliceRows + g);
+            return;
         }
+        ushort* scratch = stackalloc ushort[16 * GgmlTypes.QK_K];                                     // [16, 256] bf16
+        for (int g = 0; g < SliceRows; g += 16)
+            for (long b = 0; b < blocks; b++)
+            {
+                for (int r = 0; r < 16; r++) GgmlCpuDecode.DecodeBf16(type, rows + (g + r) * rowBytes + b * ts, scratch + r * bs, 1);
+                for (int c = 0; c < bs; c += 32)                                                    // 16 pairs per row
+                    Block16<Bf16Pairs>((byte*)(scratch + c), bs * 2, packed + (b * bs + c) / 2 * SliceRows + g);
+            }
+    }
+
+    /// <summary>Where a row's 16 pairs come from: a Q8_0 block, or 32 decoded bf16 values.</summary>
+    private interface IPairSource
+    {
+        static abstract Vector512<uint> Load(byte* p);
+    }
+
+    private readonly struct Q8_0Pairs : IPairSource
+    {
+        public static Vector512<uint> Load(byte* p) => Pairs(p);
+    }
+
+    private readonly struct Bf16Pairs : IPairSource
+    {
+        public static Vector512<uint> Load(byte* p) => Vector512.Load((uint*)p);
     }
 
     /// <summary>
@@ -120,24 +154,24 @@ internal static unsafe class GgmlAmxLinear
     /// transposed in registers (locals, not an array, so that they stay in the 32 vector registers).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // too large to inline: compiled optimised at once, not tier 0
-    private static void Block16(byte* blk, long rowBytes, uint* dst)
+    private static void Block16<TSource>(byte* blk, long rowBytes, uint* dst) where TSource : struct, IPairSource
     {
-        var r0 = Pairs(blk + 0 * rowBytes);
-        var r1 = Pairs(blk + 1 * rowBytes);
-        var r2 = Pairs(blk + 2 * rowBytes);
-        var r3 = Pairs(blk + 3 * rowBytes);
-        var r4 = Pairs(blk + 4 * rowBytes);
-        var r5 = Pairs(blk + 5 * rowBytes);
-        var r6 = Pairs(blk + 6 * rowBytes);
-        var r7 = Pairs(blk + 7 * rowBytes);
-        var r8 = Pairs(blk + 8 * rowBytes);
-        var r9 = Pairs(blk + 9 * rowBytes);
-        var r10 = Pairs(blk + 10 * rowBytes);
-        var r11 = Pairs(blk + 11 * rowBytes);
-        var r12 = Pairs(blk + 12 * rowBytes);
-        var r13 = Pairs(blk + 13 * rowBytes);
-        var r14 = Pairs(blk + 14 * rowBytes);
-        var r15 = Pairs(blk + 15 * rowBytes);
+        var r0 = TSource.Load(blk + 0 * rowBytes);
+        var r1 = TSource.Load(blk + 1 * rowBytes);
+        var r2 = TSource.Load(blk + 2 * rowBytes);
+        var r3 = TSource.Load(blk + 3 * rowBytes);
+        var r4 = TSource.Load(blk + 4 * rowBytes);
+        var r5 = TSource.Load(blk + 5 * rowBytes);
+        var r6 = TSource.Load(blk + 6 * rowBytes);
+        var r7 = TSource.Load(blk + 7 * rowBytes);
+        var r8 = TSource.Load(blk + 8 * rowBytes);
+        var r9 = TSource.Load(blk + 9 * rowBytes);
+        var r10 = TSource.Load(blk + 10 * rowBytes);
+        var r11 = TSource.Load(blk + 11 * rowBytes);
+        var r12 = TSource.Load(blk + 12 * rowBytes);
+        var r13 = TSource.Load(blk + 13 * rowBytes);
+        var r14 = TSource.Load(blk + 14 * rowBytes);
+        var r15 = TSource.Load(blk + 15 * rowBytes);
         // 1. 32-bit interleave of row pairs.
         var t0 = Avx512F.UnpackLow(r0, r1); var t1 = Avx512F.UnpackHigh(r0, r1);
         var t2 = Avx512F.UnpackLow(r2, r3); var t3 = Avx512F.UnpackHigh(r2, r3);

@@ -74,6 +74,18 @@ internal static unsafe class GgmlCpuDecode
             throw new ArgumentException($"The CPU decoder writes Float32, BFloat16 or Float16, not {dtype}.", nameof(dtype));
     }
 
+    /// <summary>Decodes <paramref name="nb"/> whole blocks at <paramref name="src"/> to bf16 at <paramref name="dst"/> on this thread.</summary>
+    internal static void DecodeBf16(GgmlType type, byte* src, ushort* dst, long nb)
+    {
+        if (type is GgmlType.Q4_K or GgmlType.Q5_K && Avx512F.IsSupported && Avx512BW.IsSupported)
+        {
+            int ts = GgmlTypes.TypeSize(type);
+            for (long b = 0; b < nb; b++) Q4Q5_KBf16(src + b * ts, dst + b * GgmlTypes.QK_K, hasHigh: type == GgmlType.Q5_K);
+            return;
+        }
+        Run(type, ScalarType.BFloat16, (nint)src, (nint)dst, nb, GgmlTypes.BlockSize(type), GgmlTypes.TypeSize(type));
+    }
+
     /// <summary>Decodes <paramref name="nb"/> blocks at <paramref name="srcAddr"/> to <paramref name="dstAddr"/> on this thread.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Run(GgmlType type, ScalarType dtype, nint srcAddr, nint dstAddr, long nb, int bs, int ts)
@@ -248,6 +260,7 @@ internal static unsafe class GgmlCpuDecode
     /// <see cref="Q4Q5_K"/> straight to bf16 on AVX-512 lanes, one 32-value sub-block at a time: the same fp32
     /// (d·sc)·q − dmin·m, multiply and subtract rounded separately (no fused multiply-add), as the tensor ops do.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // called per block: optimised from the first call, not tier 0
     private static void Q4Q5_KBf16(byte* x, ushort* y, bool hasHigh)
     {
         float d = Half(x), dmin = Half(x + 2);

@@ -214,7 +214,7 @@ internal static class GgmlTiledLinear
         {
             try
             {
-                long rowBytes = inF / 32 * 34, m = _x2!.shape[0];
+                long rowBytes = inF / GgmlTypes.BlockSize(type) * GgmlTypes.TypeSize(type), m = _x2!.shape[0];
                 uint* packed = buffer.Packed(GgmlAmxLinear.SliceBytes(inF));
                 float* acc = buffer.Accumulator(m * GgmlAmxLinear.SliceRows);
                 byte* w = (byte*)Data(raw);
@@ -224,7 +224,7 @@ internal static class GgmlTiledLinear
                 try
                 {
                     for (long t = Interlocked.Increment(ref _next); t < tiles && _error is null; t = Interlocked.Increment(ref _next))
-                        GgmlAmxLinear.Slice(w + t * rows * rowBytes, inF, xs, m, o + t * rows, outF, packed, acc);
+                        GgmlAmxLinear.Slice(type, w + t * rows * rowBytes, inF, xs, m, o + t * rows, outF, packed, acc);
                 }
                 finally { GgmlAmxLinear.EndThread(); }
             }

@@ -25,6 +25,8 @@ internal sealed class QuantizedTensor : IDisposable
     public long ByteLength => GgmlTypes.ByteLength(Type, NumElements);
     public Device device => _planes[0].device;
     internal IReadOnlyList<Tensor> Planes => _planes;
+    /// <summary>The encoded blocks as uint8, for the CPU decoder's types on the CPU; else null.</summary>
+    internal Tensor? Raw => _raw;
 
     internal QuantizedTensor(string name, GgmlType type, long[] shape, Tensor[] planes, Tensor? raw = null)
     {

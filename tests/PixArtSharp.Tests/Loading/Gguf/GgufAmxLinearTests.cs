@@ -28,9 +28,10 @@ public class GgufAmxLinearTests(ITestOutputHelper output)
         bool expected = CpuHasAmx() && Avx512BW.IsSupported && Environment.GetEnvironmentVariable("PIXART_GGUF_AMX") != "0";
         Assert.Equal(expected, GgmlAmxLinear.IsAvailable);
         Assert.Equal(expected, GgmlAmxLinear.Supports(GgmlType.Q8_0, 4096, 4096, ScalarType.BFloat16));
-        // Only Q8_0 into bf16, whole 64-row slices.
+        Assert.Equal(expected, GgmlAmxLinear.Supports(GgmlType.Q5_K, 10240, 4096, ScalarType.BFloat16));
+        // Only the types with a CPU decoder, into bf16, whole 64-row slices.
         Assert.False(GgmlAmxLinear.Supports(GgmlType.Q8_0, 4096, 4096, ScalarType.Float32));
-        Assert.False(GgmlAmxLinear.Supports(GgmlType.Q4_K, 4096, 4096, ScalarType.BFloat16));
+        Assert.False(GgmlAmxLinear.Supports(GgmlType.Q4_0, 4096, 4096, ScalarType.BFloat16));
         Assert.False(GgmlAmxLinear.Supports(GgmlType.Q8_0, 100, 4096, ScalarType.BFloat16));
         output.WriteLine($"AMX path available: {GgmlAmxLinear.IsAvailable}");
     }
@@ -39,19 +40,24 @@ public class GgufAmxLinearTests(ITestOutputHelper output)
     /// packed[j · 64 + n] = row n's bf16 values 2j | 2j + 1 &lt;&lt; 16, the bits of the CPU decoder's bf16 (NaN, ±∞,
     /// subnormal and ±0 scales included): the layout oneDNN's pack_B writes for a [K, 64] B.
     /// </summary>
-    [Fact]
-    public unsafe void DecodePackedIsTheVnniLayoutOfTheDecodedRows()
+    [Theory]
+    [InlineData("Q8_0")]
+    [InlineData("Q4_K")]
+    [InlineData("Q5_K")]
+    [InlineData("Q6_K")]
+    public unsafe void DecodePackedIsTheVnniLayoutOfTheDecodedRows(string typeName)
     {
         if (!Avx512BW.IsSupported) { output.WriteLine("no AVX-512 here: the AMX path never runs"); return; }
+        var type = Enum.Parse<GgmlType>(typeName);   // by name: GgmlType is internal, a test method public
         const int rows = 64, cols = 512;
-        using var q = GgufTiledLinearTests.RandomBlocks(GgmlType.Q8_0, rows, cols, seed: 31, specialScales: true);
+        using var q = GgufTiledLinearTests.RandomBlocks(type, rows, cols, seed: 31, specialScales: true);
         using var decoded = q.Dequantize(ScalarType.BFloat16).contiguous();                   // [64, 512]
         var bits = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(decoded.bytes).ToArray();
-        var raw = GgufTiledLinearTests.GgufBytes(q);
+        using var raw = q.Raw!.contiguous();
         var packed = new uint[rows * cols / 2];
-        fixed (byte* r = raw)
+        fixed (byte* r = raw.bytes)
         fixed (uint* p = packed)
-            GgmlAmxLinear.DecodePacked(r, cols, p);
+            GgmlAmxLinear.DecodePacked(type, r, cols, p);
         int nan = 0;
         for (int j = 0; j < cols / 2; j++)
             for (int n = 0; n < rows; n++)
@@ -68,22 +74,27 @@ public class GgufAmxLinearTests(ITestOutputHelper output)
     /// 2 × 13) and inner sizes of T5's two kinds (4096-like and 10240-like, here 1024 and 2560).
     /// </summary>
     [Theory]
-    [InlineData(1, 192, 1024)]
-    [InlineData(25, 128, 2560)]
-    [InlineData(26, 256, 1024)]
-    public void MatchesTheDecodedLinear(int tokens, int outFeatures, int inFeatures)
+    [InlineData("Q8_0", 1, 192, 1024)]
+    [InlineData("Q8_0", 25, 128, 2560)]
+    [InlineData("Q8_0", 26, 256, 1024)]
+    [InlineData("Q4_K", 25, 128, 2560)]
+    [InlineData("Q5_K", 26, 192, 1024)]
+    [InlineData("Q6_K", 1, 64, 512)]
+    [InlineData("Q8_0", 600, 64, 512)]
+    public void MatchesTheDecodedLinear(string typeName, int tokens, int outFeatures, int inFeatures)
     {
         if (!GgmlAmxLinear.IsAvailable) { output.WriteLine("no AMX here: the tiled path runs (GgufTiledLinearTests)"); return; }
-        using var q = GgufTiledLinearTests.RandomBlocks(GgmlType.Q8_0, outFeatures, inFeatures, seed: tokens, specialScales: false);
+        var type = Enum.Parse<GgmlType>(typeName);
+        using var q = GgufTiledLinearTests.RandomBlocks(type, outFeatures, inFeatures, seed: tokens, specialScales: false);
         using var w = q.Dequantize(ScalarType.BFloat16);
-        using var x = (tokens == 26 ? randn(2, 13, inFeatures, generator: new Generator(4)) : randn(tokens, inFeatures, generator: new Generator(4))).to(ScalarType.BFloat16);
+        using var x = (tokens is 26 or 600 ? randn(2, tokens / 2, inFeatures, generator: new Generator(4)) : randn(tokens, inFeatures, generator: new Generator(4))).to(ScalarType.BFloat16);
         using var want = F.linear(x, w);
         using var got = q.Linear(x, ScalarType.BFloat16);
         Assert.Equal(want.shape, got.shape);
         Assert.Equal(ScalarType.BFloat16, got.dtype);
         Assert.True(GgufTiledLinearTests.WithinOneBf16Step(got, want), "more than one bf16 step from the decoded linear");
         using var same = got.eq(want).to(ScalarType.Float32).mean();
-        output.WriteLine($"{tokens} × {inFeatures} → {outFeatures}: {same.item<float>():P2} of outputs bit-equal to F.linear");
+        output.WriteLine($"{type} {tokens} × {inFeatures} → {outFeatures}: {same.item<float>():P2} of outputs bit-equal to F.linear");
     }
 
     /// <summary>
