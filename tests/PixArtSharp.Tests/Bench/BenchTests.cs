@@ -3,6 +3,7 @@ using PixArtSharp.Bench;
 using PixArtSharp.Loading;
 using PixArtSharp.Models;
 using PixArtSharp.Tests.Support;
+using PixArtSharp.Text;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 
@@ -69,6 +70,21 @@ public sealed class BenchTests(ITestOutputHelper output)
         Assert.InRange(r.Fp32ImageMaxAbsDiff!.Value, 0, 0.05);
         Assert.InRange(r.Fp32ImageMeanAbsDiff!.Value, 0, 0.005);
         Assert.Equal(r.ToJson(), BenchResult.FromJson(r.ToJson()).ToJson());
+        // T5 ran on the prompt's tokens (the folder's tokenizer), not the padding to 120; its FLOPs are counted so.
+        var tokens = T5Tokenizer.FromModelFolder(Fixtures.Path("tiny-pixart-lcm", "tokenizer"))
+            .Encode([CaptionCleaner.Preprocess(new BenchOptions().Prompt, true)], 120).AttentionMask.Sum();
+        Assert.Equal((int)tokens, r.T5Tokens);
+        Assert.InRange(r.T5Tokens!.Value, 2, 119);
+    }
+
+    [Fact]
+    public void PromptTokensOutsideOneTo120AreRefusedBeforeAnyWork()
+    {
+        foreach (int n in new[] { 0, 121 })
+        {
+            var e = Assert.Throws<ArgumentException>(() => BenchRunner.Run(new BenchOptions { Component = BenchComponent.T5, PromptTokens = n }));
+            Assert.Contains($"prompt tokens must be 1 to 120, not {n}", e.Message);
+        }
     }
 
     [Fact]
