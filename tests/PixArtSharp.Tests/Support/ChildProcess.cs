@@ -34,6 +34,7 @@ public static class ChildProcess
             "decode-peak" => DecodePeak(int.Parse(args[2], CultureInfo.InvariantCulture), int.Parse(args[3], CultureInfo.InvariantCulture), int.Parse(args[4], CultureInfo.InvariantCulture)),
             "write-random-transformer" => WriteRandomTransformer(args[2]),
             "measure-load" => MeasureLoad(args[2], args[3], args[4] == "bf16" ? ScalarType.BFloat16 : ScalarType.Float32),
+            "quantized-linear-first" => QuantizedLinearFirst(),
             _ => 2,
         };
     }
@@ -53,6 +54,25 @@ public static class ChildProcess
         string output = p.StandardOutput.ReadToEnd();
         if (!p.WaitForExit(TimeSpan.FromMinutes(3))) { p.Kill(entireProcessTree: true); throw new TimeoutException("the child process did not finish in 3 minutes"); }
         return new ChildResult(p.ExitCode, output, err.Result);
+    }
+
+    /// <summary>
+    /// A Q8_0 × bf16 linear as the process's first matrix product (no oneDNN matmul before it to set AMX up), then a
+    /// libtorch matmul, then the linear again, on two threads: prints "ok" and the path taken. A missing AMX permission
+    /// or a stale tile configuration is SIGILL/SIGSEGV, which only a separate process survives to report.
+    /// </summary>
+    private static int QuantizedLinearFirst()
+    {
+        using var q = PixArtSharp.Tests.Loading.Gguf.GgufTiledLinearTests.RandomBlocks(PixArtSharp.Loading.Gguf.GgmlType.Q8_0, 128, 1024, seed: 3, specialScales: false);
+        using var x = randn(25, 1024).to(ScalarType.BFloat16);
+        using var first = q.Linear(x, ScalarType.BFloat16);
+        using var w = q.Dequantize(ScalarType.BFloat16);
+        using var want = nn.functional.linear(x, w);
+        using var again = q.Linear(x, ScalarType.BFloat16);
+        bool same = Compare.MaxAbsDiff(first, again) == 0 && PixArtSharp.Tests.Loading.Gguf.GgufTiledLinearTests.WithinOneBf16Step(first, want);
+        Console.WriteLine($"path {(PixArtSharp.Loading.Gguf.GgmlAmxLinear.IsAvailable ? "amx" : "tiled")}");
+        Console.WriteLine(same ? "ok" : "differs");
+        return same ? 0 : 3;
     }
 
     /// <summary>

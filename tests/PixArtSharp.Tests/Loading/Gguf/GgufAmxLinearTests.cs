@@ -126,6 +126,18 @@ public class GgufAmxLinearTests(ITestOutputHelper output)
         Assert.Equal(before, get_num_threads());
     }
 
+    /// <summary>The path's first use in a fresh process (no libtorch matmul has set AMX up before it): runs, and gives
+    /// the same values as later calls and as <c>F.linear</c>.</summary>
+    [Fact]
+    public void WorksAsTheFirstMatrixProductOfAProcess()
+    {
+        var r = ChildProcess.Run("quantized-linear-first");
+        output.WriteLine(r.ToString());
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("ok", r.Stdout);
+        Assert.Contains(GgmlAmxLinear.IsAvailable ? "path amx" : "path tiled", r.Stdout);
+    }
+
     /// <summary>
     /// A whole Q8_0 T5 (widths that take the AMX path) against the same T5 with its weights decoded and held in bf16:
     /// close within bf16 rounding, and the forward leaves the caller's libtorch thread count as it was.
