@@ -7,7 +7,8 @@ using static TorchSharp.torch;
 namespace PixArtSharp.Loading.Gguf;
 
 /// <summary>
-/// The Q8_0 × bf16 linear on CPUs with AMX: each 64-row slice of the weight is decoded straight into the VNNI layout
+/// The block-encoded (Q8_0, Q4_K, Q5_K, Q6_K) × bf16 linear on CPUs with AMX: each 64-row slice of the weight is
+/// decoded straight into the VNNI layout
 /// the AMX micro-kernel reads (bf16 pairs of consecutive inputs, [in / 2, 64, 2]) and multiplied at once by
 /// libtorch's exported oneDNN micro-kernel (<c>at::native::cpublas::brgemm</c>, the one its flash attention calls),
 /// accumulating in fp32, then rounded to bf16 once.
@@ -82,8 +83,8 @@ internal static unsafe class GgmlAmxLinear
     public static void EndThread() => BrgemmRelease(1);
 
     /// <summary>
-    /// out[:, r0 : r0 + 64] (bf16, row stride <paramref name="outStride"/>) = x · W[r0 : r0 + 64]ᵀ for the 64 Q8_0 rows at
-    /// <paramref name="rows"/> (each <paramref name="inFeatures"/> / 32 blocks): decoded into <paramref name="packed"/>
+    /// out[:, r0 : r0 + 64] (bf16, row stride <paramref name="outStride"/>) = x · W[r0 : r0 + 64]ᵀ for the 64 encoded rows
+    /// at <paramref name="rows"/> (each <paramref name="inFeatures"/> values of <paramref name="type"/>): decoded into <paramref name="packed"/>
     /// (<see cref="SliceBytes"/>), multiplied into the fp32 <paramref name="acc"/> [m, 64], rounded to bf16 as torch's
     /// cast rounds.
     /// </summary>
