@@ -121,34 +121,21 @@ internal static class GgmlTiledLinear
     private sealed unsafe class TileBuffer
     {
         private Tensor? _flat;
-        private void* _packed;
-        private long _packedBytes;
+        private void* _packed, _acc;
+        private long _packedBytes, _accBytes;
 
         /// <summary>The AMX path's packed slice (64-byte aligned, grown as needed, kept for the thread's life).</summary>
-        public uint* Packed(long bytes)
-        {
-            if (_packedBytes < bytes)
-            {
-                NativeMemory.AlignedFree(_packed);
-                _packed = NativeMemory.AlignedAlloc((nuint)bytes, 64);
-                _packedBytes = bytes;
-            }
-            return (uint*)_packed;
-        }
+        public uint* Packed(long bytes) => (uint*)(_packed = Grown(_packed, ref _packedBytes, bytes));
 
-        private float* _acc;
-        private long _accFloats;
+        /// <summary>The AMX path's fp32 accumulator [M, 64] (likewise).</summary>
+        public float* Accumulator(long floats) => (float*)(_acc = Grown(_acc, ref _accBytes, floats * sizeof(float)));
 
-        /// <summary>The AMX path's fp32 accumulator [M, 64], grown as needed.</summary>
-        public float* Accumulator(long floats)
+        private static void* Grown(void* buffer, ref long have, long need)
         {
-            if (_accFloats < floats)
-            {
-                NativeMemory.AlignedFree(_acc);
-                _acc = (float*)NativeMemory.AlignedAlloc((nuint)(floats * 4), 64);
-                _accFloats = floats;
-            }
-            return _acc;
+            if (have >= need) return buffer;
+            NativeMemory.AlignedFree(buffer);
+            have = need;
+            return NativeMemory.AlignedAlloc((nuint)need, 64);
         }
 
         public Tensor Get(long rows, long cols, ScalarType dtype)
@@ -174,7 +161,7 @@ internal static class GgmlTiledLinear
         private int _pending;
         private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private Exception? _error;
-        /// <summary>AMX path: x as [M, in] bf16 and the fp32 [M, out] every slice writes its columns of.</summary>
+        /// <summary>AMX path: x as [M, in] bf16, and the bf16 [M, out] every slice writes its columns of.</summary>
         private readonly Tensor? _x2, _out;
 
         public Job(GgmlType type, Tensor raw, long outF, long inF, long rows, long tiles, Tensor x, ScalarType dtype, bool amx)
