@@ -75,16 +75,8 @@ internal static unsafe class GgmlCpuDecode
     }
 
     /// <summary>Decodes <paramref name="nb"/> whole blocks at <paramref name="src"/> to bf16 at <paramref name="dst"/> on this thread.</summary>
-    internal static void DecodeBf16(GgmlType type, byte* src, ushort* dst, long nb)
-    {
-        if (type is GgmlType.Q4_K or GgmlType.Q5_K && Avx512F.IsSupported && Avx512BW.IsSupported)
-        {
-            int ts = GgmlTypes.TypeSize(type);
-            for (long b = 0; b < nb; b++) Q4Q5_KBf16(src + b * ts, dst + b * GgmlTypes.QK_K, hasHigh: type == GgmlType.Q5_K);
-            return;
-        }
+    internal static void DecodeBf16(GgmlType type, byte* src, ushort* dst, long nb) =>
         Run(type, ScalarType.BFloat16, (nint)src, (nint)dst, nb, GgmlTypes.BlockSize(type), GgmlTypes.TypeSize(type));
-    }
 
     /// <summary>Decodes <paramref name="nb"/> blocks at <paramref name="srcAddr"/> to <paramref name="dstAddr"/> on this thread.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
