@@ -121,7 +121,16 @@ internal static unsafe class GgmlAmxLinear
         {
             for (int g = 0; g < SliceRows; g += 16)
                 for (long b = 0; b < blocks; b++)
-                    Block16<Q8_0Pairs>(rows + g * rowBytes + b * ts, rowBytes, packed + b * 16 * SliceRows + g);
+                    Block16(default(Q8_0Pairs), rows + g * rowBytes + b * ts, rowBytes, packed + b * 16 * SliceRows + g);
+            return;
+        }
+        if (type is GgmlType.Q4_K or GgmlType.Q5_K)
+        {
+            // Straight into the registers too: sub-block j (32 values) of each of 16 rows' super-blocks.
+            for (int g = 0; g < SliceRows; g += 16)
+                for (long b = 0; b < blocks; b++)
+                    for (int j = 0; j < 8; j++)
+                        Block16(new KPairs(j, type == GgmlType.Q5_K), rows + g * rowBytes + b * ts, rowBytes, packed + (b * bs + 32 * j) / 2 * SliceRows + g);
             return;
         }
         ushort* scratch = stackalloc ushort[16 * GgmlTypes.QK_K];                                     // [16, 256] bf16
@@ -130,24 +139,51 @@ internal static unsafe class GgmlAmxLinear
             {
                 for (int r = 0; r < 16; r++) GgmlCpuDecode.DecodeBf16(type, rows + (g + r) * rowBytes + b * ts, scratch + r * bs, 1);
                 for (int c = 0; c < bs; c += 32)                                                    // 16 pairs per row
-                    Block16<Bf16Pairs>((byte*)(scratch + c), bs * 2, packed + (b * bs + c) / 2 * SliceRows + g);
+                    Block16(default(Bf16Pairs), (byte*)(scratch + c), bs * 2, packed + (b * bs + c) / 2 * SliceRows + g);
             }
     }
 
-    /// <summary>Where a row's 16 pairs come from: a Q8_0 block, or 32 decoded bf16 values.</summary>
+    /// <summary>Where a row's 16 pairs come from: a Q8_0 block, a K-quant sub-block, or 32 decoded bf16 values.</summary>
     private interface IPairSource
     {
-        static abstract Vector512<uint> Load(byte* p);
+        Vector512<uint> Load(byte* p);
     }
 
     private readonly struct Q8_0Pairs : IPairSource
     {
-        public static Vector512<uint> Load(byte* p) => Pairs(p);
+        public Vector512<uint> Load(byte* p) => Pairs(p);
     }
 
     private readonly struct Bf16Pairs : IPairSource
     {
-        public static Vector512<uint> Load(byte* p) => Vector512.Load((uint*)p);
+        public Vector512<uint> Load(byte* p) => Vector512.Load((uint*)p);
+    }
+
+    /// <summary>
+    /// Sub-block <paramref name="J"/> of the Q4_K / Q5_K super-block at p: (d·sc)·q − dmin·m in fp32, multiply and
+    /// subtract rounded separately, as <see cref="GgmlCpuDecode"/>'s Q4Q5_KBf16 (the same bits), then rounded and
+    /// paired as <see cref="Pairs"/> does. A finite d and dmin give finite values; otherwise the NaN rule applies.
+    /// </summary>
+    private readonly struct KPairs(int J, bool HasHigh) : IPairSource
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector512<uint> Load(byte* x)
+        {
+            byte* s = x + 4;
+            int sc, m;
+            if (J < 4) { sc = s[J] & 0x3F; m = s[J + 4] & 0x3F; }
+            else { sc = (s[J + 4] & 0x0F) | ((s[J - 4] >> 2) & 0x30); m = (s[J + 4] >> 4) | ((s[J] >> 2) & 0x30); }
+            float d = GgmlCpuDecode.HalfToSingle(x), dmin = GgmlCpuDecode.HalfToSingle(x + 2);
+            var dj = Vector512.Create(d * sc);
+            var mj = Vector512.Create(dmin * m);
+            byte* qs = HasHigh ? x + 48 : x + 16;
+            var v = (Vector256.Load(qs + 32 * (J / 2)) >> (4 * (J % 2))) & Vector256.Create((byte)0x0F);
+            if (HasHigh) v |= ((Vector256.Load(x + 16) >> J) & Vector256<byte>.One) << 4;
+            var lo = dj * Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(v.GetLower())) - mj;
+            var hi = dj * Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(v.GetUpper())) - mj;
+            bool finite = (*(ushort*)x & 0x7C00) != 0x7C00 && (*(ushort*)(x + 2) & 0x7C00) != 0x7C00;
+            return RoundPairs(lo, hi, finite);
+        }
     }
 
     /// <summary>
@@ -155,24 +191,24 @@ internal static unsafe class GgmlAmxLinear
     /// transposed in registers (locals, not an array, so that they stay in the 32 vector registers).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // too large to inline: compiled optimised at once, not tier 0
-    private static void Block16<TSource>(byte* blk, long rowBytes, uint* dst) where TSource : struct, IPairSource
+    private static void Block16<TSource>(TSource source, byte* blk, long rowBytes, uint* dst) where TSource : struct, IPairSource
     {
-        var r0 = TSource.Load(blk + 0 * rowBytes);
-        var r1 = TSource.Load(blk + 1 * rowBytes);
-        var r2 = TSource.Load(blk + 2 * rowBytes);
-        var r3 = TSource.Load(blk + 3 * rowBytes);
-        var r4 = TSource.Load(blk + 4 * rowBytes);
-        var r5 = TSource.Load(blk + 5 * rowBytes);
-        var r6 = TSource.Load(blk + 6 * rowBytes);
-        var r7 = TSource.Load(blk + 7 * rowBytes);
-        var r8 = TSource.Load(blk + 8 * rowBytes);
-        var r9 = TSource.Load(blk + 9 * rowBytes);
-        var r10 = TSource.Load(blk + 10 * rowBytes);
-        var r11 = TSource.Load(blk + 11 * rowBytes);
-        var r12 = TSource.Load(blk + 12 * rowBytes);
-        var r13 = TSource.Load(blk + 13 * rowBytes);
-        var r14 = TSource.Load(blk + 14 * rowBytes);
-        var r15 = TSource.Load(blk + 15 * rowBytes);
+        var r0 = source.Load(blk + 0 * rowBytes);
+        var r1 = source.Load(blk + 1 * rowBytes);
+        var r2 = source.Load(blk + 2 * rowBytes);
+        var r3 = source.Load(blk + 3 * rowBytes);
+        var r4 = source.Load(blk + 4 * rowBytes);
+        var r5 = source.Load(blk + 5 * rowBytes);
+        var r6 = source.Load(blk + 6 * rowBytes);
+        var r7 = source.Load(blk + 7 * rowBytes);
+        var r8 = source.Load(blk + 8 * rowBytes);
+        var r9 = source.Load(blk + 9 * rowBytes);
+        var r10 = source.Load(blk + 10 * rowBytes);
+        var r11 = source.Load(blk + 11 * rowBytes);
+        var r12 = source.Load(blk + 12 * rowBytes);
+        var r13 = source.Load(blk + 13 * rowBytes);
+        var r14 = source.Load(blk + 14 * rowBytes);
+        var r15 = source.Load(blk + 15 * rowBytes);
         // 1. 32-bit interleave of row pairs.
         var t0 = Avx512F.UnpackLow(r0, r1); var t1 = Avx512F.UnpackHigh(r0, r1);
         var t2 = Avx512F.UnpackLow(r2, r3); var t3 = Avx512F.UnpackHigh(r2, r3);
@@ -222,10 +258,9 @@ internal static unsafe class GgmlAmxLinear
     private static Vector512<uint> Hi64(Vector512<uint> a, Vector512<uint> b) => Avx512F.UnpackHigh(a.AsUInt64(), b.AsUInt64()).AsUInt32();
 
     /// <summary>
-    /// One Q8_0 block as 16 lanes of bf16 pairs (values 2t | 2t + 1 &lt;&lt; 16): fp32(d) · q rounded to nearest even at
-    /// bit 16 (u + 0x7FFF + bit 16 of u), then the 32 high halves gathered in order by one two-source word permute.
-    /// A finite scale times an int8 is finite, so the NaN rule of <see cref="GgmlCpuDecode.ToBf16(Vector512{float})"/>
-    /// is applied only for a NaN or infinite scale (a broken file), by that function.
+    /// One Q8_0 block as 16 lanes of bf16 pairs (values 2t | 2t + 1 &lt;&lt; 16): fp32(d) · q, rounded by
+    /// <see cref="RoundPairs"/>. A finite scale times an int8 is finite, so the NaN rule is needed only for a NaN or
+    /// infinite scale (a broken file).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<uint> Pairs(byte* block)
@@ -233,7 +268,18 @@ internal static unsafe class GgmlAmxLinear
         var d = Vector512.Create(GgmlCpuDecode.HalfToSingle(block));
         var lo = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)block + 2))) * d;
         var hi = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)block + 18))) * d;
-        if ((*(ushort*)block & 0x7C00) == 0x7C00) return Vector512.Create(
+        return RoundPairs(lo, hi, (*(ushort*)block & 0x7C00) != 0x7C00);
+    }
+
+    /// <summary>
+    /// 32 fp32 values (lo: 0–15, hi: 16–31) as 16 lanes of bf16 pairs: rounded to nearest even at bit 16
+    /// (u + 0x7FFF + bit 16 of u) and the high halves gathered in order by one two-source word permute. Values that
+    /// may be NaN (<paramref name="finite"/> false: a NaN or infinite scale) take <see cref="GgmlCpuDecode.ToBf16(Vector512{float})"/>'s NaN rule.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<uint> RoundPairs(Vector512<float> lo, Vector512<float> hi, bool finite)
+    {
+        if (!finite) return Vector512.Create(
             Avx512F.ConvertToVector256UInt16(GgmlCpuDecode.ToBf16(lo)), Avx512F.ConvertToVector256UInt16(GgmlCpuDecode.ToBf16(hi))).AsUInt32();
         var ul = lo.AsUInt32();
         var uh = hi.AsUInt32();
