@@ -109,8 +109,9 @@ internal static unsafe class GgmlAmxLinear
     /// Decodes 64 rows of <paramref name="inFeatures"/> values into VNNI pairs: packed[j · 64 + n] holds row n's bf16
     /// values 2j (low half) and 2j + 1 (high half), the layout oneDNN's <c>pack_B</c> writes for a [K, 64] B. The values
     /// are the bits <see cref="GgmlCpuDecode"/> gives. Per 16 rows × 32 values: 16 vectors of 16 pairs, transposed in
-    /// registers, 16 full-line stores. Q8_0 blocks are decoded straight into the registers; a K-quant super-block
-    /// (256 values) of each of 16 rows is decoded first into a small bf16 scratch (in L1) by the row decoder.
+    /// registers, 16 full-line stores. Q8_0 blocks and Q4_K / Q5_K sub-blocks are decoded straight into the registers;
+    /// a Q6_K super-block (256 values) of each of 16 rows is decoded first into a small bf16 scratch (in L1) by the row
+    /// decoder.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void DecodePacked(GgmlType type, byte* rows, long inFeatures, uint* packed)
