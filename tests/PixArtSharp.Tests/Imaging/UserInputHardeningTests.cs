@@ -149,16 +149,17 @@ public class UserInputHardeningTests(ITestOutputHelper output)
 
 /// <summary>
 /// The decode-memory bound, measured alone: in the serial collection, after the parallel tests, so other tests'
-/// allocations and CPU load do not shift when the decodes overlap (under the whole suite's load the peak was seen at
-/// +1.21–1.27 GB; alone +0.84–0.94 GB).
+/// allocations and CPU load do not shift when the decodes overlap (before the decoder streamed into its output and
+/// decommitted freed arrays, the peak was seen at +1.21–1.27 GB under the whole suite's load, +0.78–1.21 GB alone).
 /// </summary>
 [Collection(SerialTests.Name)]
 public class ImageDecodePeakTests(ITestOutputHelper output)
 {
     /// <summary>
     /// Eight 7000×7000 PNGs decoded at once (what 8 uploads do to a server): with the default 2 decode slots the peak
-    /// stays under 1.2 GB above the start (measured: ≈0.8 GB; with 8 slots ≈2.0 GB), and the memory goes back to the
-    /// system afterwards (measured: RSS back to ≈+20 MB). In a child process, so its peak RSS is the decodes' own.
+    /// stays under 1.2 GB above the start (measured: +0.36–0.65 GB; with 8 slots +1.32 GB), and the memory goes back to
+    /// the system afterwards (measured: RSS back to ≈+165 MB, the last image's array). In a child process, so its peak
+    /// RSS is the decodes' own.
     /// </summary>
     [Fact]
     public void ConcurrentLargeDecodesStayUnderAPeakRssBound()
