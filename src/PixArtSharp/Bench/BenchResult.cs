@@ -74,8 +74,9 @@ internal sealed class BenchResult
     public long? VaeGpuPeakBytes { get; set; }
     public long? GpuTotalBytes { get; set; }
     public bool? GpuMemoryCaching { get; set; }
-    /// <summary>CUDA only: cuDNN's benchmark mode and the channels-last VAE decode, as this run had them.</summary>
+    /// <summary>CUDA only: cuDNN's benchmark mode, as this run had it.</summary>
     public bool? CudnnBenchmark { get; set; }
+    /// <summary>Whether the VAE's convolutions ran channels-last (PIXART_VAE_CHANNELS_LAST).</summary>
     public bool? VaeChannelsLast { get; set; }
     /// <summary>The offload policy of the run (none, model, sequential).</summary>
     public string Offload { get; set; } = "none";
@@ -163,7 +164,8 @@ internal sealed class BenchResult
         Row("  t5 / transformer / vae", PeakRssBytes is null ? null : $"{B(T5PeakRssBytes) ?? "-"} / {B(TransformerPeakRssBytes) ?? "-"} / {B(VaePeakRssBytes) ?? "-"}");
         Row("GPU memory peak", GpuPeakBytes is null ? null : $"{B(GpuPeakBytes)} (baseline {B(GpuBaselineBytes)}, of {B(GpuTotalBytes)}; {(GpuMemoryCaching == false ? "no caching" : "libtorch caching on")})");
         Row("  t5 / transformer / vae", GpuPeakBytes is null ? null : $"{B(T5GpuPeakBytes) ?? "-"} / {B(TransformerGpuPeakBytes) ?? "-"} / {B(VaeGpuPeakBytes) ?? "-"}");
-        Row("cuDNN benchmark, channels-last", CudnnBenchmark is null ? null : $"{CudnnBenchmark} / {VaeChannelsLast}");
+        Row("VAE channels-last", VaeChannelsLast?.ToString());
+        Row("cuDNN benchmark", CudnnBenchmark?.ToString());
         if (SteadySeconds is { Length: > 0 })
             Row("steady runs", string.Join(", ", SteadySeconds.Select(s => s.ToString("0.000", ci))) + " s");
         Row("  median, images/s", SteadySecondsMedian is { } m2 ? $"{m2:0.000} s, {ImagesPerSecond:0.00} images/s (T5 {SteadyT5Seconds:0.000} s, steps {SteadyDenoiseSeconds:0.000} s, VAE {SteadyVaeSeconds:0.000} s)" : null);

@@ -107,10 +107,10 @@ internal static class BenchRunner
         log($"GEMM rate {r.GemmGflops:0} GFLOP/s ({DTypeName(o.DType)}, {r.Threads} threads, load {r.LoadAverageStart:0.00})");
 
         using var gpu = GpuMemory.TryStart(device);
+        r.VaeChannelsLast = TorchRuntime.VaeChannelsLast(device);
         if (device.type == DeviceType.CUDA)
         {
             r.CudnnBenchmark = TorchRuntime.CudnnBenchmark;
-            r.VaeChannelsLast = TorchRuntime.VaeChannelsLast(device);
             r.GpuMemoryCaching = Environment.GetEnvironmentVariable("PYTORCH_NO_CUDA_MEMORY_CACHING") is null or "" or "0";
         }
         r.Offload = o.Offload.ToString().ToLowerInvariant();

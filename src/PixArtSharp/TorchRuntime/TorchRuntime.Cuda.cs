@@ -9,8 +9,6 @@ public static partial class TorchRuntime
     /// <summary>Environment switch for cuDNN's benchmark mode on CUDA runs: <c>0</c> turns it off (default on).</summary>
     internal const string CudnnBenchmarkVar = "PIXART_CUDNN_BENCHMARK";
 
-    /// <summary>Environment switch for the VAE's channels-last convolutions on CUDA: <c>0</c> keeps NCHW (default on).</summary>
-    internal const string ChannelsLastVar = "PIXART_VAE_CHANNELS_LAST";
 
     private static int _cudaConfigured;
 
@@ -49,22 +47,6 @@ public static partial class TorchRuntime
                 ((delegate* unmanaged<IntPtr, byte, void>)set)(ctx, value ? (byte)1 : (byte)0);
         }
     }
-
-    /// <summary>
-    /// Whether the VAE's convolutions run channels-last (NHWC strides, NCHW shape) on CUDA: on unless
-    /// PIXART_VAE_CHANNELS_LAST=0 (read once per process). See <see cref="Models.VaeConv2d"/>.
-    /// </summary>
-    internal static readonly bool VaeChannelsLastEnabled = Environment.GetEnvironmentVariable(ChannelsLastVar) != "0";
-
-    /// <summary>Whether the VAE's convolutions run channels-last on this device (CUDA only).</summary>
-    internal static bool VaeChannelsLast(Device device) =>
-        (device.type == DeviceType.CUDA && VaeChannelsLastEnabled) || (device.type == DeviceType.CPU && VaeChannelsLastOnCpu);
-
-    /// <summary>
-    /// Tests only: the CUDA channels-last path on the CPU, so the code the GPU runs is checked against the fixtures
-    /// where there is no GPU. Process-wide: a test that sets it runs alone.
-    /// </summary>
-    internal static bool VaeChannelsLastOnCpu { get; set; }
 
     /// <summary>libtorch loaded (for the CPU unless a device was chosen before), so the symbols looked up are its own.</summary>
     private static bool EnsureLoadedFirst()

@@ -163,6 +163,19 @@ public static partial class TorchRuntime
         get { EnsureLoaded(); return torch.get_num_threads(); }
     }
 
+    /// <summary>Environment switch for the VAE's channels-last convolutions: <c>0</c> keeps NCHW (default on).</summary>
+    internal const string ChannelsLastVar = "PIXART_VAE_CHANNELS_LAST";
+
+    /// <summary>
+    /// Whether the VAE's convolutions run channels-last (NHWC strides, NCHW shape; see <see cref="Models.VaeConv2d"/>):
+    /// on unless PIXART_VAE_CHANNELS_LAST=0 (read once per process). Settable for tests, which compare both layouts.
+    /// </summary>
+    internal static bool VaeChannelsLastEnabled { get; set; } = Environment.GetEnvironmentVariable(ChannelsLastVar) != "0";
+
+    /// <summary>Whether the VAE's convolutions run channels-last on this device: CPU and CUDA, unless switched off.</summary>
+    internal static bool VaeChannelsLast(Device device) =>
+        VaeChannelsLastEnabled && device.type is DeviceType.CPU or DeviceType.CUDA;
+
     /// <summary>
     /// Asks libtorch's CPU allocator for transparent huge pages (c10's <c>THP_MEM_ALLOC_ENABLE</c>: allocations of
     /// 2 MB and more are 2 MB-aligned and madvised MADV_HUGEPAGE), unless the user set the variable. Debian's kernels

@@ -359,31 +359,34 @@ public class AutoencoderKLTests(ITestOutputHelper output)
 }
 
 /// <summary>
-/// The VAE's CUDA channels-last path (each conv's input with NHWC strides), run on the CPU so CI checks the code the
-/// GPU runs against the fixture. In the serial collection: the switch is process-wide and would change the layout
-/// (not the values beyond rounding) of other tests' decodes.
+/// The VAE's two layouts against the fixture: channels-last convolutions (each conv's input with NHWC strides; the
+/// default on CPU and CUDA) and NCHW (PIXART_VAE_CHANNELS_LAST=0). In the serial collection: the switch is
+/// process-wide and would change the layout (not the values beyond rounding) of other tests' decodes.
 /// </summary>
 [Collection(SerialTests.Name)]
 public class AutoencoderKLChannelsLastTests(ITestOutputHelper output)
 {
-    [Fact]
-    public void ChannelsLastConvolutionsDecodeToTheFixture()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void BothLayoutsDecodeToTheFixture(bool channelsLast)
     {
         using var vae = AutoencoderKL.FromFolder(Fixtures.Path("tiny-pixart", "vae"), null, ScalarType.Float32);
         using var r = new Reference("expected/vae");
         using var latents = r["decode.latents"];
         using var expected = r["decode.sample"];
-        TorchRuntime.VaeChannelsLastOnCpu = true;
+        Assert.True(TorchRuntime.VaeChannelsLast(CPU));   // the default (the test process does not set the variable)
+        TorchRuntime.VaeChannelsLastEnabled = channelsLast;
         try
         {
-            Assert.True(TorchRuntime.VaeChannelsLast(CPU));
+            Assert.Equal(channelsLast, TorchRuntime.VaeChannelsLast(CPU));
             using var sample = vae.Decode(latents);
-            output.WriteLine($"channels-last decode.sample: max |Δ| {Compare.Close(expected, sample, 5e-5, "decode.sample"):E2}");
-            // Every conv ran channels-last: its output has NHWC strides (the channel stride is 1).
+            output.WriteLine($"channels-last {channelsLast}: decode.sample max |Δ| {Compare.Close(expected, sample, 5e-5, "decode.sample"):E2}");
+            // The conv ran in the chosen layout: channels-last outputs have NHWC strides (the channel stride is 1).
             using var conv = vae.decoder.conv_in.forward(latents);
-            Assert.Equal(1, conv.stride(1));
+            Assert.Equal(channelsLast, conv.stride(1) == 1);
+            Assert.Equal(!channelsLast, conv.is_contiguous());
         }
-        finally { TorchRuntime.VaeChannelsLastOnCpu = false; }
-        Assert.False(TorchRuntime.VaeChannelsLast(CPU));
+        finally { TorchRuntime.VaeChannelsLastEnabled = true; }
     }
 }
