@@ -126,6 +126,10 @@ public static class ImageReader
                 throw new ImageReadException(
                     $"{name}: the {format} header says {header.Width}×{header.Height} = {pixels:N0} pixels; the limit is {maxPixels:N0}. " +
                     "Scale the image down first.");
+            if (pixels * 3 > Array.MaxLength)   // a caller's own maxPixels can allow more than one RGB array holds
+                throw new ImageReadException(
+                    $"{name}: {header.Width}×{header.Height} = {pixels:N0} pixels is more RGB data than one array holds ({Array.MaxLength:N0} bytes). " +
+                    "Scale the image down first.");
 
             // 3. Decode and convert, in one of the process's decode slots. Each step is lazy; Write runs the
             //    whole chain (and the decoder).
@@ -171,7 +175,7 @@ public static class ImageReader
 
                 // libvips writes the pixels straight into the managed array (pinned while the image wraps it), so
                 // a decode holds one copy of its output, not libvips' buffer and a managed copy of it.
-                byte[] rgb = GC.AllocateUninitializedArray<byte>(checked(image.Width * image.Height * 3));
+                byte[] rgb = GC.AllocateUninitializedArray<byte>(image.Width * image.Height * 3);
                 using (var target = VImage.NewFromMemory(rgb, image.Width, image.Height, 3, Enums.BandFormat.Uchar))
                     image.Write(target);
                 return new RgbImage(image.Width, image.Height, rgb);

@@ -9,7 +9,6 @@ public static partial class TorchRuntime
     /// <summary>Environment switch for cuDNN's benchmark mode on CUDA runs: <c>0</c> turns it off (default on).</summary>
     internal const string CudnnBenchmarkVar = "PIXART_CUDNN_BENCHMARK";
 
-
     private static int _cudaConfigured;
 
     /// <summary>

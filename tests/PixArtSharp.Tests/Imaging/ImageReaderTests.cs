@@ -117,28 +117,44 @@ public class ImageReaderTests(ITestOutputHelper output)
         Refused(dir.Write("bomb.jpg", jpeg), "20000×20000");
     }
 
+    /// <summary>A valid-looking PNG of a few hundred bytes whose IHDR says side×side RGB, with one row of data.</summary>
+    private static byte[] PngClaiming(int side)
+    {
+        var png = new MemoryStream();
+        png.Write([0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A]);
+        var ihdr = new byte[13];
+        BinaryPrimitives.WriteInt32BigEndian(ihdr, side);
+        BinaryPrimitives.WriteInt32BigEndian(ihdr.AsSpan(4), side);
+        ihdr[8] = 8; ihdr[9] = 2;
+        Chunk(png, "IHDR", ihdr);
+        var z = new MemoryStream();
+        using (var zs = new ZLibStream(z, CompressionLevel.SmallestSize, leaveOpen: true)) zs.Write(new byte[1 + 3 * side]); // one row
+        Chunk(png, "IDAT", z.ToArray());
+        Chunk(png, "IEND", []);
+        return png.ToArray();
+    }
+
     [Fact]
     public void TinyPngClaimingTwentyThousandSquaredIsRefusedBeforeDecoding()
     {
         using var dir = new TempDir();
-        // A valid-looking PNG of ~100 bytes whose IHDR says 20000×20000 RGB (1.2 GB decoded).
-        var png = new MemoryStream();
-        png.Write([0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A]);
-        var ihdr = new byte[13];
-        BinaryPrimitives.WriteInt32BigEndian(ihdr, 20000);
-        BinaryPrimitives.WriteInt32BigEndian(ihdr.AsSpan(4), 20000);
-        ihdr[8] = 8; ihdr[9] = 2;
-        Chunk(png, "IHDR", ihdr);
-        var z = new MemoryStream();
-        using (var zs = new ZLibStream(z, CompressionLevel.SmallestSize, leaveOpen: true)) zs.Write(new byte[60001]); // one row
-        Chunk(png, "IDAT", z.ToArray());
-        Chunk(png, "IEND", []);
-        var bytes = png.ToArray();
+        var bytes = PngClaiming(20000);   // 1.2 GB decoded
         Assert.True(bytes.Length < 200);
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var e = Refused(dir.Write("bomb.png", bytes), "limit");
         Assert.Contains("20000×20000", e.Message);
         Assert.True(sw.ElapsedMilliseconds < 2000, $"took {sw.ElapsedMilliseconds} ms: the header check must come before decoding");
+    }
+
+    [Fact]
+    public void WithoutAPixelLimitAnImageLargerThanOneArrayIsStillRefusedBeforeDecoding()
+    {
+        // 30000² RGB is 2.7 GB: more than a .NET array holds, so no caller's maxPixels can make it decode.
+        using var dir = new TempDir();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var e = Refused(dir.Write("huge.png", PngClaiming(30000)), "more RGB data than one array holds", maxPixels: long.MaxValue);
+        Assert.Contains("30000×30000", e.Message);
+        Assert.True(sw.ElapsedMilliseconds < 2000, $"took {sw.ElapsedMilliseconds} ms: the size check must come before decoding");
     }
 
     [Fact]
