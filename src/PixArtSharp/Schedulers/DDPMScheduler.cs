@@ -62,18 +62,8 @@ internal sealed class DDPMScheduler : IScheduler
     public DDPMScheduler(SchedulerConfig config)
     {
         Config = config ?? throw new ArgumentNullException(nameof(config));
-        string schedule = config.BetaScheduleFor(lcm: false);
-        var betas = schedule == "sigmoid" && config.TrainedBetas is null
-            ? NoiseSchedule.SigmoidBetas(config.BetaStartFor(lcm: false), config.BetaEndFor(lcm: false), config.NumTrainTimesteps)
-            : NoiseSchedule.Betas(schedule, config.BetaStartFor(lcm: false), config.BetaEndFor(lcm: false), config.NumTrainTimesteps, config.TrainedBetas);
-        if (config.RescaleBetasZeroSnr)
-        {
-            var rescaled = NoiseSchedule.RescaleZeroTerminalSnr(betas);
-            betas.Dispose();
-            betas = rescaled;
-        }
-        Betas = betas;
-        AlphasCumprod = NoiseSchedule.AlphasCumprod(betas);
+        Betas = NoiseSchedule.Betas(config, lcm: false, allowSigmoid: true);
+        AlphasCumprod = NoiseSchedule.AlphasCumprod(Betas);
         VarianceType = config.VarianceType ?? "fixed_small";
         ClipSample = config.ClipSampleFor(ddpm: true);
         TimestepSpacing = config.TimestepSpacingFor(lcm: true);   // "leading", as LCM's

@@ -67,16 +67,8 @@ internal sealed class DPMSolverMultistepScheduler : IScheduler
         if (config.SolverType is "logrho" or "bh1" or "bh2") config.SolverType = "midpoint";
         ValidateConfig(config);
 
-        var betas = NoiseSchedule.Betas(config.BetaScheduleFor(lcm: false), config.BetaStartFor(lcm: false),
-            config.BetaEndFor(lcm: false), config.NumTrainTimesteps, config.TrainedBetas);
-        if (config.RescaleBetasZeroSnr)
-        {
-            var rescaled = NoiseSchedule.RescaleZeroTerminalSnr(betas);
-            betas.Dispose();
-            betas = rescaled;
-        }
-        Betas = betas;
-        AlphasCumprod = NoiseSchedule.AlphasCumprod(betas);
+        Betas = NoiseSchedule.Betas(config, lcm: false);
+        AlphasCumprod = NoiseSchedule.AlphasCumprod(Betas);
         // Close to 0 without being 0, so the first sigma is not inf (fp16's smallest subnormal).
         if (config.RescaleBetasZeroSnr)
         {

@@ -53,16 +53,8 @@ internal sealed class LCMScheduler : IScheduler
     public LCMScheduler(SchedulerConfig config)
     {
         Config = config ?? throw new ArgumentNullException(nameof(config));
-        var betas = NoiseSchedule.Betas(config.BetaScheduleFor(lcm: true), config.BetaStartFor(lcm: true),
-            config.BetaEndFor(lcm: true), config.NumTrainTimesteps, config.TrainedBetas);
-        if (config.RescaleBetasZeroSnr)
-        {
-            var rescaled = NoiseSchedule.RescaleZeroTerminalSnr(betas);
-            betas.Dispose();
-            betas = rescaled;
-        }
-        Betas = betas;
-        AlphasCumprod = NoiseSchedule.AlphasCumprod(betas);
+        Betas = NoiseSchedule.Betas(config, lcm: true);
+        AlphasCumprod = NoiseSchedule.AlphasCumprod(Betas);
         // For the final step there is no previous ᾱ: set_alpha_to_one fixes it to 1, otherwise ᾱ₀ is reused.
         FinalAlphaCumprod = config.SetAlphaToOne ? torch.tensor(1.0f) : AlphasCumprod[0].clone();
         Timesteps = Enumerable.Range(0, config.NumTrainTimesteps).Reverse().Select(t => (long)t).ToArray();

@@ -11,6 +11,22 @@ namespace PixArtSharp.Schedulers;
 internal static class NoiseSchedule
 {
     /// <summary>
+    /// A scheduler's betas as its diffusers <c>__init__</c> computes them from the config: beta_schedule, beta_start
+    /// and beta_end with that scheduler's defaults (<paramref name="lcm"/>: LCMScheduler's), trained_betas when given,
+    /// then rescaled to zero terminal SNR when rescale_betas_zero_snr asks. "sigmoid" only where
+    /// <paramref name="allowSigmoid"/> (DDPMScheduler).
+    /// </summary>
+    public static Tensor Betas(SchedulerConfig config, bool lcm, bool allowSigmoid = false)
+    {
+        string schedule = config.BetaScheduleFor(lcm);
+        var betas = allowSigmoid && schedule == "sigmoid" && config.TrainedBetas is null
+            ? SigmoidBetas(config.BetaStartFor(lcm), config.BetaEndFor(lcm), config.NumTrainTimesteps)
+            : Betas(schedule, config.BetaStartFor(lcm), config.BetaEndFor(lcm), config.NumTrainTimesteps, config.TrainedBetas);
+        if (!config.RescaleBetasZeroSnr) return betas;
+        using (betas) return RescaleZeroTerminalSnr(betas);
+    }
+
+    /// <summary>
     /// betas (float32, CPU) for <paramref name="betaSchedule"/> "linear", "scaled_linear" or "squaredcos_cap_v2";
     /// <paramref name="trainedBetas"/> overrides the schedule when given.
     /// </summary>

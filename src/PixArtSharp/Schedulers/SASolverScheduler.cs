@@ -118,17 +118,10 @@ internal sealed class SASolverScheduler : IScheduler
         TauFunc = tauFunc ?? DefaultTauFunc;
         _predictX0 = config.AlgorithmType == "data_prediction";
 
-        // 1. Noise tables, float32 as diffusers' torch tensors. ᾱ = cumprod(1 − β): PyTorch's CPU cumprod
-        //    accumulates in float64 (acc_type) and rounds each entry to float32.
-        var betas = Betas(config);
-        int numTrain = betas.Length;
-        AlphasCumprod = new float[numTrain];
-        double acc = 1.0;
-        for (int i = 0; i < numTrain; i++)
-        {
-            acc *= 1f - betas[i];
-            AlphasCumprod[i] = (float)acc;
-        }
+        // 1. Noise tables, float32 as diffusers' torch tensors: the betas and ᾱ = cumprod(1 − β) every scheduler uses.
+        using (var betas = NoiseSchedule.Betas(config.BetaSchedule, config.BetaStart, config.BetaEnd, config.NumTrainTimesteps, config.TrainedBetas))
+        using (var alphasCumprod = NoiseSchedule.AlphasCumprod(betas))
+            AlphasCumprod = alphasCumprod.data<float>().ToArray();
         AlphaT = AlphasCumprod.Select(MathF.Sqrt).ToArray();
         SigmaT = AlphasCumprod.Select(a => MathF.Sqrt(1f - a)).ToArray();
         SigmasTrain = AlphasCumprod.Select(a => MathF.Sqrt((1f - a) / a)).ToArray();
@@ -635,39 +628,6 @@ internal sealed class SASolverScheduler : IScheduler
     }
 
     // ---- tables and numpy helpers ----
-
-    private static float[] Betas(SASolverConfig c)
-    {
-        if (c.TrainedBetas != null)
-        {
-            if (c.TrainedBetas.Length != c.NumTrainTimesteps)
-                throw new ArgumentException($"trained_betas has {c.TrainedBetas.Length} entries but num_train_timesteps is {c.NumTrainTimesteps}; they must match.", nameof(c));
-            return c.TrainedBetas.Select(b => (float)b).ToArray();
-        }
-        if (c.BetaSchedule is "linear" or "scaled_linear" && !(c.BetaStart > 0 && c.BetaStart <= c.BetaEnd && c.BetaEnd < 1))
-            throw new ArgumentException($"beta_start {c.BetaStart} and beta_end {c.BetaEnd} must satisfy 0 < beta_start ≤ beta_end < 1.", nameof(c));
-        return c.BetaSchedule switch
-        {
-            "linear" => NoiseSchedule.TorchLinspaceFloat32(c.BetaStart, c.BetaEnd, c.NumTrainTimesteps),
-            // Latent-diffusion schedule: linspace of square roots in float32, squared.
-            "scaled_linear" => NoiseSchedule.TorchLinspaceFloat32(Math.Pow(c.BetaStart, 0.5), Math.Pow(c.BetaEnd, 0.5), c.NumTrainTimesteps).Select(b => b * b).ToArray(),
-            "squaredcos_cap_v2" => BetasForAlphaBarCosine(c.NumTrainTimesteps),
-            _ => throw new ArgumentException($"beta_schedule '{c.BetaSchedule}' is not implemented for SASolverScheduler.", nameof(c)),
-        };
-    }
-
-    /// <summary>Glide cosine schedule (diffusers betas_for_alpha_bar, cosine, max_beta 0.999), computed in double.</summary>
-    private static float[] BetasForAlphaBarCosine(int n, double maxBeta = 0.999)
-    {
-        static double AlphaBar(double t) => Math.Pow(Math.Cos((t + 0.008) / 1.008 * Math.PI / 2), 2);
-        var betas = new float[n];
-        for (int i = 0; i < n; i++)
-        {
-            double t1 = (double)i / n, t2 = (double)(i + 1) / n;
-            betas[i] = (float)Math.Min(1 - AlphaBar(t2) / AlphaBar(t1), maxBeta);
-        }
-        return betas;
-    }
 
     /// <summary>np.linspace(start, stop, num) in float64: start + i·step, the last value set to stop.</summary>
     private static double[] NpLinspace(double start, double stop, int num)
