@@ -26,7 +26,7 @@ public static class BenchCommand
         var model = new Option<string?>("--model") { Description = "A local diffusers folder to time instead of random weights. With --component all the timings are of the pipeline itself." };
         var variant = new Option<string?>("--variant") { Description = "Weights variant, e.g. fp16 (model.safetensors.index.fp16.json). With --save-random-model: store fp16 weights under that variant name." };
         var seed = new Option<long>("--seed") { Description = "Seed of the random weights and of the initial latents.", DefaultValueFactory = _ => 0 };
-        var vaeTile = new Option<int>("--vae-tile") { Description = "Decode in tiles of this many latents (0 = whole image). With --component vae, also decodes whole and reports the difference.", DefaultValueFactory = _ => 0 };
+        var vaeTile = new Option<int>("--vae-tile") { Description = "Decode in tiles of this many latents (0: as the pipeline decides, whole unless it would not fit in the memory available; the tiles used are reported). With --component vae, also decodes whole and reports the difference.", DefaultValueFactory = _ => 0 };
         var compare = new Option<bool>("--compare-fp32") { Description = "With --model: run the pipeline again in fp32 and report the image difference." };
         var prompt = new Option<string?>("--prompt") { Description = "Prompt (with --model): T5 runs on its tokens, so its length sets the T5's cost." };
         var promptTokens = new Option<int>("--prompt-tokens") { HelpName = "N", Description = "Random weights: the fixed prompt's length in tokens, </s> included (1–120; T5 runs on these, not the padding).", DefaultValueFactory = _ => 25 };

@@ -112,8 +112,12 @@ internal sealed class BenchResult
     /// <summary>(T5 + steps·step + VAE FLOPs) / GEMM rate, seconds.</summary>
     public double? E2eGemmFloorSeconds { get; set; }
 
-    /// <summary>With a VAE tile size: the largest |tiled − untiled| pixel difference on the [−1, 1] decode output.</summary>
+    /// <summary>
+    /// The tiles the decode used (latents per side): --vae-tile's, or the pipeline's automatic ones when a whole decode
+    /// would not have fit in the memory available; null when it decoded whole.
+    /// </summary>
     public int? VaeTileLatents { get; set; }
+    /// <summary>With --vae-tile and component vae: the largest and mean |tiled − untiled| on the [−1, 1] decode output.</summary>
     public double? VaeTiledMaxAbsDiff { get; set; }
     public double? VaeTiledMeanAbsDiff { get; set; }
     /// <summary>With --compare-fp32: the same run in fp32, images in [0, 1] compared.</summary>

@@ -30,7 +30,10 @@ internal sealed record BenchOptions
     public string? ModelDir { get; init; }
     public string? Variant { get; init; }
     public long Seed { get; init; }
-    /// <summary>Decode in tiles of this many latents (0 = whole). With component vae, untiled is also run and compared.</summary>
+    /// <summary>
+    /// Decode in tiles of this many latents; 0 = as the pipeline decides (whole unless it would not fit in the memory
+    /// available). With component vae and a size given, untiled is also run and compared.
+    /// </summary>
     public int VaeTileLatents { get; init; }
     /// <summary>Decode with TAESD (random weights in the real AutoencoderTiny config) instead of the SD VAE.</summary>
     public bool TinyVae { get; init; }
@@ -365,10 +368,12 @@ internal static class BenchRunner
                 r.VaeSeconds = decode;
                 stagePeak(p => r.VaePeakRssBytes = p, g => r.VaeGpuPeakBytes = g);
             }
-            if (o.VaeTileLatents > 0 && r != null)
+            // The tiles the measured decode used: --vae-tile's, or the pipeline's own when a whole decode would not
+            // have fit in the memory available.
+            if (pipe.LastDecodeTileLatents > 0 && r != null)
             {
-                r.VaeTileLatents = o.VaeTileLatents;
-                if (!all)
+                r.VaeTileLatents = pipe.LastDecodeTileLatents;
+                if (!all && o.VaeTileLatents > 0)
                 {
                     // The tolerance of tiling: the same latents decoded whole.
                     using var whole = Build(o with { VaeTileLatents = -1 /* whole, never automatic tiles */ }, dtype, folder, dir, tConfig, vConfig, device, t5Gguf);

@@ -671,28 +671,36 @@ public abstract class PixArtPipeline : IDisposable
         ArgumentNullException.ThrowIfNull(latents);
         using var _ = no_grad();
         var vae = _vae = Loaded(_vae, _components.LoadVae, "VAE", onStage);
-        onStage?.Invoke(new StageEvent(PipelineStage.Decode, "VAE", null));
+        int tile = Options.VaeTileLatents ?? AutoTile(latents.shape[2], latents.shape[3], Options.DType,
+            Device.type == DeviceType.CPU ? Bench.ProcessStats.MemAvailableBytes : null, TorchRuntime.VaeChannelsLast(Device));
+        var tiled = tile > 0 ? vae as AutoencoderKL : null;   // TAESD decodes whole
+        LastDecodeTileLatents = tiled is null ? 0 : tile;
+        onStage?.Invoke(new StageEvent(PipelineStage.Decode, tiled is null ? "VAE" : $"VAE, in tiles of {tile} latents", null));
         var clock = Stopwatch.StartNew();
         using var scope = NewDisposeScope();
         using var onDevice = vae is IMovableModel movable ? _offload.Stage(movable) : null;
         var z = latents.to(ScalarType.Float32, Device).div(vae.ScalingFactor).to(Options.DType);
-        int tile = Options.VaeTileLatents ?? AutoTile(z.shape[2], z.shape[3], Options.DType, Device.type == DeviceType.CPU ? Bench.ProcessStats.MemAvailableBytes : null);
-        // contiguous: on CUDA the last conv ran channels-last; callers of Decode get plain NCHW memory.
-        var image = (tile > 0 && vae is AutoencoderKL kl ? kl.DecodeTiled(z, tile) : vae.Decode(z)).to(ScalarType.Float32).contiguous();
+        // contiguous: the last conv ran channels-last; callers of Decode get plain NCHW memory.
+        var image = (tiled?.DecodeTiled(z, tile) ?? vae.Decode(z)).to(ScalarType.Float32).contiguous();
         onStage?.Invoke(new StageEvent(PipelineStage.Decode, "", StageTime(clock)));
         return image.MoveToOuterDisposeScope();
     }
 
+    /// <summary>The tile size (latents per side) the last <see cref="Decode"/> used; 0 when it decoded whole (the bench reports it).</summary>
+    internal int LastDecodeTileLatents { get; private set; }
+
     /// <summary>
     /// The tile size (latents per side) an automatic decode uses: 0 (whole) when the SD/SDXL VAE's decode of one
     /// h×w latent fits in <paramref name="availableBytes"/> with a quarter to spare, else 128. The estimate is the
-    /// measured peak of a whole decode (pixart bench, bf16 3.3 GiB and fp32 5.0 GiB at 1024×1024), proportional to the
-    /// pixel count: ≈ 3.5 KB (bf16/fp16) or 5.4 KB (fp32) per output pixel. The VAE decodes one image at a time.
+    /// measured peak RSS of a whole 1024×1024 decode (pixart bench, docs/performance.md), proportional to the pixel
+    /// count: channels-last (the default) 2.44 GiB bf16 and 4.13 GiB fp32, ≈ 2.5 and 4.2 KB per output pixel; NCHW
+    /// 3.3 and 5.0 GiB, ≈ 3.5 and 5.4 KB. At 2048×2048 the channels-last decodes measured 7.42 GiB (bf16) and 14.63 GiB
+    /// (fp32), under the 9.8 and 16.4 GiB this gives. The VAE decodes one image at a time.
     /// </summary>
-    internal static int AutoTile(long latentHeight, long latentWidth, ScalarType dtype, long? availableBytes)
+    internal static int AutoTile(long latentHeight, long latentWidth, ScalarType dtype, long? availableBytes, bool channelsLast)
     {
         if (availableBytes is not { } available) return 0;
-        double perPixel = dtype == ScalarType.Float32 ? 5.4e3 : 3.5e3;
+        double perPixel = dtype == ScalarType.Float32 ? (channelsLast ? 4.2e3 : 5.4e3) : (channelsLast ? 2.5e3 : 3.5e3);
         double estimate = perPixel * latentHeight * 8 * latentWidth * 8;
         return estimate * 1.25 <= available || (latentHeight <= 128 && latentWidth <= 128) ? 0 : 128;
     }

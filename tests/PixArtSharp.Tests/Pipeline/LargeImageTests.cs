@@ -15,14 +15,22 @@ public class LargeImageTests(ITestOutputHelper output)
     public void AutomaticTilesOnlyWhenTheWholeDecodeWouldNotFit()
     {
         const long GiB = 1L << 30;
-        // 1024 px (128 latents) is never tiled: it is one tile.
-        Assert.Equal(0, PixArtPipeline.AutoTile(128, 128, ScalarType.Float32, 1 * GiB));
-        // 2048 px: ≈ 14.7 GB in bf16, ≈ 22.6 GB in fp32 (measured per-pixel peaks × 4.2 M pixels).
-        Assert.Equal(0, PixArtPipeline.AutoTile(256, 256, ScalarType.BFloat16, 24 * GiB));
-        Assert.Equal(128, PixArtPipeline.AutoTile(256, 256, ScalarType.BFloat16, 12 * GiB));
-        Assert.Equal(128, PixArtPipeline.AutoTile(256, 256, ScalarType.Float32, 20 * GiB));
-        // Unknown memory (a GPU, or no /proc): whole.
-        Assert.Equal(0, PixArtPipeline.AutoTile(256, 256, ScalarType.Float32, null));
+        foreach (bool channelsLast in new[] { true, false })
+        {
+            // 1024 px (128 latents) is never tiled: it is one tile.
+            Assert.Equal(0, PixArtPipeline.AutoTile(128, 128, ScalarType.Float32, 1 * GiB, channelsLast));
+            // 2048 px, channels-last: ≈ 10.5 GB in bf16, ≈ 17.6 GB in fp32; NCHW ≈ 14.7 and 22.6 GB (measured
+            // per-pixel peaks × 4.2 M pixels, with a quarter to spare).
+            Assert.Equal(0, PixArtPipeline.AutoTile(256, 256, ScalarType.BFloat16, 24 * GiB, channelsLast));
+            Assert.Equal(128, PixArtPipeline.AutoTile(256, 256, ScalarType.BFloat16, 12 * GiB, channelsLast));
+            Assert.Equal(128, PixArtPipeline.AutoTile(256, 256, ScalarType.Float32, 20 * GiB, channelsLast));
+            // Unknown memory (a GPU, or no /proc): whole.
+            Assert.Equal(0, PixArtPipeline.AutoTile(256, 256, ScalarType.Float32, null, channelsLast));
+        }
+        // A 16 GB machine with 14 GiB free decodes a 2K bf16 image whole in the channels-last layout (measured peak
+        // 7.42 GiB), in tiles in the NCHW one.
+        Assert.Equal(0, PixArtPipeline.AutoTile(256, 256, ScalarType.BFloat16, 14 * GiB, channelsLast: true));
+        Assert.Equal(128, PixArtPipeline.AutoTile(256, 256, ScalarType.BFloat16, 14 * GiB, channelsLast: false));
     }
 
     [Fact]
@@ -34,6 +42,8 @@ public class LargeImageTests(ITestOutputHelper output)
         using var tiled = PixArtPipeline.FromPretrained(Fixtures.Path("tiny-pixart-sigma-2k"), new PipelineOptions { VaeTileLatents = 16 });
         using var a = whole.Generate(request);
         using var b = tiled.Generate(request);
+        Assert.Equal(0, whole.LastDecodeTileLatents);    // what the bench reports as the tiles used
+        Assert.Equal(16, tiled.LastDecodeTileLatents);
         Assert.Equal(0.0, Compare.MaxAbsDiff(a.Latents, b.Latents));
         using var diff = (a.Images! - b.Images!).abs();
         double max = diff.max().item<float>(), mean = diff.mean().item<float>();
